@@ -1,0 +1,119 @@
+//! Checks against reference values computed with dp_accounting 0.6.0, Opacus 1.6.0 and
+//! 50-digit mpmath integration (`tests/golden/accounting_public.json`, public set).
+
+use dp_accounting::{
+    calibrate_noise_multiplier, subsampled_gaussian_rdp, RdpAccountant, DEFAULT_ORDERS,
+};
+use serde_json::Value;
+
+fn golden() -> Value {
+    let text = include_str!("golden/accounting_public.json");
+    serde_json::from_str(text).expect("golden file parses")
+}
+
+fn num(v: &Value) -> f64 {
+    match v {
+        Value::Number(n) => n.as_f64().unwrap(),
+        Value::String(s) if s == "inf" => f64::INFINITY,
+        other => panic!("not a number: {other}"),
+    }
+}
+
+fn rel_err(got: f64, want: f64) -> f64 {
+    if want == 0.0 {
+        got.abs()
+    } else {
+        (got - want).abs() / want.abs()
+    }
+}
+
+#[test]
+fn rdp_epsilon_matches_the_signed_series_and_never_exceeds_dp_accounting() {
+    let g = golden();
+    let cases = g["forward"].as_array().unwrap();
+    assert_eq!(cases.len(), 42);
+    for case in cases {
+        let (q, sigma, delta) = (num(&case["q"]), num(&case["sigma"]), num(&case["delta"]));
+        let steps = case["steps"].as_u64().unwrap();
+        let mut acc = RdpAccountant::default();
+        acc.compose_poisson_gaussian(q, sigma, steps).unwrap();
+        let got = acc.epsilon(delta).unwrap();
+        let signed = &case["results"]["signed_series_on_dp_accounting_orders"];
+        let want = num(&signed["eps"]);
+        let id = case["id"].as_str().unwrap();
+        assert!(rel_err(got.epsilon, want) <= 1e-6, "{id}: {} vs signed series {want}", got.epsilon);
+        assert_eq!(got.order, num(&signed["opt_order"]), "{id}: optimal order");
+        let dpa = num(&case["results"]["dp_accounting_rdp"]["eps"]);
+        assert!(got.epsilon <= dpa * (1.0 + 1e-9), "{id}: {} above dp_accounting {dpa}", got.epsilon);
+    }
+}
+
+#[test]
+fn rdp_curves_match_term_by_term() {
+    let g = golden();
+    for curve in g["rdp_curves"].as_array().unwrap() {
+        let (q, sigma) = (num(&curve["q"]), num(&curve["sigma"]));
+        let orders: Vec<f64> = curve["orders"].as_array().unwrap().iter().map(num).collect();
+        let exact = curve["rdp_per_step"]["exact_mpmath"].as_array().unwrap();
+        for (i, &alpha) in orders.iter().enumerate() {
+            let got = subsampled_gaussian_rdp(q, sigma, alpha).unwrap();
+            let want = num(&exact[i]);
+            // Integer orders are a finite sum; fractional ones a signed series whose double
+            // precision is about 5e-7 relative near alpha = 1, where the RDP itself is tiny.
+            let ok = if alpha.fract() == 0.0 {
+                rel_err(got, want) <= 1e-9
+            } else {
+                rel_err(got, want) <= 1e-6 || (got - want).abs() <= 1e-10
+            };
+            assert!(ok, "q={q} sigma={sigma} alpha={alpha}: {got} vs exact {want}");
+        }
+    }
+}
+
+#[test]
+fn calibration_meets_the_target_and_is_at_least_as_tight_as_dp_accounting() {
+    let g = golden();
+    for case in g["calibration"].as_array().unwrap() {
+        let (q, delta, target) = (num(&case["q"]), num(&case["delta"]), num(&case["target_eps"]));
+        let steps = case["steps"].as_u64().unwrap();
+        let cal = calibrate_noise_multiplier(q, steps, target, delta).unwrap();
+        let mut acc = RdpAccountant::default();
+        acc.compose_poisson_gaussian(q, cal.noise_multiplier, steps).unwrap();
+        let achieved = acc.epsilon(delta).unwrap().epsilon;
+        assert!(achieved <= target, "{}: epsilon {achieved} above target {target}", case["id"]);
+        assert_eq!(achieved, cal.epsilon);
+        // dp_accounting calibrates on its looser fractional-order bound, so ours is at most its
+        // sigma, and close to it (the gap is the fractional-order difference, under 2%).
+        let dpa = num(&case["results"]["dp_accounting_rdp"]["sigma"]);
+        let ratio = cal.noise_multiplier / dpa;
+        assert!((0.98..=1.0 + 1e-6).contains(&ratio), "{}: sigma ratio {ratio}", case["id"]);
+    }
+}
+
+#[test]
+fn epsilon_is_monotone_and_full_batch_is_the_plain_gaussian() {
+    let eps = |q: f64, sigma: f64, steps: u64, delta: f64| {
+        let mut acc = RdpAccountant::default();
+        acc.compose_poisson_gaussian(q, sigma, steps).unwrap();
+        acc.epsilon(delta).unwrap().epsilon
+    };
+    let base = eps(0.01, 1.0, 1000, 1e-5);
+    assert!(eps(0.01, 1.0, 2000, 1e-5) > base);
+    assert!(eps(0.02, 1.0, 1000, 1e-5) > base);
+    assert!(eps(0.01, 0.9, 1000, 1e-5) > base);
+    assert!(eps(0.01, 1.0, 1000, 1e-6) > base);
+    for &alpha in &DEFAULT_ORDERS {
+        let r = subsampled_gaussian_rdp(1.0, 1.5, alpha).unwrap();
+        assert!((r - alpha / (2.0 * 1.5 * 1.5)).abs() < 1e-15);
+    }
+    // Composing step by step equals composing all steps at once.
+    let mut a = RdpAccountant::default();
+    for _ in 0..10 {
+        a.compose_poisson_gaussian(0.05, 1.2, 1).unwrap();
+    }
+    let mut b = RdpAccountant::default();
+    b.compose_poisson_gaussian(0.05, 1.2, 10).unwrap();
+    for (x, y) in a.rdp().iter().zip(b.rdp()) {
+        assert!(rel_err(*x, *y) < 1e-12);
+    }
+}

@@ -1,0 +1,205 @@
+//! The clipping engine: per-example norms from one backward pass, clip factors, and
+//! book-keeping clipped sums.
+//!
+//! For a linear layer `z = a W^T + b` with output gradient `g = dL/dz` (L the *sum* of the
+//! per-example losses, so `g_i` is example i's own gradient since no operation mixes examples):
+//! - per-example weight gradient `G_i = sum_t g_{i,t} a_{i,t}^T`;
+//! - 2-D inputs: `||G_i|| = ||a_i|| ||g_i||` (Goodfellow 2015);
+//! - sequences, ghost norm (Li et al. 2022, Eq. 3):
+//!   `||G_i||^2 = sum_{t,t'} (a_{i,t} . a_{i,t'}) (g_{i,t} . g_{i,t'})`, used when `2 T^2 < p d`,
+//!   else the explicit `G_i = g_i^T a_i` is formed (B x p x d);
+//! - bias: `||sum_t g_{i,t}||^2`.
+//!
+//! With `c_i = min(1, C / ||G_i||)` from the total norm over all layers (flat clipping), the
+//! clipped sum is formed directly (Bu et al. 2023, book-keeping):
+//! `sum_i c_i G_i = (c . g)^T a` flattened over (B, T), one matmul per layer.
+//! Examples whose norm is not finite get `c_i = 0` and are counted, never propagated.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tch::{nn, Kind, Tensor};
+
+use crate::error::CoreError;
+use crate::tape::Record;
+
+/// Clipped gradient sums of one physical batch, before noise.
+#[derive(Debug)]
+pub struct ClippedBatch {
+    /// `sum_i c_i G_i` per trainable parameter (by full variable name, in name order).
+    pub sums: BTreeMap<String, Tensor>,
+    /// Per-example total gradient norms before clipping, shape (B).
+    pub norms: Tensor,
+    /// Number of examples whose gradient was NaN or infinite (they contribute zero).
+    pub nonfinite: i64,
+}
+
+/// Computes per-example clipped gradient sums for the trainable variables of a `VarStore`.
+#[derive(Debug)]
+pub struct ClippingEngine {
+    trainable: HashMap<String, Tensor>,
+    clip_norm: f64,
+}
+
+impl ClippingEngine {
+    /// An engine for every trainable variable of `vs`, clipping each example's total gradient
+    /// to `clip_norm`.
+    pub fn new(vs: &nn::VarStore, clip_norm: f64) -> Result<Self, CoreError> {
+        if !(clip_norm.is_finite() && clip_norm > 0.0) {
+            return Err(CoreError::ClipNorm(clip_norm));
+        }
+        let trainable =
+            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        Ok(Self { trainable, clip_norm })
+    }
+
+    /// The clip norm C.
+    pub fn clip_norm(&self) -> f64 {
+        self.clip_norm
+    }
+
+    /// Zero sums for every trainable parameter (the start of a logical batch, and the whole
+    /// contribution of an empty one).
+    pub fn zero_sums(&self) -> BTreeMap<String, Tensor> {
+        self.trainable.iter().map(|(name, t)| (name.clone(), t.zeros_like().detach())).collect()
+    }
+
+    /// Runs the one backward pass for `losses` (shape [B], one loss per example) over the
+    /// `records` of the forward pass, and returns the clipped gradient sums.
+    pub fn clip(&self, records: Vec<Record>, losses: &Tensor) -> Result<ClippedBatch, CoreError> {
+        let size = losses.size();
+        let &[batch] = size.as_slice() else {
+            return Err(CoreError::LossShape(size));
+        };
+        self.check_coverage(&records, batch)?;
+        let outputs: Vec<&Tensor> = records.iter().map(Record::output).collect();
+        let grads = Tensor::f_run_backward(&[losses.sum(losses.kind())], &outputs, false, false)?;
+        let acc_kind = accumulation_kind(losses.kind());
+
+        let mut norm2 = Tensor::zeros([batch], (acc_kind, losses.device()));
+        for (record, g) in records.iter().zip(&grads) {
+            if g.defined() {
+                norm2 += self.squared_norms(record, g, acc_kind)?;
+            }
+        }
+        let norms = norm2.sqrt();
+        let finite = norms.isfinite();
+        let nonfinite = batch - finite.sum(Kind::Int64).int64_value(&[]);
+        let factors = (norms.reciprocal() * self.clip_norm).clamp_max(1.0);
+        let factors = factors.where_self(&finite, &factors.zeros_like());
+
+        let mut sums = BTreeMap::new();
+        for (record, g) in records.iter().zip(&grads) {
+            let g = if g.defined() { g.shallow_clone() } else { record.output().zeros_like() };
+            self.accumulate(record, &g, &factors, &finite, nonfinite > 0, &mut sums)?;
+        }
+        for (name, t) in &self.trainable {
+            sums.entry(name.clone()).or_insert_with(|| t.zeros_like().detach());
+        }
+        Ok(ClippedBatch { sums, norms, nonfinite })
+    }
+
+    fn check_coverage(&self, records: &[Record], batch: i64) -> Result<(), CoreError> {
+        let mut uses: HashMap<&str, usize> = HashMap::new();
+        for record in records {
+            for name in record.parameters() {
+                *uses.entry(name).or_default() += 1;
+            }
+            let got = record.output().size().first().copied().unwrap_or(0);
+            if got != batch {
+                let name = record.parameters().next().unwrap_or("?").to_string();
+                return Err(CoreError::BatchMismatch { name, got, expected: batch });
+            }
+        }
+        let mut names: Vec<&String> = self.trainable.keys().collect();
+        names.sort();
+        for name in names {
+            match uses.get(name.as_str()) {
+                None => return Err(CoreError::UncoveredParameter(name.clone())),
+                Some(n) if *n > 1 => return Err(CoreError::TiedParameter(name.clone())),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn is_trainable(&self, name: &str) -> bool {
+        self.trainable.contains_key(name)
+    }
+
+    /// Per-example squared gradient norms of one record's trainable parameters, shape (B).
+    fn squared_norms(&self, record: &Record, g: &Tensor, kind: Kind) -> Result<Tensor, CoreError> {
+        let Record::Linear { input, weight, bias, .. } = record;
+        let (a, g) = (per_example_rows(input, kind), per_example_rows(g, kind));
+        let (t, d, p) = (a.size()[1], a.size()[2], g.size()[2]);
+        let mut n2 = Tensor::zeros([g.size()[0]], (kind, g.device()));
+        if self.is_trainable(weight) {
+            n2 += if 2 * t * t < p * d {
+                let gram_a = a.bmm(&a.transpose(1, 2));
+                let gram_g = g.bmm(&g.transpose(1, 2));
+                (gram_a * gram_g).sum_dim_intlist([1, 2].as_slice(), false, kind)
+            } else {
+                g.transpose(1, 2).bmm(&a).square().sum_dim_intlist([1, 2].as_slice(), false, kind)
+            };
+        }
+        if bias.as_deref().is_some_and(|b| self.is_trainable(b)) {
+            n2 += g.sum_dim_intlist(1, false, kind).square().sum_dim_intlist(1, false, kind);
+        }
+        Ok(n2.clamp_min(0.0))
+    }
+
+    /// Adds `sum_i c_i G_i` of one record's trainable parameters to `sums`.
+    fn accumulate(
+        &self,
+        record: &Record,
+        g: &Tensor,
+        factors: &Tensor,
+        finite: &Tensor,
+        mask_nonfinite: bool,
+        sums: &mut BTreeMap<String, Tensor>,
+    ) -> Result<(), CoreError> {
+        let Record::Linear { input, weight, bias, .. } = record;
+        let kind = self.trainable.get(weight.as_str()).map_or(g.kind(), Tensor::kind);
+        let batch = factors.size()[0];
+        let mut a = per_example_rows(input, kind);
+        let mut scaled = per_example_rows(g, kind) * factors.to_kind(kind).view([batch, 1, 1]);
+        if mask_nonfinite {
+            // 0 * NaN is NaN: zero the rows of bad examples in both factors of the product.
+            let keep = finite.view([batch, 1, 1]);
+            scaled = scaled.where_self(&keep, &scaled.zeros_like());
+            a = a.where_self(&keep, &a.zeros_like());
+        }
+        let (d, p) = (a.size()[2], scaled.size()[2]);
+        if self.is_trainable(weight) {
+            let sum = scaled.reshape([-1, p]).transpose(0, 1).mm(&a.reshape([-1, d]));
+            add_into(sums, weight, sum);
+        }
+        if let Some(b) = bias.as_deref().filter(|b| self.is_trainable(b)) {
+            add_into(sums, b, scaled.sum_dim_intlist([0, 1].as_slice(), false, kind));
+        }
+        Ok(())
+    }
+}
+
+fn add_into(sums: &mut BTreeMap<String, Tensor>, name: &str, value: Tensor) {
+    match sums.get_mut(name) {
+        Some(sum) => *sum += value,
+        None => {
+            sums.insert(name.to_string(), value.detach());
+        }
+    }
+}
+
+/// (B, d) or (B, ..., d) as (B, T, d) in `kind`: the middle dimensions are positions of the same
+/// example (T = 1 for 2-D inputs, where the ghost norm is Goodfellow's `||a_i|| ||g_i||`).
+fn per_example_rows(x: &Tensor, kind: Kind) -> Tensor {
+    let size = x.size();
+    x.to_kind(kind).reshape([size[0], -1, size[size.len() - 1]])
+}
+
+/// Norms are accumulated in at least f32 (bf16/f16 gradients are widened).
+fn accumulation_kind(kind: Kind) -> Kind {
+    match kind {
+        Kind::Double => Kind::Double,
+        _ => Kind::Float,
+    }
+}

@@ -1,0 +1,36 @@
+//! Errors of the clipping engine, noise and sampling.
+
+/// What can go wrong in a private step; each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// A trainable parameter was not recorded by any DP layer in the forward pass, so it
+    /// cannot be clipped: training it would silently break the privacy guarantee.
+    #[error("parameter `{0}` is trainable but no DP layer recorded it in this forward pass: freeze it or build it from a DP layer")]
+    UncoveredParameter(String),
+    /// A parameter was recorded twice (a tied or reused layer); its per-example norm would
+    /// need the cross terms of both uses, which are not computed.
+    #[error("parameter `{0}` is used by more than one layer call (tied weights or a reused layer), which the clipping engine refuses")]
+    TiedParameter(String),
+    /// A recorded tensor does not have the batch as its first dimension.
+    #[error("layer output for `{name}` has batch dimension {got}, expected {expected} (broadcast over the batch?)")]
+    BatchMismatch {
+        /// The parameter whose layer recorded the tensor.
+        name: String,
+        /// The first dimension found.
+        got: i64,
+        /// The number of per-example losses.
+        expected: i64,
+    },
+    /// The per-example losses are not a vector.
+    #[error("per-example losses must have shape [batch], got {0:?}")]
+    LossShape(Vec<i64>),
+    /// The clipping was asked with a bad clip norm.
+    #[error("clip norm must be finite and positive, got {0}")]
+    ClipNorm(f64),
+    /// The sampling rate is outside (0, 1].
+    #[error("sampling rate must be in (0, 1], got {0}")]
+    SamplingRate(f64),
+    /// A libtorch call failed.
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}

@@ -1,0 +1,30 @@
+//! Per-example gradient clipping, noise and sampling for differentially private training on
+//! libtorch tensors.
+//!
+//! The design avoids module hooks (tch has none):
+//! 1. DP layers ([`layers::DpLinear`]) record their input `a` and output `z` on a [`Tape`]
+//!    during the forward pass;
+//! 2. one backward pass of the summed per-example losses with respect to all recorded outputs
+//!    (`Tensor::run_backward`) yields the output gradients `g`; no parameter gradient is asked
+//!    of autograd;
+//! 3. the [`ClippingEngine`] computes per-example gradient norms from `(a, g)` (ghost norms or
+//!    explicit per-example gradients), the clip factors `c_i = min(1, C / ||G_i||)`, and the
+//!    clipped gradient sums directly (book-keeping: `sum_i c_i G_i` as one matmul per layer);
+//! 4. [`noise`] adds `N(0, sigma^2 C^2)` once per logical batch, drawn through [`PrivacyRng`].
+//!
+//! References: Goodfellow 2015 (per-example norms of linear layers), Li et al. 2022 (ghost
+//! clipping), Bu et al. 2023 (book-keeping).
+
+mod engine;
+mod error;
+pub mod layers;
+pub mod noise;
+mod rng;
+mod sampling;
+mod tape;
+
+pub use engine::{ClippedBatch, ClippingEngine};
+pub use error::CoreError;
+pub use rng::PrivacyRng;
+pub use sampling::PoissonSampler;
+pub use tape::{Record, Tape};

@@ -1,0 +1,251 @@
+//! The clipping engine against an independent reference: each example's own backward pass
+//! (batch size 1), its gradient clipped to C, and the clipped gradients summed.
+
+use std::collections::BTreeMap;
+
+use dp_core::layers::DpLinear;
+use dp_core::noise::add_gaussian_noise;
+use dp_core::{ClippingEngine, CoreError, PoissonSampler, PrivacyRng, Tape};
+use tch::{nn, Device, Kind, Tensor};
+
+/// Two DP linear layers with a tanh between them, on inputs (B, d) or (B, T, d); the loss of
+/// an example is the squared sum of its outputs over positions.
+struct TwoLayer {
+    first: DpLinear,
+    second: DpLinear,
+}
+
+impl TwoLayer {
+    fn new(vs: &nn::VarStore, d: i64, hidden: i64, out: i64, bias: bool) -> Self {
+        let root = vs.root();
+        Self {
+            first: DpLinear::new(&(&root / "first"), d, hidden, bias),
+            second: DpLinear::new(&(&root / "second"), hidden, out, bias),
+        }
+    }
+
+    fn losses(&self, x: &Tensor, target: &Tensor, tape: &mut Tape) -> Tensor {
+        let h = self.first.forward(x, tape).tanh();
+        let y = self.second.forward(&h, tape);
+        let err = (y - target).square();
+        let dims: Vec<i64> = (1..err.dim() as i64).collect();
+        err.sum_dim_intlist(dims.as_slice(), false, Kind::Double)
+    }
+}
+
+fn vs_f64() -> nn::VarStore {
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    vs.set_kind(Kind::Double);
+    vs
+}
+
+fn trainable(vs: &nn::VarStore) -> BTreeMap<String, Tensor> {
+    vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect()
+}
+
+/// Batch-size-1 reference: per-example norms and the sum of clipped per-example gradients.
+fn reference(
+    model: &TwoLayer,
+    vs: &nn::VarStore,
+    x: &Tensor,
+    target: &Tensor,
+    clip: f64,
+) -> (Vec<f64>, BTreeMap<String, Tensor>) {
+    let params = trainable(vs);
+    let names: Vec<&String> = params.keys().collect();
+    let tensors: Vec<&Tensor> = params.values().collect();
+    let mut sums: BTreeMap<String, Tensor> =
+        params.iter().map(|(n, t)| (n.clone(), t.zeros_like().detach())).collect();
+    let mut norms = Vec::new();
+    for i in 0..x.size()[0] {
+        let loss = model.losses(&x.narrow(0, i, 1), &target.narrow(0, i, 1), &mut Tape::off()).sum(Kind::Double);
+        let grads = Tensor::run_backward(&[loss], &tensors, false, false);
+        let norm = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+        let factor = (clip / norm).min(1.0);
+        for (name, g) in names.iter().zip(&grads) {
+            *sums.get_mut(*name).unwrap() += g * factor;
+        }
+        norms.push(norm);
+    }
+    (norms, sums)
+}
+
+fn assert_close(got: &Tensor, want: &Tensor, atol: f64, rtol: f64, what: &str) {
+    let diff = (got - want).abs().max().double_value(&[]);
+    let scale = want.abs().max().double_value(&[]);
+    assert!(diff <= atol + rtol * scale, "{what}: max abs diff {diff} (scale {scale})");
+}
+
+fn check_against_reference(shape: &[i64], hidden: i64, out: i64, bias: bool, clip: f64) {
+    tch::manual_seed(7);
+    let vs = vs_f64();
+    let d = *shape.last().unwrap();
+    let model = TwoLayer::new(&vs, d, hidden, out, bias);
+    let x = Tensor::randn(shape, (Kind::Double, Device::Cpu));
+    let mut target_shape = shape.to_vec();
+    *target_shape.last_mut().unwrap() = out;
+    let target = Tensor::randn(target_shape.as_slice(), (Kind::Double, Device::Cpu));
+
+    let engine = ClippingEngine::new(&vs, clip).unwrap();
+    let mut tape = Tape::recording();
+    let losses = model.losses(&x, &target, &mut tape);
+    let batch = engine.clip(tape.take(), &losses).unwrap();
+    let (norms, sums) = reference(&model, &vs, &x, &target, clip);
+
+    let what = format!("shape {shape:?} hidden {hidden} out {out} bias {bias} clip {clip}");
+    assert_eq!(batch.nonfinite, 0);
+    assert_close(&batch.norms, &Tensor::from_slice(&norms), 1e-10, 1e-8, &format!("norms, {what}"));
+    assert_eq!(batch.sums.keys().collect::<Vec<_>>(), sums.keys().collect::<Vec<_>>());
+    for (name, want) in &sums {
+        assert_close(&batch.sums[name], want, 1e-10, 1e-8, &format!("{name}, {what}"));
+    }
+    // The test must be able to fail: some examples are clipped, some are not.
+    if clip < 1e3 {
+        assert!(norms.iter().any(|&n| n > clip), "{what}: no example clipped");
+    }
+}
+
+#[test]
+fn clipped_sums_match_batch_size_one_reference_in_f64() {
+    // 2-D inputs (T = 1, Goodfellow norms), with and without bias, clipped and unclipped.
+    check_against_reference(&[6, 5], 4, 3, true, 1.0);
+    check_against_reference(&[6, 5], 4, 3, false, 0.5);
+    check_against_reference(&[6, 5], 4, 3, true, 1e6);
+    // Sequences: T = 2 takes the ghost norm (2 T^2 < p d) in both layers; T = 16 the explicit
+    // per-example gradient in both; T = 4 mixes (ghost in the 8x12 layer, explicit in 12x3).
+    check_against_reference(&[5, 2, 8], 12, 3, true, 2.0);
+    check_against_reference(&[5, 16, 8], 12, 3, true, 2.0);
+    check_against_reference(&[5, 4, 8], 12, 3, false, 2.0);
+    // Length-one sequences and extra position dimensions.
+    check_against_reference(&[4, 1, 6], 5, 2, true, 1.0);
+    check_against_reference(&[3, 2, 3, 6], 5, 2, true, 1.0);
+}
+
+#[test]
+fn single_precision_matches_reference_to_1e5() {
+    tch::manual_seed(3);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = TwoLayer::new(&vs, 10, 16, 4, true);
+    let x = Tensor::randn([8, 6, 10], (Kind::Float, Device::Cpu));
+    let target = Tensor::randn([8, 6, 4], (Kind::Float, Device::Cpu));
+    let engine = ClippingEngine::new(&vs, 1.0).unwrap();
+    let mut tape = Tape::recording();
+    let losses = model.losses(&x, &target, &mut tape).to_kind(Kind::Float);
+    let batch = engine.clip(tape.take(), &losses).unwrap();
+    assert!(batch.norms.max().double_value(&[]) > 1.0, "some examples must be clipped");
+
+    let mut vs64 = vs_f64();
+    let model64 = TwoLayer::new(&vs64, 10, 16, 4, true);
+    vs64.copy(&vs).unwrap();
+    vs64.double();
+    let (_, sums) = reference(&model64, &vs64, &x.to_kind(Kind::Double), &target.to_kind(Kind::Double), 1.0);
+    for (name, want) in &sums {
+        assert_close(&batch.sums[name].to_kind(Kind::Double), want, 0.0, 1e-5, name);
+    }
+}
+
+#[test]
+fn an_uncovered_trainable_parameter_is_refused_by_name() {
+    let vs = vs_f64();
+    let model = TwoLayer::new(&vs, 3, 4, 2, true);
+    let scale = vs.root().var("output_scale", &[1], nn::Init::Const(1.0));
+    let x = Tensor::randn([4, 3], (Kind::Double, Device::Cpu));
+    let target = Tensor::zeros([4, 2], (Kind::Double, Device::Cpu));
+    let mut tape = Tape::recording();
+    let losses = model.losses(&x, &target, &mut tape) * &scale;
+    let err = ClippingEngine::new(&vs, 1.0).unwrap().clip(tape.take(), &losses).unwrap_err();
+    assert!(matches!(&err, CoreError::UncoveredParameter(name) if name == "output_scale"), "{err}");
+}
+
+#[test]
+fn a_layer_used_twice_is_refused_by_name() {
+    let vs = vs_f64();
+    let layer = DpLinear::new(&(vs.root() / "shared"), 3, 3, false);
+    let x = Tensor::randn([4, 3], (Kind::Double, Device::Cpu));
+    let mut tape = Tape::recording();
+    let y = layer.forward(&layer.forward(&x, &mut tape), &mut tape);
+    let losses = y.square().sum_dim_intlist(1, false, Kind::Double);
+    let err = ClippingEngine::new(&vs, 1.0).unwrap().clip(tape.take(), &losses).unwrap_err();
+    assert!(matches!(&err, CoreError::TiedParameter(name) if name == "shared.weight"), "{err}");
+}
+
+#[test]
+fn frozen_layers_are_not_clipped_or_returned() {
+    let mut vs = vs_f64();
+    let frozen = DpLinear::new(&(vs.root() / "frozen"), 3, 4, true);
+    vs.freeze();
+    let head = DpLinear::new(&(vs.root() / "head"), 4, 2, true);
+    let x = Tensor::randn([5, 3], (Kind::Double, Device::Cpu));
+    let mut tape = Tape::recording();
+    let y = head.forward(&frozen.forward(&x, &mut tape).relu(), &mut tape);
+    let losses = y.square().sum_dim_intlist(1, false, Kind::Double);
+    let batch = ClippingEngine::new(&vs, 1.0).unwrap().clip(tape.take(), &losses).unwrap();
+    assert_eq!(batch.sums.keys().collect::<Vec<_>>(), ["head.bias", "head.weight"]);
+    assert_eq!(tape.records().len(), 0, "take() empties the tape");
+}
+
+#[test]
+fn nonfinite_examples_are_counted_and_contribute_nothing() {
+    tch::manual_seed(11);
+    let vs = vs_f64();
+    let model = TwoLayer::new(&vs, 4, 5, 2, true);
+    let x = Tensor::randn([6, 4], (Kind::Double, Device::Cpu));
+    let target = Tensor::randn([6, 2], (Kind::Double, Device::Cpu));
+    let bad = x.copy();
+    let _ = bad.get(2).fill_(f64::NAN);
+    let engine = ClippingEngine::new(&vs, 1.0).unwrap();
+    let mut tape = Tape::recording();
+    let losses = model.losses(&bad, &target, &mut tape);
+    let batch = engine.clip(tape.take(), &losses).unwrap();
+    assert_eq!(batch.nonfinite, 1);
+
+    let keep = Tensor::from_slice(&[0i64, 1, 3, 4, 5]);
+    let (_, sums) = reference(&model, &vs, &x.index_select(0, &keep), &target.index_select(0, &keep), 1.0);
+    for (name, want) in &sums {
+        assert_close(&batch.sums[name], want, 1e-10, 1e-8, name);
+    }
+}
+
+#[test]
+fn evaluation_records_nothing() {
+    let vs = vs_f64();
+    let model = TwoLayer::new(&vs, 3, 4, 2, true);
+    let x = Tensor::randn([2, 3], (Kind::Double, Device::Cpu));
+    let mut tape = Tape::recording();
+    let _ = tch::no_grad(|| model.losses(&x, &x.narrow(1, 0, 2), &mut tape));
+    assert!(tape.records().is_empty());
+    let mut off = Tape::off();
+    let _ = model.losses(&x, &x.narrow(1, 0, 2), &mut off);
+    assert!(off.records().is_empty());
+}
+
+#[test]
+fn gaussian_noise_has_the_requested_scale() {
+    // 200,000 draws: the sample standard deviation has relative s.e. 1/sqrt(2n) = 0.0016, so a
+    // 6-s.e. band (0.0095) has a false-alarm rate below 1e-8 under a correct sampler.
+    let mut sums = BTreeMap::from([("w".to_string(), Tensor::zeros([200_000], (Kind::Double, Device::Cpu)))]);
+    let mut rng = PrivacyRng::from_seed(1);
+    add_gaussian_noise(&mut sums, 3.0, &mut rng);
+    let std = sums["w"].std(true).double_value(&[]);
+    let mean = sums["w"].mean(Kind::Double).double_value(&[]);
+    assert!((std / 3.0 - 1.0).abs() < 0.0095, "std {std}");
+    assert!(mean.abs() < 6.0 * 3.0 / (200_000f64).sqrt(), "mean {mean}");
+    // Same seed, same noise.
+    let mut again = BTreeMap::from([("w".to_string(), Tensor::zeros([200_000], (Kind::Double, Device::Cpu)))]);
+    add_gaussian_noise(&mut again, 3.0, &mut PrivacyRng::from_seed(1));
+    assert!(again["w"].equal(&sums["w"]));
+}
+
+#[test]
+fn poisson_batches_have_the_expected_size() {
+    // 2,000 batches of Binomial(10,000, 0.01): total size has mean 200,000 and s.d. 444.8; a
+    // 6-s.d. band has a false-alarm rate below 1e-8. Empty batches occur at tiny rates.
+    let sampler = PoissonSampler::new(10_000, 0.01).unwrap();
+    let mut rng = PrivacyRng::from_seed(5);
+    let total: usize = (0..2_000).map(|_| sampler.sample(&mut rng).len()).sum();
+    assert!((total as f64 - 200_000.0).abs() < 6.0 * 444.8, "total {total}");
+    let tiny = PoissonSampler::new(10, 0.01).unwrap();
+    assert!((0..100).any(|_| tiny.sample(&mut rng).is_empty()));
+    assert!(PoissonSampler::new(10, 0.0).is_err());
+    assert!(PoissonSampler::new(10, f64::NAN).is_err());
+}
