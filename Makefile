@@ -16,7 +16,7 @@ build: setup
 	$(CARGO) build --release --workspace --bins
 
 demo: build
-	$(CARGO) run --release -p dp-train --bin dp-train -- demo
+	$(CARGO) run --release -p dp-train --bin dp-train -- fashion-mnist
 
 test: setup
 	$(CARGO) test --workspace

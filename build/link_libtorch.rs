@@ -38,8 +38,15 @@ fn torch_lib_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(lib).join("lib"));
     }
     std::env::var_os("LIBTORCH_USE_PYTORCH")?;
-    let python = if std::env::var_os("VIRTUAL_ENV").is_some() { "python" } else { "python3" };
-    let output = Command::new(python).args(["-c", PRINT_TORCH_LIB]).output().ok()?;
+    let python = if std::env::var_os("VIRTUAL_ENV").is_some() {
+        "python"
+    } else {
+        "python3"
+    };
+    let output = Command::new(python)
+        .args(["-c", PRINT_TORCH_LIB])
+        .output()
+        .ok()?;
     if !output.status.success() {
         return None;
     }

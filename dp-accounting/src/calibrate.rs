@@ -31,7 +31,12 @@ pub fn calibrate_noise_multiplier(
     delta: f64,
 ) -> Result<Calibration, AccountingError> {
     check_range("sampling_rate", q, q > 0.0 && q <= 1.0, "0 < q <= 1")?;
-    check_range("epsilon", target_epsilon, target_epsilon > 0.0, "epsilon > 0")?;
+    check_range(
+        "epsilon",
+        target_epsilon,
+        target_epsilon > 0.0,
+        "epsilon > 0",
+    )?;
     check_range("delta", delta, delta > 0.0 && delta < 1.0, "0 < delta < 1")?;
     if steps == 0 {
         return Err(AccountingError::InvalidParameter {
@@ -74,5 +79,8 @@ pub fn calibrate_noise_multiplier(
             lo = mid;
         }
     }
-    Ok(Calibration { noise_multiplier: hi, epsilon: eps_hi })
+    Ok(Calibration {
+        noise_multiplier: hi,
+        epsilon: eps_hi,
+    })
 }

@@ -35,6 +35,10 @@ pub(crate) fn check_range(
     if value.is_finite() && ok {
         Ok(())
     } else {
-        Err(AccountingError::InvalidParameter { name, value, expected })
+        Err(AccountingError::InvalidParameter {
+            name,
+            value,
+            expected,
+        })
     }
 }

@@ -41,10 +41,18 @@ fn rdp_epsilon_matches_the_signed_series_and_never_exceeds_dp_accounting() {
         let signed = &case["results"]["signed_series_on_dp_accounting_orders"];
         let want = num(&signed["eps"]);
         let id = case["id"].as_str().unwrap();
-        assert!(rel_err(got.epsilon, want) <= 1e-6, "{id}: {} vs signed series {want}", got.epsilon);
+        assert!(
+            rel_err(got.epsilon, want) <= 1e-6,
+            "{id}: {} vs signed series {want}",
+            got.epsilon
+        );
         assert_eq!(got.order, num(&signed["opt_order"]), "{id}: optimal order");
         let dpa = num(&case["results"]["dp_accounting_rdp"]["eps"]);
-        assert!(got.epsilon <= dpa * (1.0 + 1e-9), "{id}: {} above dp_accounting {dpa}", got.epsilon);
+        assert!(
+            got.epsilon <= dpa * (1.0 + 1e-9),
+            "{id}: {} above dp_accounting {dpa}",
+            got.epsilon
+        );
     }
 }
 
@@ -53,7 +61,12 @@ fn rdp_curves_match_term_by_term() {
     let g = golden();
     for curve in g["rdp_curves"].as_array().unwrap() {
         let (q, sigma) = (num(&curve["q"]), num(&curve["sigma"]));
-        let orders: Vec<f64> = curve["orders"].as_array().unwrap().iter().map(num).collect();
+        let orders: Vec<f64> = curve["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(num)
+            .collect();
         let exact = curve["rdp_per_step"]["exact_mpmath"].as_array().unwrap();
         for (i, &alpha) in orders.iter().enumerate() {
             let got = subsampled_gaussian_rdp(q, sigma, alpha).unwrap();
@@ -65,7 +78,10 @@ fn rdp_curves_match_term_by_term() {
             } else {
                 rel_err(got, want) <= 1e-6 || (got - want).abs() <= 1e-10
             };
-            assert!(ok, "q={q} sigma={sigma} alpha={alpha}: {got} vs exact {want}");
+            assert!(
+                ok,
+                "q={q} sigma={sigma} alpha={alpha}: {got} vs exact {want}"
+            );
         }
     }
 }
@@ -74,19 +90,32 @@ fn rdp_curves_match_term_by_term() {
 fn calibration_meets_the_target_and_is_at_least_as_tight_as_dp_accounting() {
     let g = golden();
     for case in g["calibration"].as_array().unwrap() {
-        let (q, delta, target) = (num(&case["q"]), num(&case["delta"]), num(&case["target_eps"]));
+        let (q, delta, target) = (
+            num(&case["q"]),
+            num(&case["delta"]),
+            num(&case["target_eps"]),
+        );
         let steps = case["steps"].as_u64().unwrap();
         let cal = calibrate_noise_multiplier(q, steps, target, delta).unwrap();
         let mut acc = RdpAccountant::default();
-        acc.compose_poisson_gaussian(q, cal.noise_multiplier, steps).unwrap();
+        acc.compose_poisson_gaussian(q, cal.noise_multiplier, steps)
+            .unwrap();
         let achieved = acc.epsilon(delta).unwrap().epsilon;
-        assert!(achieved <= target, "{}: epsilon {achieved} above target {target}", case["id"]);
+        assert!(
+            achieved <= target,
+            "{}: epsilon {achieved} above target {target}",
+            case["id"]
+        );
         assert_eq!(achieved, cal.epsilon);
         // dp_accounting calibrates on its looser fractional-order bound, so ours is at most its
         // sigma, and close to it (the gap is the fractional-order difference, under 2%).
         let dpa = num(&case["results"]["dp_accounting_rdp"]["sigma"]);
         let ratio = cal.noise_multiplier / dpa;
-        assert!((0.98..=1.0 + 1e-6).contains(&ratio), "{}: sigma ratio {ratio}", case["id"]);
+        assert!(
+            (0.98..=1.0 + 1e-6).contains(&ratio),
+            "{}: sigma ratio {ratio}",
+            case["id"]
+        );
     }
 }
 

@@ -33,6 +33,15 @@ pub struct ClippedBatch {
     pub nonfinite: i64,
 }
 
+impl ClippedBatch {
+    /// Adds these sums into `total`, the running sums of a logical batch.
+    pub fn add_to(self, total: &mut BTreeMap<String, Tensor>) {
+        for (name, value) in self.sums {
+            add_into(total, &name, value);
+        }
+    }
+}
+
 /// Computes per-example clipped gradient sums for the trainable variables of a `VarStore`.
 #[derive(Debug)]
 pub struct ClippingEngine {
@@ -47,9 +56,15 @@ impl ClippingEngine {
         if !(clip_norm.is_finite() && clip_norm > 0.0) {
             return Err(CoreError::ClipNorm(clip_norm));
         }
-        let trainable =
-            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        Ok(Self { trainable, clip_norm })
+        let trainable = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        Ok(Self {
+            trainable,
+            clip_norm,
+        })
     }
 
     /// The clip norm C.
@@ -60,7 +75,10 @@ impl ClippingEngine {
     /// Zero sums for every trainable parameter (the start of a logical batch, and the whole
     /// contribution of an empty one).
     pub fn zero_sums(&self) -> BTreeMap<String, Tensor> {
-        self.trainable.iter().map(|(name, t)| (name.clone(), t.zeros_like().detach())).collect()
+        self.trainable
+            .iter()
+            .map(|(name, t)| (name.clone(), t.zeros_like().detach()))
+            .collect()
     }
 
     /// Runs the one backward pass for `losses` (shape [B], one loss per example) over the
@@ -89,13 +107,22 @@ impl ClippingEngine {
 
         let mut sums = BTreeMap::new();
         for (record, g) in records.iter().zip(&grads) {
-            let g = if g.defined() { g.shallow_clone() } else { record.output().zeros_like() };
+            let g = if g.defined() {
+                g.shallow_clone()
+            } else {
+                record.output().zeros_like()
+            };
             self.accumulate(record, &g, &factors, &finite, nonfinite > 0, &mut sums)?;
         }
         for (name, t) in &self.trainable {
-            sums.entry(name.clone()).or_insert_with(|| t.zeros_like().detach());
+            sums.entry(name.clone())
+                .or_insert_with(|| t.zeros_like().detach());
         }
-        Ok(ClippedBatch { sums, norms, nonfinite })
+        Ok(ClippedBatch {
+            sums,
+            norms,
+            nonfinite,
+        })
     }
 
     fn check_coverage(&self, records: &[Record], batch: i64) -> Result<(), CoreError> {
@@ -107,7 +134,11 @@ impl ClippingEngine {
             let got = record.output().size().first().copied().unwrap_or(0);
             if got != batch {
                 let name = record.parameters().next().unwrap_or("?").to_string();
-                return Err(CoreError::BatchMismatch { name, got, expected: batch });
+                return Err(CoreError::BatchMismatch {
+                    name,
+                    got,
+                    expected: batch,
+                });
             }
         }
         let mut names: Vec<&String> = self.trainable.keys().collect();
@@ -128,7 +159,12 @@ impl ClippingEngine {
 
     /// Per-example squared gradient norms of one record's trainable parameters, shape (B).
     fn squared_norms(&self, record: &Record, g: &Tensor, kind: Kind) -> Result<Tensor, CoreError> {
-        let Record::Linear { input, weight, bias, .. } = record;
+        let Record::Linear {
+            input,
+            weight,
+            bias,
+            ..
+        } = record;
         let (a, g) = (per_example_rows(input, kind), per_example_rows(g, kind));
         let (t, d, p) = (a.size()[1], a.size()[2], g.size()[2]);
         let mut n2 = Tensor::zeros([g.size()[0]], (kind, g.device()));
@@ -138,11 +174,17 @@ impl ClippingEngine {
                 let gram_g = g.bmm(&g.transpose(1, 2));
                 (gram_a * gram_g).sum_dim_intlist([1, 2].as_slice(), false, kind)
             } else {
-                g.transpose(1, 2).bmm(&a).square().sum_dim_intlist([1, 2].as_slice(), false, kind)
+                g.transpose(1, 2)
+                    .bmm(&a)
+                    .square()
+                    .sum_dim_intlist([1, 2].as_slice(), false, kind)
             };
         }
         if bias.as_deref().is_some_and(|b| self.is_trainable(b)) {
-            n2 += g.sum_dim_intlist(1, false, kind).square().sum_dim_intlist(1, false, kind);
+            n2 += g
+                .sum_dim_intlist(1, false, kind)
+                .square()
+                .sum_dim_intlist(1, false, kind);
         }
         Ok(n2.clamp_min(0.0))
     }
@@ -157,8 +199,16 @@ impl ClippingEngine {
         mask_nonfinite: bool,
         sums: &mut BTreeMap<String, Tensor>,
     ) -> Result<(), CoreError> {
-        let Record::Linear { input, weight, bias, .. } = record;
-        let kind = self.trainable.get(weight.as_str()).map_or(g.kind(), Tensor::kind);
+        let Record::Linear {
+            input,
+            weight,
+            bias,
+            ..
+        } = record;
+        let kind = self
+            .trainable
+            .get(weight.as_str())
+            .map_or(g.kind(), Tensor::kind);
         let batch = factors.size()[0];
         let mut a = per_example_rows(input, kind);
         let mut scaled = per_example_rows(g, kind) * factors.to_kind(kind).view([batch, 1, 1]);
@@ -170,11 +220,18 @@ impl ClippingEngine {
         }
         let (d, p) = (a.size()[2], scaled.size()[2]);
         if self.is_trainable(weight) {
-            let sum = scaled.reshape([-1, p]).transpose(0, 1).mm(&a.reshape([-1, d]));
+            let sum = scaled
+                .reshape([-1, p])
+                .transpose(0, 1)
+                .mm(&a.reshape([-1, d]));
             add_into(sums, weight, sum);
         }
         if let Some(b) = bias.as_deref().filter(|b| self.is_trainable(b)) {
-            add_into(sums, b, scaled.sum_dim_intlist([0, 1].as_slice(), false, kind));
+            add_into(
+                sums,
+                b,
+                scaled.sum_dim_intlist([0, 1].as_slice(), false, kind),
+            );
         }
         Ok(())
     }

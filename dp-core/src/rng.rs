@@ -18,13 +18,19 @@ pub struct PrivacyRng {
 impl PrivacyRng {
     /// Seeded from the operating system's entropy: the default for real runs.
     pub fn from_os() -> Self {
-        Self { rng: ChaCha20Rng::from_os_rng(), seed: None }
+        Self {
+            rng: ChaCha20Rng::from_os_rng(),
+            seed: None,
+        }
     }
 
     /// Seeded with `seed`: reproducible, for tests and research only (the noise is predictable
     /// to anyone who knows the seed).
     pub fn from_seed(seed: u64) -> Self {
-        Self { rng: ChaCha20Rng::seed_from_u64(seed), seed: Some(seed) }
+        Self {
+            rng: ChaCha20Rng::seed_from_u64(seed),
+            seed: Some(seed),
+        }
     }
 
     /// The seed, if the generator was seeded explicitly.

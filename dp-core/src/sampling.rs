@@ -32,6 +32,8 @@ impl PoissonSampler {
 
     /// The indices of one logical batch, in increasing order.
     pub fn sample(&self, rng: &mut PrivacyRng) -> Vec<i64> {
-        (0..self.dataset_size as i64).filter(|_| rng.bernoulli(self.rate)).collect()
+        (0..self.dataset_size as i64)
+            .filter(|_| rng.bernoulli(self.rate))
+            .collect()
     }
 }

@@ -50,7 +50,10 @@ pub struct Tape {
 impl Tape {
     /// A tape that records: use it for the forward pass of a private step.
     pub fn recording() -> Self {
-        Self { on: true, records: Vec::new() }
+        Self {
+            on: true,
+            records: Vec::new(),
+        }
     }
 
     /// A tape that records nothing: evaluation and non-private training.

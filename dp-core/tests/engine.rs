@@ -40,7 +40,10 @@ fn vs_f64() -> nn::VarStore {
 }
 
 fn trainable(vs: &nn::VarStore) -> BTreeMap<String, Tensor> {
-    vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect()
+    vs.variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect()
 }
 
 /// Batch-size-1 reference: per-example norms and the sum of clipped per-example gradients.
@@ -54,13 +57,25 @@ fn reference(
     let params = trainable(vs);
     let names: Vec<&String> = params.keys().collect();
     let tensors: Vec<&Tensor> = params.values().collect();
-    let mut sums: BTreeMap<String, Tensor> =
-        params.iter().map(|(n, t)| (n.clone(), t.zeros_like().detach())).collect();
+    let mut sums: BTreeMap<String, Tensor> = params
+        .iter()
+        .map(|(n, t)| (n.clone(), t.zeros_like().detach()))
+        .collect();
     let mut norms = Vec::new();
     for i in 0..x.size()[0] {
-        let loss = model.losses(&x.narrow(0, i, 1), &target.narrow(0, i, 1), &mut Tape::off()).sum(Kind::Double);
+        let loss = model
+            .losses(
+                &x.narrow(0, i, 1),
+                &target.narrow(0, i, 1),
+                &mut Tape::off(),
+            )
+            .sum(Kind::Double);
         let grads = Tensor::run_backward(&[loss], &tensors, false, false);
-        let norm = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+        let norm = grads
+            .iter()
+            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
+            .sum::<f64>()
+            .sqrt();
         let factor = (clip / norm).min(1.0);
         for (name, g) in names.iter().zip(&grads) {
             *sums.get_mut(*name).unwrap() += g * factor;
@@ -73,7 +88,10 @@ fn reference(
 fn assert_close(got: &Tensor, want: &Tensor, atol: f64, rtol: f64, what: &str) {
     let diff = (got - want).abs().max().double_value(&[]);
     let scale = want.abs().max().double_value(&[]);
-    assert!(diff <= atol + rtol * scale, "{what}: max abs diff {diff} (scale {scale})");
+    assert!(
+        diff <= atol + rtol * scale,
+        "{what}: max abs diff {diff} (scale {scale})"
+    );
 }
 
 fn check_against_reference(shape: &[i64], hidden: i64, out: i64, bias: bool, clip: f64) {
@@ -94,14 +112,32 @@ fn check_against_reference(shape: &[i64], hidden: i64, out: i64, bias: bool, cli
 
     let what = format!("shape {shape:?} hidden {hidden} out {out} bias {bias} clip {clip}");
     assert_eq!(batch.nonfinite, 0);
-    assert_close(&batch.norms, &Tensor::from_slice(&norms), 1e-10, 1e-8, &format!("norms, {what}"));
-    assert_eq!(batch.sums.keys().collect::<Vec<_>>(), sums.keys().collect::<Vec<_>>());
+    assert_close(
+        &batch.norms,
+        &Tensor::from_slice(&norms),
+        1e-10,
+        1e-8,
+        &format!("norms, {what}"),
+    );
+    assert_eq!(
+        batch.sums.keys().collect::<Vec<_>>(),
+        sums.keys().collect::<Vec<_>>()
+    );
     for (name, want) in &sums {
-        assert_close(&batch.sums[name], want, 1e-10, 1e-8, &format!("{name}, {what}"));
+        assert_close(
+            &batch.sums[name],
+            want,
+            1e-10,
+            1e-8,
+            &format!("{name}, {what}"),
+        );
     }
     // The test must be able to fail: some examples are clipped, some are not.
     if clip < 1e3 {
-        assert!(norms.iter().any(|&n| n > clip), "{what}: no example clipped");
+        assert!(
+            norms.iter().any(|&n| n > clip),
+            "{what}: no example clipped"
+        );
     }
 }
 
@@ -132,15 +168,30 @@ fn single_precision_matches_reference_to_1e5() {
     let mut tape = Tape::recording();
     let losses = model.losses(&x, &target, &mut tape).to_kind(Kind::Float);
     let batch = engine.clip(tape.take(), &losses).unwrap();
-    assert!(batch.norms.max().double_value(&[]) > 1.0, "some examples must be clipped");
+    assert!(
+        batch.norms.max().double_value(&[]) > 1.0,
+        "some examples must be clipped"
+    );
 
     let mut vs64 = vs_f64();
     let model64 = TwoLayer::new(&vs64, 10, 16, 4, true);
     vs64.copy(&vs).unwrap();
     vs64.double();
-    let (_, sums) = reference(&model64, &vs64, &x.to_kind(Kind::Double), &target.to_kind(Kind::Double), 1.0);
+    let (_, sums) = reference(
+        &model64,
+        &vs64,
+        &x.to_kind(Kind::Double),
+        &target.to_kind(Kind::Double),
+        1.0,
+    );
     for (name, want) in &sums {
-        assert_close(&batch.sums[name].to_kind(Kind::Double), want, 0.0, 1e-5, name);
+        assert_close(
+            &batch.sums[name].to_kind(Kind::Double),
+            want,
+            0.0,
+            1e-5,
+            name,
+        );
     }
 }
 
@@ -153,8 +204,14 @@ fn an_uncovered_trainable_parameter_is_refused_by_name() {
     let target = Tensor::zeros([4, 2], (Kind::Double, Device::Cpu));
     let mut tape = Tape::recording();
     let losses = model.losses(&x, &target, &mut tape) * &scale;
-    let err = ClippingEngine::new(&vs, 1.0).unwrap().clip(tape.take(), &losses).unwrap_err();
-    assert!(matches!(&err, CoreError::UncoveredParameter(name) if name == "output_scale"), "{err}");
+    let err = ClippingEngine::new(&vs, 1.0)
+        .unwrap()
+        .clip(tape.take(), &losses)
+        .unwrap_err();
+    assert!(
+        matches!(&err, CoreError::UncoveredParameter(name) if name == "output_scale"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -165,8 +222,14 @@ fn a_layer_used_twice_is_refused_by_name() {
     let mut tape = Tape::recording();
     let y = layer.forward(&layer.forward(&x, &mut tape), &mut tape);
     let losses = y.square().sum_dim_intlist(1, false, Kind::Double);
-    let err = ClippingEngine::new(&vs, 1.0).unwrap().clip(tape.take(), &losses).unwrap_err();
-    assert!(matches!(&err, CoreError::TiedParameter(name) if name == "shared.weight"), "{err}");
+    let err = ClippingEngine::new(&vs, 1.0)
+        .unwrap()
+        .clip(tape.take(), &losses)
+        .unwrap_err();
+    assert!(
+        matches!(&err, CoreError::TiedParameter(name) if name == "shared.weight"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -179,8 +242,14 @@ fn frozen_layers_are_not_clipped_or_returned() {
     let mut tape = Tape::recording();
     let y = head.forward(&frozen.forward(&x, &mut tape).relu(), &mut tape);
     let losses = y.square().sum_dim_intlist(1, false, Kind::Double);
-    let batch = ClippingEngine::new(&vs, 1.0).unwrap().clip(tape.take(), &losses).unwrap();
-    assert_eq!(batch.sums.keys().collect::<Vec<_>>(), ["head.bias", "head.weight"]);
+    let batch = ClippingEngine::new(&vs, 1.0)
+        .unwrap()
+        .clip(tape.take(), &losses)
+        .unwrap();
+    assert_eq!(
+        batch.sums.keys().collect::<Vec<_>>(),
+        ["head.bias", "head.weight"]
+    );
     assert_eq!(tape.records().len(), 0, "take() empties the tape");
 }
 
@@ -200,7 +269,13 @@ fn nonfinite_examples_are_counted_and_contribute_nothing() {
     assert_eq!(batch.nonfinite, 1);
 
     let keep = Tensor::from_slice(&[0i64, 1, 3, 4, 5]);
-    let (_, sums) = reference(&model, &vs, &x.index_select(0, &keep), &target.index_select(0, &keep), 1.0);
+    let (_, sums) = reference(
+        &model,
+        &vs,
+        &x.index_select(0, &keep),
+        &target.index_select(0, &keep),
+        1.0,
+    );
     for (name, want) in &sums {
         assert_close(&batch.sums[name], want, 1e-10, 1e-8, name);
     }
@@ -223,7 +298,10 @@ fn evaluation_records_nothing() {
 fn gaussian_noise_has_the_requested_scale() {
     // 200,000 draws: the sample standard deviation has relative s.e. 1/sqrt(2n) = 0.0016, so a
     // 6-s.e. band (0.0095) has a false-alarm rate below 1e-8 under a correct sampler.
-    let mut sums = BTreeMap::from([("w".to_string(), Tensor::zeros([200_000], (Kind::Double, Device::Cpu)))]);
+    let mut sums = BTreeMap::from([(
+        "w".to_string(),
+        Tensor::zeros([200_000], (Kind::Double, Device::Cpu)),
+    )]);
     let mut rng = PrivacyRng::from_seed(1);
     add_gaussian_noise(&mut sums, 3.0, &mut rng);
     let std = sums["w"].std(true).double_value(&[]);
@@ -231,7 +309,10 @@ fn gaussian_noise_has_the_requested_scale() {
     assert!((std / 3.0 - 1.0).abs() < 0.0095, "std {std}");
     assert!(mean.abs() < 6.0 * 3.0 / (200_000f64).sqrt(), "mean {mean}");
     // Same seed, same noise.
-    let mut again = BTreeMap::from([("w".to_string(), Tensor::zeros([200_000], (Kind::Double, Device::Cpu)))]);
+    let mut again = BTreeMap::from([(
+        "w".to_string(),
+        Tensor::zeros([200_000], (Kind::Double, Device::Cpu)),
+    )]);
     add_gaussian_noise(&mut again, 3.0, &mut PrivacyRng::from_seed(1));
     assert!(again["w"].equal(&sums["w"]));
 }
@@ -243,7 +324,10 @@ fn poisson_batches_have_the_expected_size() {
     let sampler = PoissonSampler::new(10_000, 0.01).unwrap();
     let mut rng = PrivacyRng::from_seed(5);
     let total: usize = (0..2_000).map(|_| sampler.sample(&mut rng).len()).sum();
-    assert!((total as f64 - 200_000.0).abs() < 6.0 * 444.8, "total {total}");
+    assert!(
+        (total as f64 - 200_000.0).abs() < 6.0 * 444.8,
+        "total {total}"
+    );
     let tiny = PoissonSampler::new(10, 0.01).unwrap();
     assert!((0..100).any(|_| tiny.sample(&mut rng).is_empty()));
     assert!(PoissonSampler::new(10, 0.0).is_err());

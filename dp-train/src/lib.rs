@@ -1,1 +1,19 @@
-//! placeholder
+//! The private training loop: Poisson-sampled logical batches, per-example clipping with the
+//! `dp-core` engine, Gaussian noise, an SGD step, and a ledger that accounts every noised step
+//! with `dp-accounting` before its noise is drawn.
+//!
+//! The first job is DP-SGD on Fashion-MNIST ([`fashion_mnist`]); the `dp-train` binary runs it
+//! (`dp-train demo`).
+
+pub mod data;
+mod dpsgd;
+mod error;
+pub mod fashion_mnist;
+mod ledger;
+pub mod models;
+mod statement;
+
+pub use dpsgd::{evaluate_accuracy, train, Batches, DpSgdConfig, StepReport, TrainSummary};
+pub use error::TrainError;
+pub use ledger::PrivacyLedger;
+pub use statement::PrivacyStatement;

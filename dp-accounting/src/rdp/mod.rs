@@ -53,7 +53,10 @@ pub fn epsilon_from_rdp(
     delta: f64,
 ) -> Result<EpsilonAtOrder, AccountingError> {
     check_range("delta", delta, delta > 0.0 && delta < 1.0, "0 < delta < 1")?;
-    let mut best = EpsilonAtOrder { epsilon: f64::INFINITY, order: orders[0] };
+    let mut best = EpsilonAtOrder {
+        epsilon: f64::INFINITY,
+        order: orders[0],
+    };
     for (&alpha, &r) in orders.iter().zip(rdp) {
         let epsilon = if delta * delta + (-r).exp_m1() > 0.0 {
             0.0
@@ -63,7 +66,10 @@ pub fn epsilon_from_rdp(
             f64::INFINITY
         };
         if epsilon < best.epsilon {
-            best = EpsilonAtOrder { epsilon, order: alpha };
+            best = EpsilonAtOrder {
+                epsilon,
+                order: alpha,
+            };
         }
     }
     best.epsilon = best.epsilon.max(0.0);

@@ -20,11 +20,29 @@ pub struct DpLinear {
 impl DpLinear {
     /// Creates the layer's variables `weight` (and `bias`) under `path`.
     pub fn new(path: &nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Self {
-        let weight = path.var("weight", &[out_dim, in_dim], nn::init::DEFAULT_KAIMING_UNIFORM);
+        let weight = path.var(
+            "weight",
+            &[out_dim, in_dim],
+            nn::init::DEFAULT_KAIMING_UNIFORM,
+        );
         let bound = 1.0 / (in_dim as f64).sqrt();
-        let bias = bias.then(|| path.var("bias", &[out_dim], Init::Uniform { lo: -bound, up: bound }));
+        let bias = bias.then(|| {
+            path.var(
+                "bias",
+                &[out_dim],
+                Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            )
+        });
         let bias_name = bias.as_ref().map(|_| path.path("bias"));
-        Self { weight, bias, weight_name: path.path("weight"), bias_name }
+        Self {
+            weight,
+            bias,
+            weight_name: path.path("weight"),
+            bias_name,
+        }
     }
 
     /// Applies the layer, recording `(input, output)` if the tape is on.

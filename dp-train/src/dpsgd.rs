@@ -1,0 +1,184 @@
+//! DP-SGD (Abadi et al. 2016) with true Poisson sampling.
+//!
+//! Each step: draw a logical batch by Poisson sampling (rate `q = B / N`); split it into
+//! physical batches of at most `P` examples (memory bound, no effect on privacy); clip each
+//! example's gradient to `C` and sum (book-keeping, one backward pass per physical batch);
+//! record the step in the ledger; add `N(0, sigma^2 C^2)`; divide by the *expected* batch size
+//! `B` (never the realised one, which would leak it); take an SGD step. Empty batches still add
+//! noise and count as a step.
+
+use dp_core::noise::add_gaussian_noise;
+use dp_core::{ClippingEngine, PoissonSampler, PrivacyRng, Tape};
+use tch::{nn, Kind, Reduction, Tensor};
+
+use crate::error::TrainError;
+use crate::ledger::PrivacyLedger;
+
+/// Everything that shapes a DP-SGD run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpSgdConfig {
+    /// Expected logical batch size B; the sampling rate is `B / N`.
+    pub expected_batch_size: f64,
+    /// Largest physical batch run through the model at once.
+    pub physical_batch_size: usize,
+    /// Number of noised steps.
+    pub steps: u64,
+    /// Per-example gradient norm bound C.
+    pub clip_norm: f64,
+    /// Noise standard deviation over C.
+    pub noise_multiplier: f64,
+    /// SGD learning rate.
+    pub learning_rate: f64,
+    /// The delta at which epsilon is tracked.
+    pub delta: f64,
+    /// Training stops before any step that would take epsilon above this.
+    pub epsilon_budget: f64,
+}
+
+/// Training examples: inputs (N, ...) and integer class labels (N).
+#[derive(Debug, Clone, Copy)]
+pub struct Batches<'a> {
+    /// Inputs, first dimension N.
+    pub inputs: &'a Tensor,
+    /// Class labels, shape (N).
+    pub labels: &'a Tensor,
+}
+
+/// What one step did, for progress reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// Steps taken so far (1-based).
+    pub step: u64,
+    /// Realised logical batch size.
+    pub batch_size: usize,
+    /// Mean loss over the batch before the update (NaN for an empty batch).
+    pub mean_loss: f64,
+    /// Epsilon spent after this step.
+    pub epsilon: f64,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// The ledger with every step taken.
+    pub ledger: PrivacyLedger,
+    /// Examples dropped for non-finite gradients, over the whole run.
+    pub nonfinite_examples: i64,
+}
+
+/// Runs DP-SGD on the trainable variables of `vs`. `logits` maps a physical batch of inputs to
+/// logits, recording its DP layers on the tape it is given.
+pub fn train(
+    vs: &nn::VarStore,
+    logits: impl Fn(&Tensor, &mut Tape) -> Tensor,
+    data: Batches<'_>,
+    config: &DpSgdConfig,
+    rng: &mut PrivacyRng,
+    mut on_step: impl FnMut(&StepReport),
+) -> Result<TrainSummary, TrainError> {
+    let n = data.labels.size()[0];
+    validate(config, n)?;
+    let sampler = PoissonSampler::new(n as usize, config.expected_batch_size / n as f64)?;
+    let engine = ClippingEngine::new(vs, config.clip_norm)?;
+    let mut ledger = PrivacyLedger::new(
+        sampler.rate(),
+        config.noise_multiplier,
+        config.delta,
+        config.epsilon_budget,
+    )?;
+    let variables = vs.variables();
+    let mut nonfinite_examples = 0;
+    for _ in 0..config.steps {
+        let batch = sampler.sample(rng);
+        let mut sums = engine.zero_sums();
+        let mut loss_sum = 0.0;
+        for chunk in batch.chunks(config.physical_batch_size) {
+            let index = Tensor::from_slice(chunk).to_device(data.inputs.device());
+            let x = data.inputs.index_select(0, &index);
+            let y = data.labels.index_select(0, &index);
+            let mut tape = Tape::recording();
+            let losses = logits(&x, &mut tape).cross_entropy_loss::<Tensor>(
+                &y,
+                None,
+                Reduction::None,
+                -100,
+                0.0,
+            );
+            loss_sum += losses.sum(Kind::Double).double_value(&[]);
+            let clipped = engine.clip(tape.take(), &losses)?;
+            nonfinite_examples += clipped.nonfinite;
+            clipped.add_to(&mut sums);
+        }
+        ledger.record_step()?;
+        add_gaussian_noise(&mut sums, config.noise_multiplier * config.clip_norm, rng);
+        tch::no_grad(|| {
+            for (name, sum) in &sums {
+                let mut var = variables[name].shallow_clone();
+                let _ = var.f_sub_(&(sum * (config.learning_rate / config.expected_batch_size)));
+            }
+        });
+        on_step(&StepReport {
+            step: ledger.steps(),
+            batch_size: batch.len(),
+            mean_loss: loss_sum / batch.len() as f64,
+            epsilon: ledger.spent()?.epsilon,
+        });
+    }
+    Ok(TrainSummary {
+        ledger,
+        nonfinite_examples,
+    })
+}
+
+/// Fraction of correctly classified examples, evaluated without recording.
+pub fn evaluate_accuracy(
+    logits: impl Fn(&Tensor, &mut Tape) -> Tensor,
+    data: Batches<'_>,
+    batch_size: i64,
+) -> f64 {
+    let n = data.labels.size()[0];
+    let correct: i64 = tch::no_grad(|| {
+        (0..n)
+            .step_by(batch_size as usize)
+            .map(|start| {
+                let len = batch_size.min(n - start);
+                let predicted =
+                    logits(&data.inputs.narrow(0, start, len), &mut Tape::off()).argmax(-1, false);
+                predicted
+                    .eq_tensor(&data.labels.narrow(0, start, len))
+                    .sum(Kind::Int64)
+                    .int64_value(&[])
+            })
+            .sum()
+    });
+    correct as f64 / n as f64
+}
+
+fn validate(config: &DpSgdConfig, n: i64) -> Result<(), TrainError> {
+    let bad = |msg: String| Err(TrainError::Config(msg));
+    if n <= 0 {
+        return bad("the training set is empty".into());
+    }
+    if !(config.expected_batch_size > 0.0 && config.expected_batch_size <= n as f64) {
+        return bad(format!(
+            "expected batch size {} must be in (0, {n}]",
+            config.expected_batch_size
+        ));
+    }
+    if config.physical_batch_size == 0 {
+        return bad("physical batch size must be at least 1".into());
+    }
+    if !(config.noise_multiplier.is_finite() && config.noise_multiplier > 0.0) {
+        return bad(format!(
+            "noise multiplier {} must be positive",
+            config.noise_multiplier
+        ));
+    }
+    if !(config.learning_rate.is_finite() && config.learning_rate > 0.0) {
+        return bad(format!(
+            "learning rate {} must be positive",
+            config.learning_rate
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! Errors of the training loop; the binary prints them in one line and exits non-zero.
+
+/// A training run that cannot start or continue.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A configuration value is invalid; the message names it.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A dataset could not be read.
+    #[error("cannot load {what} from {path}: {reason} (run `make setup` to fetch the assets)")]
+    Data {
+        /// Which dataset.
+        what: &'static str,
+        /// Where it was looked for.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The next step would spend more privacy than the budget allows; it was not taken.
+    #[error("budget exhausted: step {step} would reach epsilon {epsilon:.4} > budget {budget}")]
+    BudgetExhausted {
+        /// The step that was refused (1-based).
+        step: u64,
+        /// The epsilon it would have reached.
+        epsilon: f64,
+        /// The budget.
+        budget: f64,
+    },
+    /// An accounting error.
+    #[error(transparent)]
+    Accounting(#[from] dp_accounting::AccountingError),
+    /// A clipping, noise or sampling error.
+    #[error(transparent)]
+    Core(#[from] dp_core::CoreError),
+    /// A libtorch error.
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}

@@ -1,0 +1,193 @@
+//! Private training of an MLP on Fashion-MNIST (Xiao, Rasul, Vollgraf 2017): 60,000 training
+//! and 10,000 test images of 28x28 pixels in 10 classes, fetched by `scripts/setup.sh` from
+//! Debian's `dataset-fashion-mnist`.
+//!
+//! The noise multiplier is calibrated (one-sided, RDP) so that the planned number of steps
+//! meets the target (epsilon, delta); the ledger refuses any step beyond it.
+
+use std::path::Path;
+use std::time::Instant;
+
+use dp_accounting::calibrate_noise_multiplier;
+use dp_core::PrivacyRng;
+use serde::Serialize;
+use tch::{nn, Device, Tensor};
+
+use crate::dpsgd::{evaluate_accuracy, train, Batches, DpSgdConfig, StepReport};
+use crate::error::TrainError;
+use crate::models::Mlp;
+use crate::statement::PrivacyStatement;
+
+/// Pixel mean and standard deviation of the Fashion-MNIST training set (public constants).
+const PIXEL_MEAN: f64 = 0.2860;
+const PIXEL_STD: f64 = 0.3530;
+
+/// A private Fashion-MNIST run: privacy target and training hyperparameters.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunConfig {
+    /// Target epsilon: the noise multiplier is calibrated to meet it.
+    pub epsilon: f64,
+    /// Target delta.
+    pub delta: f64,
+    /// Passes over the data (in expectation): steps = ceil(epochs * N / B).
+    pub epochs: f64,
+    /// Expected logical batch size B.
+    pub expected_batch_size: f64,
+    /// Largest physical batch.
+    pub physical_batch_size: usize,
+    /// Per-example clip norm C.
+    pub clip_norm: f64,
+    /// SGD learning rate.
+    pub learning_rate: f64,
+    /// Hidden widths of the MLP.
+    pub hidden: Vec<i64>,
+    /// Use only the first this many training images (all if `None`).
+    pub train_subset: Option<usize>,
+    /// Seed for the privacy generator (reproducible, not private); OS entropy if `None`.
+    pub seed: Option<u64>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            epsilon: 3.0,
+            delta: 1e-5,
+            epochs: 10.0,
+            expected_batch_size: 1024.0,
+            physical_batch_size: 512,
+            clip_norm: 1.0,
+            learning_rate: 4.0,
+            hidden: vec![256],
+            train_subset: None,
+            seed: None,
+        }
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    /// Accuracy on the 10,000 test images.
+    pub test_accuracy: f64,
+    /// What the run can claim.
+    pub privacy: PrivacyStatement,
+    /// Training wall time in seconds (without data loading and evaluation).
+    pub train_seconds: f64,
+    /// Examples whose gradient was not finite (dropped from their step).
+    pub nonfinite_examples: i64,
+    /// Where the model ran.
+    pub device: String,
+}
+
+/// Fashion-MNIST as float images (N, 784), standardised, and labels (N).
+#[derive(Debug)]
+pub struct FashionMnist {
+    /// Training images.
+    pub train_images: Tensor,
+    /// Training labels.
+    pub train_labels: Tensor,
+    /// Test images.
+    pub test_images: Tensor,
+    /// Test labels.
+    pub test_labels: Tensor,
+}
+
+impl FashionMnist {
+    /// Loads the IDX files from `dir` (as laid out by `scripts/setup.sh`).
+    pub fn load(dir: &Path) -> Result<Self, TrainError> {
+        let d = tch::vision::mnist::load_dir(dir).map_err(|e| TrainError::Data {
+            what: "Fashion-MNIST",
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let standardise = |x: Tensor| (x - PIXEL_MEAN) / PIXEL_STD;
+        Ok(Self {
+            train_images: standardise(d.train_images),
+            train_labels: d.train_labels,
+            test_images: standardise(d.test_images),
+            test_labels: d.test_labels,
+        })
+    }
+}
+
+/// Trains the MLP privately on `device` and evaluates it; `on_step` sees every step.
+pub fn run(
+    data: &FashionMnist,
+    config: &RunConfig,
+    device: Device,
+    on_step: impl FnMut(&StepReport),
+) -> Result<RunResult, TrainError> {
+    let n_total = data.train_labels.size()[0] as usize;
+    let n = config.train_subset.unwrap_or(n_total).min(n_total);
+    let subset = |t: &Tensor| t.narrow(0, 0, n as i64).to_device(device);
+    let (images, labels) = (subset(&data.train_images), subset(&data.train_labels));
+    if !(config.epochs.is_finite() && config.epochs > 0.0) {
+        return Err(TrainError::Config(format!(
+            "epochs {} must be positive",
+            config.epochs
+        )));
+    }
+    let q = config.expected_batch_size / n as f64;
+    if !(q > 0.0 && q <= 1.0) {
+        return Err(TrainError::Config(format!(
+            "expected batch size {} must be in (0, {n}]",
+            config.expected_batch_size
+        )));
+    }
+    let steps = (config.epochs / q).ceil() as u64;
+    let calibration = calibrate_noise_multiplier(q, steps, config.epsilon, config.delta)?;
+
+    let vs = nn::VarStore::new(device);
+    let mut dims = vec![784];
+    dims.extend(&config.hidden);
+    dims.push(10);
+    let model = Mlp::new(&vs.root(), &dims);
+    let dp_config = DpSgdConfig {
+        expected_batch_size: config.expected_batch_size,
+        physical_batch_size: config.physical_batch_size,
+        steps,
+        clip_norm: config.clip_norm,
+        noise_multiplier: calibration.noise_multiplier,
+        learning_rate: config.learning_rate,
+        delta: config.delta,
+        epsilon_budget: config.epsilon,
+    };
+    let mut rng = match config.seed {
+        Some(seed) => {
+            tch::manual_seed(seed as i64);
+            PrivacyRng::from_seed(seed)
+        }
+        None => PrivacyRng::from_os(),
+    };
+    let forward = |x: &Tensor, tape: &mut dp_core::Tape| model.forward(x, tape);
+    let start = Instant::now();
+    let summary = train(
+        &vs,
+        forward,
+        Batches {
+            inputs: &images,
+            labels: &labels,
+        },
+        &dp_config,
+        &mut rng,
+        on_step,
+    )?;
+    let train_seconds = start.elapsed().as_secs_f64();
+    let (test_images, test_labels) = (
+        data.test_images.to_device(device),
+        data.test_labels.to_device(device),
+    );
+    let test = Batches {
+        inputs: &test_images,
+        labels: &test_labels,
+    };
+    let test_accuracy = evaluate_accuracy(forward, test, 2000);
+    let privacy = PrivacyStatement::from_ledger(&summary.ledger, n, config.clip_norm, config.seed)?;
+    Ok(RunResult {
+        test_accuracy,
+        privacy,
+        train_seconds,
+        nonfinite_examples: summary.nonfinite_examples,
+        device: format!("{device:?}"),
+    })
+}

@@ -1,0 +1,99 @@
+//! The privacy statement printed at the end of a run: the numbers, and what they depend on.
+
+use std::fmt;
+
+use dp_accounting::round_up;
+use serde::Serialize;
+
+use crate::error::TrainError;
+use crate::ledger::PrivacyLedger;
+
+/// Decimals shown for epsilon (rounded up).
+const EPSILON_DIGITS: i32 = 3;
+
+/// What a finished run can claim.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrivacyStatement {
+    /// Epsilon spent, rounded up to three decimals.
+    pub epsilon: f64,
+    /// The delta of the guarantee.
+    pub delta: f64,
+    /// The RDP order at which epsilon was reached.
+    pub order: f64,
+    /// The accountant.
+    pub accountant: &'static str,
+    /// Poisson sampling rate q.
+    pub sampling_rate: f64,
+    /// Dataset size N.
+    pub dataset_size: usize,
+    /// Noise multiplier sigma.
+    pub noise_multiplier: f64,
+    /// Per-example clip norm C.
+    pub clip_norm: f64,
+    /// Noised steps taken.
+    pub steps: u64,
+    /// The seed of the privacy generator, if the run was seeded (reproducible, not secret).
+    pub seed: Option<u64>,
+}
+
+impl PrivacyStatement {
+    /// The statement for the steps recorded in `ledger`.
+    pub fn from_ledger(
+        ledger: &PrivacyLedger,
+        dataset_size: usize,
+        clip_norm: f64,
+        seed: Option<u64>,
+    ) -> Result<Self, TrainError> {
+        let spent = ledger.spent()?;
+        Ok(Self {
+            epsilon: round_up(spent.epsilon, EPSILON_DIGITS),
+            delta: ledger.delta(),
+            order: spent.order,
+            accountant: "RDP (Mironov 2017; subsampled Gaussian of Mironov, Talwar, Zhang 2019)",
+            sampling_rate: ledger.sampling_rate(),
+            dataset_size,
+            noise_multiplier: ledger.noise_multiplier(),
+            clip_norm,
+            steps: ledger.steps(),
+            seed,
+        })
+    }
+}
+
+impl fmt::Display for PrivacyStatement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "Privacy statement")?;
+        writeln!(
+            f,
+            "  guarantee     ({:.prec$}, {:e})-differential privacy (epsilon rounded up)",
+            self.epsilon,
+            self.delta,
+            prec = EPSILON_DIGITS as usize
+        )?;
+        writeln!(
+            f,
+            "  neighbours    add/remove one example (example-level privacy)"
+        )?;
+        writeln!(
+            f,
+            "  mechanism     DP-SGD: {} steps, each a Poisson-sampled batch (q = {:.6}, expected size {:.1} of {}) with per-example clipping to C = {} and Gaussian noise of std {:.4} C",
+            self.steps,
+            self.sampling_rate,
+            self.sampling_rate * self.dataset_size as f64,
+            self.dataset_size,
+            self.clip_norm,
+            self.noise_multiplier
+        )?;
+        writeln!(
+            f,
+            "  accountant    {}, optimal order {}",
+            self.accountant, self.order
+        )?;
+        writeln!(f, "  depends on    q, the noise multiplier, the number of steps and delta; that batches were truly Poisson-sampled and the noise drawn from a secret random state")?;
+        writeln!(f, "  not on        the model, the learning rate, the data values, or C itself (noise scales with C)")?;
+        match self.seed {
+            Some(seed) => writeln!(f, "  randomness    seeded with {seed}: reproducible, so anyone who knows the seed can remove the noise; use an unseeded run for a real guarantee"),
+            None => writeln!(f, "  randomness    ChaCha20 seeded from the operating system"),
+        }
+    }
+}
