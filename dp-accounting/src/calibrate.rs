@@ -4,7 +4,9 @@
 //! The result is one-sided: the returned sigma always satisfies `epsilon(sigma) <= target`,
 //! and it is within [`CALIBRATION_RELATIVE_TOLERANCE`] (relative) of the exact threshold.
 
+use crate::accountant::Accountant;
 use crate::error::{check_range, AccountingError};
+use crate::event::DpEvent;
 use crate::rdp::RdpAccountant;
 
 /// Relative width of the final bisection bracket on sigma.
@@ -47,8 +49,8 @@ pub fn calibrate_noise_multiplier(
     }
     let epsilon = |sigma: f64| -> Result<f64, AccountingError> {
         let mut acc = RdpAccountant::default();
-        acc.compose_poisson_gaussian(q, sigma, steps)?;
-        Ok(acc.epsilon(delta)?.epsilon)
+        acc.compose(&DpEvent::dp_sgd(q, sigma, steps))?;
+        acc.epsilon(delta)
     };
     let mut hi = 1.0;
     let mut eps_hi = epsilon(hi)?;

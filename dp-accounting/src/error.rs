@@ -13,6 +13,16 @@ pub enum AccountingError {
         /// What was expected instead.
         expected: &'static str,
     },
+    /// An event this accountant cannot account for.
+    #[error("{accountant} accountant does not support {event} events: {reason}")]
+    Unsupported {
+        /// The accountant.
+        accountant: &'static str,
+        /// The event's name.
+        event: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// A calibration target that no noise multiplier in the searched range reaches.
     #[error("target epsilon {target} is unreachable: even noise multiplier {max_sigma} gives epsilon {achieved}")]
     UnreachableTarget {

@@ -2,27 +2,33 @@
 //!
 //! The mechanism of DP-SGD is the Poisson-subsampled Gaussian: each example joins a step's
 //! batch independently with probability `q`, the clipped gradients (norm at most `C`) are
-//! summed and `N(0, sigma^2 C^2 I)` is added. Under the add/remove-one neighbouring relation
-//! its privacy is tracked here with Rényi differential privacy (Mironov 2017; Mironov, Talwar
-//! and Zhang 2019) and converted to (epsilon, delta).
+//! summed and `N(0, sigma^2 C^2 I)` is added. What a computation did is described by a
+//! [`DpEvent`]; an [`Accountant`] composes events and answers epsilon or delta. The
+//! [`RdpAccountant`] tracks Rényi differential privacy (Mironov 2017; Mironov, Talwar and
+//! Zhang 2019) and converts it to (epsilon, delta).
 //!
 //! ```
-//! use dp_accounting::RdpAccountant;
+//! use dp_accounting::{Accountant, DpEvent, RdpAccountant};
 //! let mut acc = RdpAccountant::default();
-//! acc.compose_poisson_gaussian(0.01, 1.0, 10_000).unwrap();
+//! acc.compose(&DpEvent::dp_sgd(0.01, 1.0, 10_000)).unwrap();
 //! let eps = acc.epsilon(1e-5).unwrap();
-//! assert!((eps.epsilon - 6.7127).abs() < 1e-3);
+//! assert!((eps - 6.7127).abs() < 1e-3);
 //! ```
 
+mod accountant;
 mod calibrate;
 mod error;
+mod event;
 mod rdp;
 mod special;
 mod statement;
 
+pub use accountant::Accountant;
 pub use calibrate::{calibrate_noise_multiplier, Calibration, CALIBRATION_RELATIVE_TOLERANCE};
 pub use error::AccountingError;
+pub use event::{DpEvent, NeighbouringRelation};
 pub use rdp::{
-    epsilon_from_rdp, subsampled_gaussian_rdp, EpsilonAtOrder, RdpAccountant, DEFAULT_ORDERS,
+    delta_from_rdp, epsilon_from_rdp, sample_without_replacement_gaussian_rdp,
+    subsampled_gaussian_rdp, EpsilonAtOrder, RdpAccountant, DEFAULT_ORDERS,
 };
 pub use statement::round_up;

@@ -6,6 +6,7 @@
 //! below that, statrs' `erfc` keeps full relative accuracy in the tail.
 
 use statrs::function::erf::erfc;
+use statrs::function::gamma::ln_gamma;
 
 /// `log(exp(a) + exp(b))` without overflow; `-inf` is the neutral element.
 pub(crate) fn log_add(a: f64, b: f64) -> f64 {
@@ -26,6 +27,11 @@ pub(crate) fn log_sub(a: f64, b: f64) -> f64 {
         return f64::NEG_INFINITY;
     }
     a + (-(b - a).exp()).ln_1p()
+}
+
+/// `log C(n, k)` for real `n >= k >= 0`.
+pub(crate) fn log_binomial(n: f64, k: f64) -> f64 {
+    ln_gamma(n + 1.0) - ln_gamma(k + 1.0) - ln_gamma(n - k + 1.0)
 }
 
 /// `log(erfc(x))`, accurate for all finite `x`.

@@ -2,7 +2,8 @@
 //! 50-digit mpmath integration (`tests/golden/accounting_public.json`, public set).
 
 use dp_accounting::{
-    calibrate_noise_multiplier, subsampled_gaussian_rdp, RdpAccountant, DEFAULT_ORDERS,
+    calibrate_noise_multiplier, subsampled_gaussian_rdp, Accountant, DpEvent, RdpAccountant,
+    DEFAULT_ORDERS,
 };
 use serde_json::Value;
 
@@ -36,8 +37,8 @@ fn rdp_epsilon_matches_the_signed_series_and_never_exceeds_dp_accounting() {
         let (q, sigma, delta) = (num(&case["q"]), num(&case["sigma"]), num(&case["delta"]));
         let steps = case["steps"].as_u64().unwrap();
         let mut acc = RdpAccountant::default();
-        acc.compose_poisson_gaussian(q, sigma, steps).unwrap();
-        let got = acc.epsilon(delta).unwrap();
+        acc.compose(&DpEvent::dp_sgd(q, sigma, steps)).unwrap();
+        let got = acc.epsilon_and_order(delta).unwrap();
         let signed = &case["results"]["signed_series_on_dp_accounting_orders"];
         let want = num(&signed["eps"]);
         let id = case["id"].as_str().unwrap();
@@ -98,9 +99,9 @@ fn calibration_meets_the_target_and_is_at_least_as_tight_as_dp_accounting() {
         let steps = case["steps"].as_u64().unwrap();
         let cal = calibrate_noise_multiplier(q, steps, target, delta).unwrap();
         let mut acc = RdpAccountant::default();
-        acc.compose_poisson_gaussian(q, cal.noise_multiplier, steps)
+        acc.compose(&DpEvent::dp_sgd(q, cal.noise_multiplier, steps))
             .unwrap();
-        let achieved = acc.epsilon(delta).unwrap().epsilon;
+        let achieved = acc.epsilon(delta).unwrap();
         assert!(
             achieved <= target,
             "{}: epsilon {achieved} above target {target}",
@@ -123,8 +124,8 @@ fn calibration_meets_the_target_and_is_at_least_as_tight_as_dp_accounting() {
 fn epsilon_is_monotone_and_full_batch_is_the_plain_gaussian() {
     let eps = |q: f64, sigma: f64, steps: u64, delta: f64| {
         let mut acc = RdpAccountant::default();
-        acc.compose_poisson_gaussian(q, sigma, steps).unwrap();
-        acc.epsilon(delta).unwrap().epsilon
+        acc.compose(&DpEvent::dp_sgd(q, sigma, steps)).unwrap();
+        acc.epsilon(delta).unwrap()
     };
     let base = eps(0.01, 1.0, 1000, 1e-5);
     assert!(eps(0.01, 1.0, 2000, 1e-5) > base);
@@ -138,11 +139,106 @@ fn epsilon_is_monotone_and_full_batch_is_the_plain_gaussian() {
     // Composing step by step equals composing all steps at once.
     let mut a = RdpAccountant::default();
     for _ in 0..10 {
-        a.compose_poisson_gaussian(0.05, 1.2, 1).unwrap();
+        a.compose(&DpEvent::dp_sgd(0.05, 1.2, 1)).unwrap();
     }
     let mut b = RdpAccountant::default();
-    b.compose_poisson_gaussian(0.05, 1.2, 10).unwrap();
+    b.compose(&DpEvent::dp_sgd(0.05, 1.2, 10)).unwrap();
     for (x, y) in a.rdp().iter().zip(b.rdp()) {
         assert!(rel_err(*x, *y) < 1e-12);
     }
+}
+
+fn extra() -> Value {
+    serde_json::from_str(include_str!("golden/dp_accounting_extra.json"))
+        .expect("extra golden file parses")
+}
+
+#[test]
+fn sampling_without_replacement_matches_dp_accounting_under_replace_one() {
+    use dp_accounting::{sample_without_replacement_gaussian_rdp, NeighbouringRelation};
+    let g = extra();
+    let orders: Vec<f64> = g["orders"].as_array().unwrap().iter().map(num).collect();
+    for case in g["without_replacement"].as_array().unwrap() {
+        let (n, m) = (case["n"].as_u64().unwrap(), case["m"].as_u64().unwrap());
+        let (sigma, delta) = (num(&case["sigma"]), num(&case["delta"]));
+        let steps = case["steps"].as_u64().unwrap();
+        for (alpha, want) in orders.iter().zip(case["rdp_per_step"].as_array().unwrap()) {
+            let got = sample_without_replacement_gaussian_rdp(m as f64 / n as f64, sigma, *alpha)
+                .unwrap();
+            assert!(
+                rel_err(got, num(want)) < 1e-9,
+                "n={n} m={m} alpha={alpha}: {got} vs {want}"
+            );
+        }
+        let step = DpEvent::SampledWithoutReplacement {
+            source_dataset_size: n,
+            sample_size: m,
+            event: Box::new(DpEvent::Gaussian {
+                noise_multiplier: sigma,
+            }),
+        };
+        let mut acc = RdpAccountant::new(DEFAULT_ORDERS.to_vec(), NeighbouringRelation::ReplaceOne);
+        acc.compose(&DpEvent::SelfComposed {
+            event: Box::new(step),
+            count: steps,
+        })
+        .unwrap();
+        let got = acc.epsilon_and_order(delta).unwrap();
+        assert!(
+            rel_err(got.epsilon, num(&case["eps"])) < 1e-9,
+            "n={n} m={m}: {got:?}"
+        );
+        assert_eq!(got.order, num(&case["order"]));
+    }
+}
+
+#[test]
+fn delta_for_epsilon_is_never_above_dp_accounting() {
+    let g = extra();
+    for case in g["delta"].as_array().unwrap() {
+        let (q, sigma, eps) = (num(&case["q"]), num(&case["sigma"]), num(&case["eps"]));
+        let mut acc = RdpAccountant::default();
+        acc.compose(&DpEvent::dp_sgd(q, sigma, case["steps"].as_u64().unwrap()))
+            .unwrap();
+        let got = acc.delta(eps).unwrap();
+        let want = num(&case["delta"]);
+        assert!(
+            got <= want * (1.0 + 1e-9),
+            "q={q} sigma={sigma}: {got} above {want}"
+        );
+        // Identical where dp_accounting's optimal order is an integer (exact in both).
+        if num(&case["order"]).fract() == 0.0 {
+            assert!(
+                rel_err(got, want) < 1e-6,
+                "q={q} sigma={sigma}: {got} vs {want}"
+            );
+        }
+        // And delta(epsilon(delta)) gives delta back (up to the grid's discreteness).
+        let eps_back = acc.epsilon(got.clamp(1e-300, 0.999)).unwrap();
+        assert!(eps_back <= eps + 1e-9, "round trip {eps_back} vs {eps}");
+    }
+}
+
+#[test]
+fn composed_events_add_their_rdp() {
+    let g = extra();
+    let case = &g["composed"][0];
+    let mut events: Vec<DpEvent> = case["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| DpEvent::dp_sgd(num(&e[0]), num(&e[1]), e[2].as_u64().unwrap()))
+        .collect();
+    events.push(DpEvent::Gaussian {
+        noise_multiplier: num(&case["gaussian"]),
+    });
+    events.push(DpEvent::NoOp);
+    let mut acc = RdpAccountant::default();
+    acc.compose(&DpEvent::Composed { events }).unwrap();
+    let got = acc.epsilon(num(&case["delta"])).unwrap();
+    let want = num(&case["eps"]);
+    assert!(
+        got <= want * (1.0 + 1e-9) && got >= want * 0.98,
+        "{got} vs dp_accounting {want}"
+    );
 }
