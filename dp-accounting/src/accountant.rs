@@ -2,6 +2,8 @@
 
 use crate::error::AccountingError;
 use crate::event::DpEvent;
+use crate::prv::PrvAccountant;
+use crate::rdp::RdpAccountant;
 
 /// A privacy accountant. Composing an event it cannot account for is an error that names the
 /// event: nothing is ever skipped silently.
@@ -18,4 +20,35 @@ pub trait Accountant {
 
     /// The smallest delta such that everything composed is (`epsilon`, delta)-DP (upper bound).
     fn delta(&self, epsilon: f64) -> Result<f64, AccountingError>;
+}
+
+/// The accountants on offer, for tools that pick one by name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AccountantKind {
+    /// Rényi DP on dp_accounting's order grid (fast; an upper bound, looser than PRV).
+    Rdp,
+    /// The PRV/FFT accountant, reporting the upper end of its bracket of half-width
+    /// `epsilon_error`.
+    Prv {
+        /// Half-width of the epsilon bracket.
+        epsilon_error: f64,
+    },
+}
+
+impl AccountantKind {
+    /// A fresh accountant of this kind (add/remove-one neighbours).
+    pub fn build(self) -> Result<Box<dyn Accountant>, AccountingError> {
+        Ok(match self {
+            AccountantKind::Rdp => Box::new(RdpAccountant::default()),
+            AccountantKind::Prv { epsilon_error } => Box::new(PrvAccountant::new(epsilon_error)?),
+        })
+    }
+
+    /// The name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            AccountantKind::Rdp => "rdp",
+            AccountantKind::Prv { .. } => "prv",
+        }
+    }
 }

@@ -1,19 +1,24 @@
-//! Noise calibration: the smallest noise multiplier whose epsilon meets a target.
+//! Planning DP-SGD: the smallest noise multiplier for a target epsilon, and the largest number
+//! of steps a noise multiplier allows.
 //!
-//! Epsilon decreases in sigma, so the answer is bracketed by doubling and then bisected.
-//! The result is one-sided: the returned sigma always satisfies `epsilon(sigma) <= target`,
-//! and it is within [`CALIBRATION_RELATIVE_TOLERANCE`] (relative) of the exact threshold.
+//! Epsilon decreases in sigma and increases in steps, so both are bracketed and bisected. The
+//! results are one-sided: the returned sigma (or steps) always meets the target under the
+//! chosen accountant's reported (upper-bound) epsilon. Sigma is found to a relative bracket of
+//! [`CALIBRATION_RELATIVE_TOLERANCE`]. For the PRV accountant the search starts from the RDP
+//! answer, which is never below it (RDP is looser), so few PRV evaluations are needed.
 
-use crate::accountant::Accountant;
+use crate::accountant::AccountantKind;
 use crate::error::{check_range, AccountingError};
 use crate::event::DpEvent;
-use crate::rdp::RdpAccountant;
 
-/// Relative width of the final bisection bracket on sigma.
+/// Relative width of the final bracket on sigma.
 pub const CALIBRATION_RELATIVE_TOLERANCE: f64 = 1e-6;
 
 /// Largest noise multiplier searched before a target is declared unreachable.
 const MAX_SIGMA: f64 = 1e4;
+
+/// Largest number of steps searched.
+const MAX_STEPS: u64 = 1 << 40;
 
 /// A calibrated noise multiplier and the epsilon it achieves.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,14 +29,20 @@ pub struct Calibration {
     pub epsilon: f64,
 }
 
-/// Smallest sigma (to the stated tolerance) such that `steps` steps of the Poisson-subsampled
-/// Gaussian with sampling rate `q` are (`target_epsilon`, `delta`)-DP under RDP accounting.
-pub fn calibrate_noise_multiplier(
+/// Epsilon of `steps` DP-SGD steps under the chosen accountant (its reported upper bound).
+pub fn dp_sgd_epsilon(
+    kind: AccountantKind,
     q: f64,
+    sigma: f64,
     steps: u64,
-    target_epsilon: f64,
     delta: f64,
-) -> Result<Calibration, AccountingError> {
+) -> Result<f64, AccountingError> {
+    let mut acc = kind.build()?;
+    acc.compose(&DpEvent::dp_sgd(q, sigma, steps))?;
+    acc.epsilon(delta)
+}
+
+fn check_plan(q: f64, target_epsilon: f64, delta: f64) -> Result<(), AccountingError> {
     check_range("sampling_rate", q, q > 0.0 && q <= 1.0, "0 < q <= 1")?;
     check_range(
         "epsilon",
@@ -39,7 +50,19 @@ pub fn calibrate_noise_multiplier(
         target_epsilon > 0.0,
         "epsilon > 0",
     )?;
-    check_range("delta", delta, delta > 0.0 && delta < 1.0, "0 < delta < 1")?;
+    check_range("delta", delta, delta > 0.0 && delta < 1.0, "0 < delta < 1")
+}
+
+/// Smallest sigma (to the stated tolerance) such that `steps` steps of the Poisson-subsampled
+/// Gaussian with sampling rate `q` are (`target_epsilon`, `delta`)-DP under `kind`.
+pub fn calibrate_noise_multiplier(
+    kind: AccountantKind,
+    q: f64,
+    steps: u64,
+    target_epsilon: f64,
+    delta: f64,
+) -> Result<Calibration, AccountingError> {
+    check_plan(q, target_epsilon, delta)?;
     if steps == 0 {
         return Err(AccountingError::InvalidParameter {
             name: "steps",
@@ -47,30 +70,39 @@ pub fn calibrate_noise_multiplier(
             expected: "at least one step",
         });
     }
-    let epsilon = |sigma: f64| -> Result<f64, AccountingError> {
-        let mut acc = RdpAccountant::default();
-        acc.compose(&DpEvent::dp_sgd(q, sigma, steps))?;
-        acc.epsilon(delta)
-    };
-    let mut hi = 1.0;
-    let mut eps_hi = epsilon(hi)?;
-    while eps_hi > target_epsilon {
-        if hi >= MAX_SIGMA {
-            return Err(AccountingError::UnreachableTarget {
-                target: target_epsilon,
-                max_sigma: hi,
-                achieved: eps_hi,
-            });
+    let epsilon = |sigma: f64| dp_sgd_epsilon(kind, q, sigma, steps, delta);
+    // An upper end: the RDP answer for the FFT accountant, else found by doubling.
+    let (mut hi, mut eps_hi) = match kind {
+        AccountantKind::Rdp => {
+            let mut hi = 1.0;
+            let mut eps_hi = epsilon(hi)?;
+            while eps_hi > target_epsilon {
+                if hi >= MAX_SIGMA {
+                    return Err(AccountingError::UnreachableTarget {
+                        target: target_epsilon,
+                        max_sigma: hi,
+                        achieved: eps_hi,
+                    });
+                }
+                hi *= 2.0;
+                eps_hi = epsilon(hi)?;
+            }
+            (hi, eps_hi)
         }
-        hi *= 2.0;
-        eps_hi = epsilon(hi)?;
-    }
+        AccountantKind::Prv { .. } => {
+            let rdp =
+                calibrate_noise_multiplier(AccountantKind::Rdp, q, steps, target_epsilon, delta)?;
+            (rdp.noise_multiplier, epsilon(rdp.noise_multiplier)?)
+        }
+    };
     let mut lo = hi / 2.0;
     while epsilon(lo)? <= target_epsilon {
         hi = lo;
         lo /= 2.0;
     }
-    eps_hi = epsilon(hi)?;
+    if hi != lo * 2.0 {
+        eps_hi = epsilon(hi)?;
+    }
     while hi - lo > CALIBRATION_RELATIVE_TOLERANCE * hi {
         let mid = 0.5 * (lo + hi);
         let eps_mid = epsilon(mid)?;
@@ -85,4 +117,52 @@ pub fn calibrate_noise_multiplier(
         noise_multiplier: hi,
         epsilon: eps_hi,
     })
+}
+
+/// The largest number of steps with noise multiplier `sigma` and sampling rate `q` that stays
+/// within (`target_epsilon`, `delta`) under `kind`; 0 if not even one step does.
+pub fn max_steps(
+    kind: AccountantKind,
+    q: f64,
+    sigma: f64,
+    target_epsilon: f64,
+    delta: f64,
+) -> Result<u64, AccountingError> {
+    check_plan(q, target_epsilon, delta)?;
+    check_range("noise_multiplier", sigma, sigma > 0.0, "sigma > 0")?;
+    let fits = |steps: u64| -> Result<bool, AccountingError> {
+        Ok(dp_sgd_epsilon(kind, q, sigma, steps, delta)? <= target_epsilon)
+    };
+    // RDP is never tighter, so its answer is a floor for the FFT accountant.
+    let mut lo = match kind {
+        AccountantKind::Rdp => 0,
+        AccountantKind::Prv { .. } => {
+            max_steps(AccountantKind::Rdp, q, sigma, target_epsilon, delta)?
+        }
+    };
+    if lo == 0 && !fits(1)? {
+        return Ok(0);
+    }
+    lo = lo.max(1);
+    let mut hi = lo * 2;
+    while fits(hi)? {
+        lo = hi;
+        hi *= 2;
+        if hi > MAX_STEPS {
+            return Err(AccountingError::UnreachableTarget {
+                target: target_epsilon,
+                max_sigma: sigma,
+                achieved: 0.0,
+            });
+        }
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid)? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
 }

@@ -23,6 +23,9 @@ pub enum AccountingError {
         /// Why.
         reason: String,
     },
+    /// A numerical procedure could not deliver its guarantee.
+    #[error("numerical failure: {0}")]
+    Numerical(String),
     /// A calibration target that no noise multiplier in the searched range reaches.
     #[error("target epsilon {target} is unreachable: even noise multiplier {max_sigma} gives epsilon {achieved}")]
     UnreachableTarget {

@@ -19,14 +19,19 @@ mod accountant;
 mod calibrate;
 mod error;
 mod event;
+mod prv;
 mod rdp;
 mod special;
 mod statement;
 
-pub use accountant::Accountant;
-pub use calibrate::{calibrate_noise_multiplier, Calibration, CALIBRATION_RELATIVE_TOLERANCE};
+pub use accountant::{Accountant, AccountantKind};
+pub use calibrate::{
+    calibrate_noise_multiplier, dp_sgd_epsilon, max_steps, Calibration,
+    CALIBRATION_RELATIVE_TOLERANCE,
+};
 pub use error::AccountingError;
 pub use event::{DpEvent, NeighbouringRelation};
+pub use prv::{EpsilonBounds, PrvAccountant};
 pub use rdp::{
     delta_from_rdp, epsilon_from_rdp, sample_without_replacement_gaussian_rdp,
     subsampled_gaussian_rdp, EpsilonAtOrder, RdpAccountant, DEFAULT_ORDERS,

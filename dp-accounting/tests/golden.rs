@@ -2,8 +2,8 @@
 //! 50-digit mpmath integration (`tests/golden/accounting_public.json`, public set).
 
 use dp_accounting::{
-    calibrate_noise_multiplier, subsampled_gaussian_rdp, Accountant, DpEvent, RdpAccountant,
-    DEFAULT_ORDERS,
+    calibrate_noise_multiplier, subsampled_gaussian_rdp, Accountant, AccountantKind, DpEvent,
+    RdpAccountant, DEFAULT_ORDERS,
 };
 use serde_json::Value;
 
@@ -97,7 +97,7 @@ fn calibration_meets_the_target_and_is_at_least_as_tight_as_dp_accounting() {
             num(&case["target_eps"]),
         );
         let steps = case["steps"].as_u64().unwrap();
-        let cal = calibrate_noise_multiplier(q, steps, target, delta).unwrap();
+        let cal = calibrate_noise_multiplier(AccountantKind::Rdp, q, steps, target, delta).unwrap();
         let mut acc = RdpAccountant::default();
         acc.compose(&DpEvent::dp_sgd(q, cal.noise_multiplier, steps))
             .unwrap();
@@ -241,4 +241,99 @@ fn composed_events_add_their_rdp() {
         got <= want * (1.0 + 1e-9) && got >= want * 0.98,
         "{got} vs dp_accounting {want}"
     );
+}
+
+#[test]
+fn prv_epsilon_brackets_the_reference_and_is_tight() {
+    use dp_accounting::PrvAccountant;
+    let g = golden();
+    let mut checked = 0;
+    for case in g["forward"].as_array().unwrap() {
+        let tags: Vec<&str> = case["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        let steps = case["steps"].as_u64().unwrap();
+        // Extreme cases need grids of 1e9+ points (prv_accountant fails or needs > 100 GB);
+        // 1e5-step cases run in the slower speed test.
+        if tags.contains(&"extreme") || steps > 10_000 {
+            continue;
+        }
+        let (q, sigma, delta) = (num(&case["q"]), num(&case["sigma"]), num(&case["delta"]));
+        let mut acc = PrvAccountant::new(0.01).unwrap();
+        acc.compose(&DpEvent::dp_sgd(q, sigma, steps)).unwrap();
+        let b = acc.epsilon_bounds(delta).unwrap();
+        let tight = num(&case["tight_reference"]["eps"]);
+        let id = case["id"].as_str().unwrap();
+        assert!(
+            b.lower <= b.estimate && b.estimate <= b.upper,
+            "{id}: {b:?}"
+        );
+        assert!(
+            b.upper >= tight - 1e-3,
+            "{id}: upper {} below the tight reference {tight}",
+            b.upper
+        );
+        assert!(
+            b.upper <= tight + 0.02 + 0.01 * tight,
+            "{id}: upper {} vs tight {tight}",
+            b.upper
+        );
+        if let Some(lower) = case["results"]["prv_accountant"]["eps_lower"].as_f64() {
+            assert!(
+                b.upper >= lower,
+                "{id}: below prv_accountant's lower bound {lower}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 25, "only {checked} cases checked");
+}
+
+#[test]
+fn prv_calibration_meets_the_target_and_beats_rdp() {
+    use dp_accounting::{dp_sgd_epsilon, max_steps};
+    let g = golden();
+    let prv = AccountantKind::Prv {
+        epsilon_error: 0.01,
+    };
+    for case in g["calibration"].as_array().unwrap() {
+        let (q, delta, target) = (
+            num(&case["q"]),
+            num(&case["delta"]),
+            num(&case["target_eps"]),
+        );
+        let steps = case["steps"].as_u64().unwrap();
+        if steps > 10_000 {
+            continue;
+        }
+        let cal = calibrate_noise_multiplier(prv, q, steps, target, delta).unwrap();
+        let achieved = dp_sgd_epsilon(prv, q, cal.noise_multiplier, steps, delta).unwrap();
+        assert!(
+            achieved <= target,
+            "{}: {achieved} above {target}",
+            case["id"]
+        );
+        let pld = num(&case["results"]["dp_accounting_pld"]["sigma"]);
+        let rdp = num(&case["results"]["dp_accounting_rdp"]["sigma"]);
+        let s = cal.noise_multiplier;
+        // Conservative by the bracket half-width (0.01 in epsilon), so slightly above the PLD
+        // point estimate, and well below RDP.
+        assert!(
+            s >= pld * 0.999 && s <= pld * 1.03 && s < rdp,
+            "{}: sigma {s} (pld {pld}, rdp {rdp})",
+            case["id"]
+        );
+    }
+    // Steps: the largest count that fits, and one more does not.
+    for kind in [AccountantKind::Rdp, prv] {
+        let n = max_steps(kind, 0.01, 1.0, 3.0, 1e-5).unwrap();
+        assert!(dp_sgd_epsilon(kind, 0.01, 1.0, n, 1e-5).unwrap() <= 3.0);
+        assert!(
+            dp_sgd_epsilon(kind, 0.01, 1.0, n + 1, 1e-5).unwrap() > 3.0,
+            "{kind:?}: {n}"
+        );
+    }
 }

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use dp_accounting::calibrate_noise_multiplier;
+use dp_accounting::{calibrate_noise_multiplier, AccountantKind};
 use dp_core::PrivacyRng;
 use serde::Serialize;
 use tch::{nn, Device, Tensor};
@@ -135,7 +135,8 @@ pub fn run(
         )));
     }
     let steps = (config.epochs / q).ceil() as u64;
-    let calibration = calibrate_noise_multiplier(q, steps, config.epsilon, config.delta)?;
+    let calibration =
+        calibrate_noise_multiplier(AccountantKind::Rdp, q, steps, config.epsilon, config.delta)?;
 
     let vs = nn::VarStore::new(device);
     let mut dims = vec![784];

@@ -1,0 +1,104 @@
+//! The privacy loss random variable (PRV) of one Poisson-subsampled Gaussian step, in the
+//! remove direction (Gopi, Lee, Wutschitz 2021, Sec. 3 and App. B).
+//!
+//! With `x ~ P = (1 - q) N(0, sigma^2) + q N(1, sigma^2)` and `Q = N(0, sigma^2)`, the loss is
+//! `Y = log(P(x)/Q(x)) = log(1 - q + q exp((2x - 1)/(2 sigma^2)))`, increasing in x, supported on
+//! `(log(1 - q), inf)`. So `Y <= t` iff `x <= z(t) = sigma^2 log((e^t - 1 + q)/q) + 1/2`, and
+//!
+//! `F(t) = (1 - q) Phi(z/sigma) + q Phi((z - 1)/sigma)`.
+//!
+//! Both the CDF and the survival function are formed from `erfc`, so tail masses keep their
+//! relative precision.
+
+use std::f64::consts::{PI, SQRT_2};
+
+use statrs::function::erf::erfc;
+
+/// One step's PRV: sampling rate `q` in (0, 1] and noise multiplier `sigma` > 0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct SubsampledGaussianPrv {
+    pub q: f64,
+    pub sigma: f64,
+}
+
+impl SubsampledGaussianPrv {
+    /// `x` threshold `z(t)`, or `None` below the support.
+    fn threshold(&self, t: f64) -> Option<f64> {
+        let inner = t.exp_m1() + self.q; // e^t - 1 + q, accurate near the support's start
+        (inner > 0.0).then(|| self.sigma * self.sigma * (inner.ln() - self.q.ln()) + 0.5)
+    }
+
+    /// `(P[Y <= t], P[Y > t])`.
+    pub fn cdf_and_survival(&self, t: f64) -> (f64, f64) {
+        let Some(z) = self.threshold(t) else {
+            return (0.0, 1.0);
+        };
+        let s = self.sigma * SQRT_2;
+        let (a, b) = (z / s, (z - 1.0) / s);
+        let cdf = 0.5 * ((1.0 - self.q) * erfc(-a) + self.q * erfc(-b));
+        let survival = 0.5 * ((1.0 - self.q) * erfc(a) + self.q * erfc(b));
+        (cdf, survival)
+    }
+
+    /// A point at or beyond which `P[Y > t]` is exactly 0.0 in double precision, searched
+    /// up to `limit` (returned if the survival is still positive there).
+    pub fn survival_underflow(&self, limit: f64) -> f64 {
+        if self.cdf_and_survival(limit).1 > 0.0 {
+            return limit;
+        }
+        let (mut positive, mut zero) = (0.0, limit);
+        for _ in 0..100 {
+            let mid = 0.5 * (positive + zero);
+            if self.cdf_and_survival(mid).1 > 0.0 {
+                positive = mid;
+            } else {
+                zero = mid;
+            }
+        }
+        zero
+    }
+
+    /// The density of Y at `t` (0 below the support).
+    pub fn pdf(&self, t: f64) -> f64 {
+        let Some(z) = self.threshold(t) else {
+            return 0.0;
+        };
+        let sigma = self.sigma;
+        let phi = |u: f64| (-0.5 * u * u).exp() / (2.0 * PI).sqrt();
+        let dz_dt = sigma * sigma * t.exp() / (t.exp_m1() + self.q);
+        ((1.0 - self.q) * phi(z / sigma) + self.q * phi((z - 1.0) / sigma)) / sigma * dz_dt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_batch_is_gaussian_with_mean_mu_and_variance_2mu() {
+        // q = 1: Y ~ N(1/(2 sigma^2), 1/sigma^2).
+        let prv = SubsampledGaussianPrv { q: 1.0, sigma: 2.0 };
+        let (cdf, surv) = prv.cdf_and_survival(0.125);
+        assert!((cdf - 0.5).abs() < 1e-15 && (surv - 0.5).abs() < 1e-15);
+        let (cdf, _) = prv.cdf_and_survival(0.125 + 0.5);
+        assert!((cdf - 0.841_344_746_068_542_9).abs() < 1e-12);
+    }
+
+    #[test]
+    fn cdf_is_monotone_and_pdf_integrates_to_it() {
+        let prv = SubsampledGaussianPrv {
+            q: 0.01,
+            sigma: 1.0,
+        };
+        let (a, b) = (-0.005, 0.02);
+        let n = 20_000;
+        let h = (b - a) / n as f64;
+        let integral: f64 = (0..n).map(|i| prv.pdf(a + (i as f64 + 0.5) * h) * h).sum();
+        let mass = prv.cdf_and_survival(b).0 - prv.cdf_and_survival(a).0;
+        assert!(
+            (integral - mass).abs() < 1e-7 * mass.max(1e-3),
+            "{integral} vs {mass}"
+        );
+        assert_eq!(prv.cdf_and_survival((0.99f64).ln() - 1e-9), (0.0, 1.0));
+    }
+}
