@@ -44,6 +44,14 @@ impl AccountantKind {
         })
     }
 
+    /// Relative width of the bracket on sigma at which calibration stops.
+    pub fn calibration_tolerance(self) -> f64 {
+        match self {
+            AccountantKind::Rdp => 1e-6,
+            AccountantKind::Prv { .. } => 1e-4,
+        }
+    }
+
     /// The name used on the command line and in JSON.
     pub fn name(self) -> &'static str {
         match self {

@@ -25,10 +25,7 @@ mod special;
 mod statement;
 
 pub use accountant::{Accountant, AccountantKind};
-pub use calibrate::{
-    calibrate_noise_multiplier, dp_sgd_epsilon, max_steps, Calibration,
-    CALIBRATION_RELATIVE_TOLERANCE,
-};
+pub use calibrate::{calibrate_noise_multiplier, dp_sgd_epsilon, max_steps, Calibration};
 pub use error::AccountingError;
 pub use event::{DpEvent, NeighbouringRelation};
 pub use prv::{EpsilonBounds, PrvAccountant};

@@ -124,7 +124,8 @@ impl PrvAccountant {
         }
         let half_width = half_width + 3.0;
         let k = (half_width / mesh).ceil() as usize;
-        let n = 2 * k + 2;
+        // At least [-k h, (k + 1) h]; extended on the right to a size the FFT handles fast.
+        let n = fast_fft_size(2 * k + 2);
         if n > MAX_GRID {
             return Err(AccountingError::InvalidParameter {
                 name: "epsilon_error",
@@ -168,6 +169,25 @@ impl PrvAccountant {
     }
 }
 
+/// The smallest even `2^a 3^b 5^c` at or above `n`.
+fn fast_fft_size(n: usize) -> usize {
+    let mut best = n.next_power_of_two().max(2);
+    let mut p5 = 1;
+    while p5 < best {
+        let mut p35 = p5;
+        while p35 < best {
+            let mut size = p35 * 2;
+            while size < n {
+                size *= 2;
+            }
+            best = best.min(size);
+            p35 *= 3;
+        }
+        p5 *= 5;
+    }
+    best
+}
+
 /// Grids beyond this (2 GiB per buffer) are refused rather than attempted.
 const MAX_GRID: usize = 1 << 28;
 
@@ -203,21 +223,32 @@ impl Grid {
         let values: Vec<(f64, f64, f64)> = (0..=self.n)
             .into_par_iter()
             .map(|j| {
+                // (t, F(t) where t < 0, S(t) where t >= 0): each cell needs only one of them.
                 let t = edge(j);
-                let (cdf, survival) = if t >= empty_from {
-                    (1.0, 0.0)
+                if t >= empty_from {
+                    (t, f64::NAN, 0.0)
+                } else if t >= 0.0 {
+                    (t, f64::NAN, prv.survival(t))
                 } else {
-                    prv.cdf_and_survival(t)
-                };
-                (t, cdf, survival)
+                    (t, prv.cdf(t), f64::NAN)
+                }
             })
             .collect();
-        let mass = values[self.n].1 - values[0].1;
+        // Cells at t >= 0 use survival differences, cells below use CDF differences; the total
+        // mass of the truncated range is P[lo <= Y <= hi] = (1 - S(hi)) - F(lo).
+        let mass = 1.0 - prv.survival(hi) - prv.cdf(lo);
         let mut pmf: Vec<f64> = values
             .par_windows(2)
             .map(|w| {
                 let (a, b) = (w[0], w[1]);
-                let m = if a.0 >= 0.0 { a.2 - b.2 } else { b.1 - a.1 };
+                let m = if a.0 >= 0.0 {
+                    a.2 - b.2
+                } else if b.0 >= 0.0 {
+                    // The cell straddling 0: F(b) - F(a) with F(b) = 1 - S(b).
+                    (1.0 - b.2) - a.1
+                } else {
+                    b.1 - a.1
+                };
                 m.max(0.0) / mass
             })
             .collect();

@@ -1,0 +1,582 @@
+//! `dp-accounting`: privacy budgets for DP-SGD from the command line (no libtorch needed).
+
+mod svg;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use dp_accounting::{
+    calibrate_noise_multiplier, max_steps, round_up, Accountant, AccountantKind, AccountingError,
+    DpEvent, PrvAccountant, RdpAccountant,
+};
+use serde_json::{json, Map, Value};
+
+/// Privacy accounting for DP-SGD: epsilon for a training plan, the noise for a target, the
+/// steps a budget allows, and epsilon-versus-steps curves.
+///
+/// The mechanism is the Poisson-subsampled Gaussian: each step includes every record
+/// independently with probability q (the sampling rate), clips each record's gradient to norm C
+/// and adds Gaussian noise of standard deviation sigma * C (sigma is the noise multiplier).
+/// Neighbouring datasets differ by adding or removing one record.
+///
+/// Examples:
+///   dp-accounting epsilon --sampling-rate 0.01 --noise-multiplier 1 --steps 10000 --delta 1e-5
+///   dp-accounting sigma --dataset-size 60000 --batch-size 256 --epochs 10 --epsilon 3 --delta 1e-5
+///   dp-accounting steps --sampling-rate 0.004 --noise-multiplier 1.1 --epsilon 8 --delta 1e-5
+///   dp-accounting curve --sampling-rate 0.01 --noise-multiplier 1 --steps 10000 --delta 1e-5 --svg eps.svg
+#[derive(Parser, Debug)]
+#[command(name = "dp-accounting", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Epsilon spent by a number of steps with a given noise multiplier.
+    Epsilon {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        length: Length,
+        /// Noise standard deviation over the clip norm (sigma).
+        #[arg(long, allow_negative_numbers = true)]
+        noise_multiplier: f64,
+        #[command(flatten)]
+        choice: Choice,
+    },
+    /// The smallest noise multiplier that meets a target epsilon (always meets it).
+    Sigma {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        length: Length,
+        /// Target epsilon.
+        #[arg(long, allow_negative_numbers = true)]
+        epsilon: f64,
+        #[command(flatten)]
+        choice: Choice,
+    },
+    /// The largest number of steps a noise multiplier allows within a target epsilon.
+    Steps {
+        #[command(flatten)]
+        common: Common,
+        /// Noise standard deviation over the clip norm (sigma).
+        #[arg(long, allow_negative_numbers = true)]
+        noise_multiplier: f64,
+        /// Target epsilon.
+        #[arg(long, allow_negative_numbers = true)]
+        epsilon: f64,
+        #[command(flatten)]
+        choice: Choice,
+    },
+    /// Epsilon versus steps for one or more accountants, as CSV or JSON and an SVG plot.
+    Curve {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        length: Length,
+        /// Noise standard deviation over the clip norm (sigma).
+        #[arg(long, allow_negative_numbers = true)]
+        noise_multiplier: f64,
+        /// Accountants to compare, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "rdp,prv")]
+        accountants: Vec<Kind>,
+        /// Half-width of the PRV accountant's epsilon bracket.
+        #[arg(long, allow_negative_numbers = true, default_value_t = 0.01)]
+        epsilon_error: f64,
+        /// Number of points between 1 and the last step (log-spaced).
+        #[arg(long, default_value_t = 25)]
+        points: usize,
+        /// Write the curve as CSV to this file ("-" for standard output).
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Write an SVG plot to this file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
+}
+
+/// The sampling rate and delta shared by every command.
+#[derive(Args, Debug)]
+struct Common {
+    /// Probability q that a record joins a step's batch (Poisson sampling).
+    #[arg(long, allow_negative_numbers = true, conflicts_with_all = ["dataset_size", "batch_size"], required_unless_present = "dataset_size")]
+    sampling_rate: Option<f64>,
+    /// Records in the dataset N (with --batch-size: q = B / N).
+    #[arg(long, requires = "batch_size")]
+    dataset_size: Option<u64>,
+    /// Expected batch size B (with --dataset-size).
+    #[arg(long, allow_negative_numbers = true, requires = "dataset_size")]
+    batch_size: Option<f64>,
+    /// Target delta (take it well below 1/N).
+    #[arg(long, allow_negative_numbers = true)]
+    delta: f64,
+    /// Print JSON for scripts instead of a statement.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How long training runs.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+struct Length {
+    /// Number of steps.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Passes over the data in expectation: steps = ceil(epochs / q).
+    #[arg(long, allow_negative_numbers = true)]
+    epochs: Option<f64>,
+}
+
+/// Which accountant answers.
+#[derive(Args, Debug)]
+struct Choice {
+    /// rdp: Rényi DP (fast, looser); prv: PRV/FFT (tighter, reports the upper end of its
+    /// error bracket).
+    #[arg(long, value_enum, default_value_t = Kind::Prv)]
+    accountant: Kind,
+    /// Half-width of the PRV accountant's epsilon bracket.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.01)]
+    epsilon_error: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    Rdp,
+    Prv,
+}
+
+impl Kind {
+    fn with_error(self, epsilon_error: f64) -> AccountantKind {
+        match self {
+            Kind::Rdp => AccountantKind::Rdp,
+            Kind::Prv => AccountantKind::Prv { epsilon_error },
+        }
+    }
+}
+
+/// A user mistake (exit code 2) or a failure (exit code 1), printed as one line.
+enum Failure {
+    Usage(String),
+    Other(String),
+}
+
+impl From<AccountingError> for Failure {
+    fn from(e: AccountingError) -> Self {
+        match e {
+            AccountingError::InvalidParameter { .. }
+            | AccountingError::Unsupported { .. }
+            | AccountingError::UnreachableTarget { .. } => Failure::Usage(e.to_string()),
+            AccountingError::Numerical(_) => Failure::Other(e.to_string()),
+        }
+    }
+}
+
+fn usage(flag: &str, message: impl std::fmt::Display) -> Failure {
+    Failure::Usage(format!("--{flag}: {message}"))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line naming the flag; the usage text is one --help away.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("dp-accounting: {first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("dp-accounting: error: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(msg)) => {
+            eprintln!("dp-accounting: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A validated plan: sampling rate, delta and (where given) steps.
+struct Plan {
+    q: f64,
+    delta: f64,
+    json: bool,
+}
+
+fn finite_positive(flag: &str, v: f64) -> Result<f64, Failure> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(usage(flag, format!("must be a finite number > 0, got {v}")))
+    }
+}
+
+fn plan(common: &Common) -> Result<Plan, Failure> {
+    let q = match (common.sampling_rate, common.dataset_size, common.batch_size) {
+        (Some(q), _, _) => q,
+        (None, Some(n), Some(b)) => {
+            if n == 0 {
+                return Err(usage("dataset-size", "must be at least 1"));
+            }
+            let b = finite_positive("batch-size", b)?;
+            if b > n as f64 {
+                return Err(usage(
+                    "batch-size",
+                    format!("{b} exceeds the dataset size {n}"),
+                ));
+            }
+            b / n as f64
+        }
+        _ => {
+            return Err(Failure::Usage(
+                "give --sampling-rate, or --dataset-size with --batch-size".into(),
+            ))
+        }
+    };
+    if !(q.is_finite() && q > 0.0 && q <= 1.0) {
+        return Err(usage(
+            "sampling-rate",
+            format!("must be in (0, 1], got {q}"),
+        ));
+    }
+    let delta = common.delta;
+    if !(delta.is_finite() && delta > 0.0 && delta < 1.0) {
+        return Err(usage("delta", format!("must be in (0, 1), got {delta}")));
+    }
+    Ok(Plan {
+        q,
+        delta,
+        json: common.json,
+    })
+}
+
+fn steps_of(length: &Length, q: f64) -> Result<u64, Failure> {
+    match (length.steps, length.epochs) {
+        (Some(0), _) => Err(usage("steps", "must be at least 1")),
+        (Some(s), _) => Ok(s),
+        (None, Some(e)) => {
+            let e = finite_positive("epochs", e)?;
+            Ok((e / q).ceil() as u64)
+        }
+        (None, None) => Err(Failure::Usage("give --steps or --epochs".into())),
+    }
+}
+
+fn accountant(choice: &Choice) -> Result<AccountantKind, Failure> {
+    let error = finite_positive("epsilon-error", choice.epsilon_error)?;
+    Ok(choice.accountant.with_error(error))
+}
+
+/// Epsilon with what each accountant adds to the JSON (order, or the PRV bracket).
+fn epsilon_report(
+    kind: AccountantKind,
+    q: f64,
+    sigma: f64,
+    steps: u64,
+    delta: f64,
+) -> Result<(f64, Map<String, Value>), Failure> {
+    let event = DpEvent::dp_sgd(q, sigma, steps);
+    let mut extra = Map::new();
+    let epsilon = match kind {
+        AccountantKind::Rdp => {
+            let mut acc = RdpAccountant::default();
+            acc.compose(&event)?;
+            let e = acc.epsilon_and_order(delta)?;
+            extra.insert("order".into(), json!(e.order));
+            e.epsilon
+        }
+        AccountantKind::Prv { epsilon_error } => {
+            let mut acc = PrvAccountant::new(epsilon_error)?;
+            acc.compose(&event)?;
+            let b = acc.epsilon_bounds(delta)?;
+            extra.insert("epsilon_lower".into(), json!(b.lower));
+            extra.insert("epsilon_estimate".into(), json!(b.estimate));
+            extra.insert("epsilon_upper".into(), json!(b.upper));
+            extra.insert("epsilon_error".into(), json!(epsilon_error));
+            b.upper
+        }
+    };
+    Ok((epsilon, extra))
+}
+
+fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Epsilon {
+            common,
+            length,
+            noise_multiplier,
+            choice,
+        } => {
+            let p = plan(&common)?;
+            let steps = steps_of(&length, p.q)?;
+            let sigma = finite_positive("noise-multiplier", noise_multiplier)?;
+            let kind = accountant(&choice)?;
+            let (epsilon, extra) = epsilon_report(kind, p.q, sigma, steps, p.delta)?;
+            emit(&p, kind, sigma, steps, epsilon, extra, None);
+        }
+        Command::Sigma {
+            common,
+            length,
+            epsilon,
+            choice,
+        } => {
+            let p = plan(&common)?;
+            let steps = steps_of(&length, p.q)?;
+            let target = finite_positive("epsilon", epsilon)?;
+            let kind = accountant(&choice)?;
+            let cal = calibrate_noise_multiplier(kind, p.q, steps, target, p.delta)?;
+            let (achieved, extra) =
+                epsilon_report(kind, p.q, cal.noise_multiplier, steps, p.delta)?;
+            let headline = format!(
+                "noise multiplier {:.6} (rounded up) meets epsilon {target}: it gives epsilon {}",
+                round_up(cal.noise_multiplier, 6),
+                shown(achieved)
+            );
+            emit(
+                &p,
+                kind,
+                cal.noise_multiplier,
+                steps,
+                achieved,
+                extra,
+                Some(headline),
+            );
+        }
+        Command::Steps {
+            common,
+            noise_multiplier,
+            epsilon,
+            choice,
+        } => {
+            let p = plan(&common)?;
+            let sigma = finite_positive("noise-multiplier", noise_multiplier)?;
+            let target = finite_positive("epsilon", epsilon)?;
+            let kind = accountant(&choice)?;
+            let steps = max_steps(kind, p.q, sigma, target, p.delta)?;
+            if steps == 0 {
+                return Err(usage(
+                    "epsilon",
+                    format!("not even one step fits within epsilon {target}"),
+                ));
+            }
+            let (achieved, extra) = epsilon_report(kind, p.q, sigma, steps, p.delta)?;
+            let headline = format!(
+                "at most {steps} steps ({:.2} epochs) fit within epsilon {target}",
+                steps as f64 * p.q
+            );
+            emit(&p, kind, sigma, steps, achieved, extra, Some(headline));
+        }
+        Command::Curve {
+            common,
+            length,
+            noise_multiplier,
+            accountants,
+            epsilon_error,
+            points,
+            csv,
+            svg,
+        } => {
+            let p = plan(&common)?;
+            let last = steps_of(&length, p.q)?;
+            let sigma = finite_positive("noise-multiplier", noise_multiplier)?;
+            let error = finite_positive("epsilon-error", epsilon_error)?;
+            if points < 2 {
+                return Err(usage("points", "must be at least 2"));
+            }
+            let grid = log_spaced_steps(last, points);
+            let mut columns = Vec::new();
+            for kind in &accountants {
+                let kind = kind.with_error(error);
+                let values = grid
+                    .iter()
+                    .map(|&s| epsilon_report(kind, p.q, sigma, s, p.delta).map(|r| r.0))
+                    .collect::<Result<Vec<f64>, Failure>>()?;
+                columns.push((kind.name(), values));
+            }
+            write_curve(&p, sigma, &grid, &columns, csv, svg)?;
+        }
+    }
+    Ok(())
+}
+
+/// About `points` distinct step counts from 1 to `last`, evenly spaced in log scale.
+fn log_spaced_steps(last: u64, points: usize) -> Vec<u64> {
+    let mut steps: Vec<u64> = (0..points)
+        .map(|i| (last as f64).powf(i as f64 / (points - 1) as f64).round() as u64)
+        .collect();
+    steps.push(last);
+    steps.sort_unstable();
+    steps.dedup();
+    steps
+}
+
+/// Epsilon as people see it: rounded up, to three decimals or three significant digits.
+fn shown(epsilon: f64) -> String {
+    if !epsilon.is_finite() {
+        return "infinite".into();
+    }
+    let digits = if epsilon >= 1.0 || epsilon == 0.0 {
+        3
+    } else {
+        (2 - epsilon.log10().floor() as i32).max(3)
+    };
+    format!("{:.*}", digits as usize, round_up(epsilon, digits))
+}
+
+fn common_json(p: &Plan, kind: AccountantKind, sigma: f64) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("accountant".into(), json!(kind.name()));
+    m.insert("sampling_rate".into(), json!(p.q));
+    m.insert("noise_multiplier".into(), json!(sigma));
+    m.insert("delta".into(), json!(p.delta));
+    m.insert("neighbouring_relation".into(), json!("add_or_remove_one"));
+    m.insert("sampling".into(), json!("poisson"));
+    m
+}
+
+fn emit(
+    p: &Plan,
+    kind: AccountantKind,
+    sigma: f64,
+    steps: u64,
+    epsilon: f64,
+    extra: Map<String, Value>,
+    headline: Option<String>,
+) {
+    if p.json {
+        let mut m = common_json(p, kind, sigma);
+        m.insert("steps".into(), json!(steps));
+        m.insert(
+            "epsilon".into(),
+            if epsilon.is_finite() {
+                json!(epsilon)
+            } else {
+                json!("inf")
+            },
+        );
+        m.extend(extra);
+        println!("{}", Value::Object(m));
+        return;
+    }
+    if let Some(h) = headline {
+        println!("{h}");
+    }
+    let how = match kind {
+        AccountantKind::Rdp => format!(
+            "RDP accountant (Mironov et al. 2019), optimal order {}",
+            extra.get("order").and_then(Value::as_f64).unwrap_or(f64::NAN)
+        ),
+        AccountantKind::Prv { epsilon_error } => format!(
+            "PRV accountant (Gopi et al. 2021): true epsilon in [{}, {}] (estimate {}, error {epsilon_error}); the upper end is reported",
+            shown(extra["epsilon_lower"].as_f64().unwrap_or(0.0)),
+            shown(epsilon),
+            shown(extra["epsilon_estimate"].as_f64().unwrap_or(0.0))
+        ),
+    };
+    println!(
+        "(epsilon, delta) = ({}, {:e})   epsilon rounded up",
+        shown(epsilon),
+        p.delta
+    );
+    println!("  mechanism   {steps} steps of the Poisson-subsampled Gaussian: sampling rate q = {}, noise multiplier {sigma}", p.q);
+    println!("  accountant  {how}");
+    println!("  neighbours  add/remove one record (the guarantee is per record)");
+    println!("  sampling    assumes true Poisson sampling (each record joins each batch independently with probability q); shuffled fixed-size batches are a different mechanism");
+    println!("  depends on  q, the noise multiplier, the number of steps and delta");
+    println!("  not on      the model, the learning rate, the data, or the clip norm itself (the noise scales with it)");
+}
+
+fn write_curve(
+    p: &Plan,
+    sigma: f64,
+    grid: &[u64],
+    columns: &[(&str, Vec<f64>)],
+    csv: Option<PathBuf>,
+    svg: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let write = |path: &PathBuf, text: &str| {
+        std::fs::write(path, text)
+            .map_err(|e| Failure::Other(format!("cannot write {}: {e}", path.display())))
+    };
+    if let Some(path) = &csv {
+        let mut text = String::from("steps");
+        for (name, _) in columns {
+            text.push_str(&format!(",epsilon_{name}"));
+        }
+        text.push('\n');
+        for (i, s) in grid.iter().enumerate() {
+            text.push_str(&s.to_string());
+            for (_, values) in columns {
+                text.push_str(&format!(",{}", values[i]));
+            }
+            text.push('\n');
+        }
+        if path.as_os_str() == "-" {
+            print!("{text}");
+        } else {
+            write(path, &text)?;
+        }
+    }
+    if let Some(path) = &svg {
+        let series: Vec<svg::Series<'_>> = columns
+            .iter()
+            .map(|(name, values)| svg::Series {
+                name,
+                points: grid
+                    .iter()
+                    .zip(values)
+                    .map(|(&s, &e)| (s as f64, e))
+                    .collect(),
+            })
+            .collect();
+        let title = format!(
+            "epsilon vs steps (q = {}, sigma = {sigma}, delta = {:e})",
+            p.q, p.delta
+        );
+        write(path, &svg::line_chart(&title, "steps", "epsilon", &series))?;
+    }
+    if p.json {
+        let rows: Vec<Value> = grid
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut row = Map::new();
+                row.insert("steps".into(), json!(s));
+                for (name, values) in columns {
+                    row.insert(format!("epsilon_{name}"), json!(values[i]));
+                }
+                Value::Object(row)
+            })
+            .collect();
+        let mut m = Map::new();
+        m.insert("sampling_rate".into(), json!(p.q));
+        m.insert("noise_multiplier".into(), json!(sigma));
+        m.insert("delta".into(), json!(p.delta));
+        m.insert(
+            "accountants".into(),
+            json!(columns.iter().map(|c| c.0).collect::<Vec<_>>()),
+        );
+        m.insert("curve".into(), Value::Array(rows));
+        println!("{}", Value::Object(m));
+    } else if csv.as_ref().is_none_or(|c| c.as_os_str() != "-") {
+        for (i, s) in grid.iter().enumerate() {
+            let cells: Vec<String> = columns
+                .iter()
+                .map(|(n, v)| format!("{n} {}", shown(v[i])))
+                .collect();
+            println!("{s:>10} steps  {}", cells.join("  "));
+        }
+    }
+    Ok(())
+}

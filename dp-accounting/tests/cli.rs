@@ -1,0 +1,344 @@
+//! The `dp-accounting` command: its JSON contract, its numbers, and one-line errors with exit
+//! code 2 for bad input.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dp-accounting"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn json(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = run(&all);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+const PLAN: [&str; 6] = [
+    "--sampling-rate",
+    "0.01",
+    "--steps",
+    "10000",
+    "--delta",
+    "1e-5",
+];
+
+#[test]
+fn epsilon_json_has_the_contract_fields() {
+    let mut args = vec!["epsilon", "--noise-multiplier", "1", "--accountant", "rdp"];
+    args.extend(PLAN);
+    let v = json(&args);
+    for field in [
+        "epsilon",
+        "delta",
+        "accountant",
+        "sampling_rate",
+        "noise_multiplier",
+        "steps",
+        "order",
+    ] {
+        assert!(v.get(field).is_some(), "missing {field} in {v}");
+    }
+    // dp_accounting's signed-series value for this case (golden pub-fwd-008).
+    assert!(
+        (v["epsilon"].as_f64().unwrap() - 6.712738297403128).abs() < 1e-6,
+        "{v}"
+    );
+    assert_eq!(v["order"].as_f64(), Some(4.1));
+
+    let mut args = vec!["epsilon", "--noise-multiplier", "1", "--accountant", "prv"];
+    args.extend(PLAN);
+    let v = json(&args);
+    let (lo, up, eps) = (
+        v["epsilon_lower"].as_f64().unwrap(),
+        v["epsilon_upper"].as_f64().unwrap(),
+        v["epsilon"].as_f64().unwrap(),
+    );
+    assert_eq!(eps, up, "PRV reports its upper bound");
+    // prv_accountant's bracket for this case is [6.1774, 6.1980].
+    assert!(lo < 6.18771 && up > 6.18771 && up < 6.21, "{v}");
+}
+
+#[test]
+fn dataset_and_batch_size_or_epochs_give_the_same_plan() {
+    let a = json(&[
+        "epsilon",
+        "--sampling-rate",
+        "0.01",
+        "--epochs",
+        "100",
+        "--delta",
+        "1e-5",
+        "--noise-multiplier",
+        "1",
+        "--accountant",
+        "rdp",
+    ]);
+    let b = json(&[
+        "epsilon",
+        "--dataset-size",
+        "60000",
+        "--batch-size",
+        "600",
+        "--steps",
+        "10000",
+        "--delta",
+        "1e-5",
+        "--noise-multiplier",
+        "1",
+        "--accountant",
+        "rdp",
+    ]);
+    assert_eq!(a["steps"], 10000);
+    assert_eq!(a["epsilon"], b["epsilon"]);
+}
+
+#[test]
+fn sigma_meets_the_target_and_steps_is_the_largest_that_fits() {
+    for accountant in ["rdp", "prv"] {
+        let mut args = vec!["sigma", "--epsilon", "8", "--accountant", accountant];
+        args.extend(PLAN);
+        let v = json(&args);
+        let sigma = v["noise_multiplier"].as_f64().unwrap();
+        assert!(v["epsilon"].as_f64().unwrap() <= 8.0, "{v}");
+        // dp_accounting: 0.916882 (RDP), 0.882531 (PLD).
+        let (lo, hi) = if accountant == "rdp" {
+            (0.9160, 0.91689)
+        } else {
+            (0.8825, 0.8860)
+        };
+        assert!((lo..hi).contains(&sigma), "{accountant}: {sigma}");
+
+        let sigma_text = sigma.to_string();
+        let v = json(&[
+            "steps",
+            "--sampling-rate",
+            "0.01",
+            "--noise-multiplier",
+            &sigma_text,
+            "--epsilon",
+            "8",
+            "--delta",
+            "1e-5",
+            "--accountant",
+            accountant,
+        ]);
+        let steps = v["steps"].as_u64().unwrap();
+        assert!((10_000..10_100).contains(&steps), "{accountant}: {steps}");
+    }
+}
+
+#[test]
+fn curve_writes_csv_and_svg() {
+    let dir = std::env::temp_dir().join(format!("dp-accounting-curve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (csv, svg) = (dir.join("curve.csv"), dir.join("curve.svg"));
+    let out = run(&[
+        "curve",
+        "--sampling-rate",
+        "0.01",
+        "--noise-multiplier",
+        "1",
+        "--steps",
+        "1000",
+        "--delta",
+        "1e-5",
+        "--points",
+        "6",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows[0], "steps,epsilon_rdp,epsilon_prv");
+    assert_eq!(rows.last().unwrap().split(',').next(), Some("1000"));
+    let eps: Vec<f64> = rows[1..]
+        .iter()
+        .map(|r| r.split(',').nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        eps.windows(2).all(|w| w[0] <= w[1]),
+        "epsilon grows with steps: {eps:?}"
+    );
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.matches("<polyline").count() == 2);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_input_is_one_line_naming_the_flag_with_exit_code_2() {
+    let cases: [(&[&str], &str); 9] = [
+        (
+            &[
+                "epsilon",
+                "--sampling-rate",
+                "0",
+                "--noise-multiplier",
+                "1",
+                "--steps",
+                "10",
+                "--delta",
+                "1e-5",
+            ],
+            "--sampling-rate",
+        ),
+        (
+            &[
+                "epsilon",
+                "--sampling-rate",
+                "1.5",
+                "--noise-multiplier",
+                "1",
+                "--steps",
+                "10",
+                "--delta",
+                "1e-5",
+            ],
+            "--sampling-rate",
+        ),
+        (
+            &[
+                "epsilon",
+                "--sampling-rate",
+                "0.1",
+                "--noise-multiplier",
+                "-1",
+                "--steps",
+                "10",
+                "--delta",
+                "1e-5",
+            ],
+            "--noise-multiplier",
+        ),
+        (
+            &[
+                "epsilon",
+                "--sampling-rate",
+                "0.1",
+                "--noise-multiplier",
+                "NaN",
+                "--steps",
+                "10",
+                "--delta",
+                "1e-5",
+            ],
+            "--noise-multiplier",
+        ),
+        (
+            &[
+                "epsilon",
+                "--sampling-rate",
+                "0.1",
+                "--noise-multiplier",
+                "1",
+                "--steps",
+                "10",
+                "--delta",
+                "1",
+            ],
+            "--delta",
+        ),
+        (
+            &[
+                "epsilon",
+                "--sampling-rate",
+                "0.1",
+                "--noise-multiplier",
+                "1",
+                "--steps",
+                "0",
+                "--delta",
+                "1e-5",
+            ],
+            "--steps",
+        ),
+        (
+            &[
+                "epsilon",
+                "--sampling-rate",
+                "0.1",
+                "--noise-multiplier",
+                "inf",
+                "--steps",
+                "10",
+                "--delta",
+                "1e-5",
+            ],
+            "--noise-multiplier",
+        ),
+        (
+            &[
+                "epsilon",
+                "--sampling-rate",
+                "0.1",
+                "--dataset-size",
+                "100",
+                "--batch-size",
+                "10",
+                "--noise-multiplier",
+                "1",
+                "--steps",
+                "10",
+                "--delta",
+                "1e-5",
+            ],
+            "--sampling-rate",
+        ),
+        (
+            &[
+                "epsilon",
+                "--sampling-rate",
+                "0.1",
+                "--noise-multiplier",
+                "1",
+                "--steps",
+                "10",
+                "--epochs",
+                "1",
+                "--delta",
+                "1e-5",
+            ],
+            "--steps",
+        ),
+    ];
+    for (args, flag) in cases {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(flag),
+            "{args:?} should name {flag}: {stderr}"
+        );
+    }
+    // An unreachable target is a usage error too, not a panic or a silent answer.
+    let out = run(&[
+        "steps",
+        "--sampling-rate",
+        "1",
+        "--noise-multiplier",
+        "0.1",
+        "--epsilon",
+        "0.001",
+        "--delta",
+        "1e-5",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
