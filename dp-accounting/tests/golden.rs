@@ -337,3 +337,41 @@ fn prv_calibration_meets_the_target_and_beats_rdp() {
         );
     }
 }
+
+mod properties {
+    //! Properties that must hold for any plan, over random plans.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn eps(q: f64, sigma: f64, steps: u64, delta: f64) -> f64 {
+        let mut acc = RdpAccountant::default();
+        acc.compose(&DpEvent::dp_sgd(q, sigma, steps)).unwrap();
+        acc.epsilon(delta).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn epsilon_is_monotone(q in 1e-4f64..0.5, sigma in 0.6f64..8.0, steps in 1u64..20_000, delta in 1e-9f64..1e-3) {
+            let base = eps(q, sigma, steps, delta);
+            prop_assert!(eps(q, sigma, steps + steps / 2 + 1, delta) >= base);
+            prop_assert!(eps((q * 1.5).min(1.0), sigma, steps, delta) >= base);
+            prop_assert!(eps(q, sigma * 0.8, steps, delta) >= base);
+            prop_assert!(eps(q, sigma, steps, delta * 0.1) >= base);
+        }
+
+        #[test]
+        fn full_batch_is_the_plain_gaussian_and_self_composition_adds(sigma in 0.5f64..10.0, steps in 1u64..50) {
+            let mut sampled = RdpAccountant::default();
+            sampled.compose(&DpEvent::dp_sgd(1.0, sigma, steps)).unwrap();
+            let mut plain = RdpAccountant::default();
+            for _ in 0..steps {
+                plain.compose(&DpEvent::Gaussian { noise_multiplier: sigma }).unwrap();
+            }
+            for (a, b) in sampled.rdp().iter().zip(plain.rdp()) {
+                prop_assert!((a - b).abs() <= 1e-12 * a.abs().max(1.0));
+            }
+        }
+    }
+}
