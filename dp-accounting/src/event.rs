@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rdp::RunCount;
+
 /// A differentially private computation, built from mechanisms and how they were combined.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -34,6 +36,17 @@ pub enum DpEvent {
         sample_size: u64,
         /// The mechanism run on the sample.
         event: Box<DpEvent>,
+    },
+    /// `event` (one training run) repeated a random number of times K with mean `mean`, only
+    /// the best run released (private hyperparameter tuning).
+    RepeatAndSelect {
+        /// One run.
+        event: Box<DpEvent>,
+        /// E[K].
+        mean: f64,
+        /// The distribution of K.
+        #[serde(flatten)]
+        runs: RunCount,
     },
     /// `event` repeated `count` times.
     SelfComposed {
@@ -70,6 +83,7 @@ impl DpEvent {
             DpEvent::Gaussian { .. } => "Gaussian",
             DpEvent::PoissonSampled { .. } => "PoissonSampled",
             DpEvent::SampledWithoutReplacement { .. } => "SampledWithoutReplacement",
+            DpEvent::RepeatAndSelect { .. } => "RepeatAndSelect",
             DpEvent::SelfComposed { .. } => "SelfComposed",
             DpEvent::Composed { .. } => "Composed",
         }

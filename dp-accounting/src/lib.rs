@@ -23,6 +23,7 @@ mod prv;
 mod rdp;
 mod special;
 mod statement;
+mod tan;
 
 pub use accountant::{Accountant, AccountantKind};
 pub use calibrate::{calibrate_noise_multiplier, dp_sgd_epsilon, max_steps, Calibration};
@@ -30,7 +31,9 @@ pub use error::AccountingError;
 pub use event::{DpEvent, NeighbouringRelation};
 pub use prv::{EpsilonBounds, PrvAccountant};
 pub use rdp::{
-    delta_from_rdp, epsilon_from_rdp, sample_without_replacement_gaussian_rdp,
-    subsampled_gaussian_rdp, EpsilonAtOrder, RdpAccountant, DEFAULT_ORDERS,
+    delta_from_rdp, epsilon_from_rdp, repeat_and_select_rdp,
+    sample_without_replacement_gaussian_rdp, subsampled_gaussian_rdp, subsampled_gaussian_rdp_with,
+    tnb_gamma, EpsilonAtOrder, FractionalSeries, RdpAccountant, RunCount, DEFAULT_ORDERS,
 };
 pub use statement::round_up;
+pub use tan::{tan_table, TanRow, TanTable, TAN_MIN_SIGMA};

@@ -342,3 +342,81 @@ fn bad_input_is_one_line_naming_the_flag_with_exit_code_2() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn tune_and_tan_report_the_contract_fields() {
+    let v = json(&[
+        "tune",
+        "--sampling-rate",
+        "0.01",
+        "--noise-multiplier",
+        "1",
+        "--steps",
+        "1000",
+        "--delta",
+        "1e-5",
+        "--runs",
+        "poisson",
+        "--mean",
+        "10",
+    ]);
+    let (eps, single) = (
+        v["epsilon"].as_f64().unwrap(),
+        v["single_run_epsilon"].as_f64().unwrap(),
+    );
+    // dp_accounting: 4.3295 (its fractional series is slightly looser) and 2.1014 for one run.
+    assert!(eps <= 4.329497680252047 && eps > 4.32, "{v}");
+    assert!((single - 2.1014).abs() < 1e-3, "{v}");
+    let out = run(&[
+        "tune",
+        "--sampling-rate",
+        "0.01",
+        "--noise-multiplier",
+        "1",
+        "--steps",
+        "1000",
+        "--delta",
+        "1e-5",
+        "--runs",
+        "truncated-negative-binomial",
+        "--mean",
+        "10",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--shape is required for the truncated negative binomial"
+    );
+
+    let v = json(&[
+        "tan",
+        "--dataset-size",
+        "50000",
+        "--batch-size",
+        "4096",
+        "--noise-multiplier",
+        "3",
+        "--steps",
+        "2500",
+        "--delta",
+        "1e-5",
+        "--scales",
+        "0.0625,0.25,1,4",
+    ]);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for row in rows {
+        for field in [
+            "batch_size",
+            "noise_multiplier",
+            "sampling_rate",
+            "epsilon",
+            "effective_noise",
+        ] {
+            assert!(row.get(field).is_some(), "missing {field}: {row}");
+        }
+        assert_eq!(row["effective_noise"].as_f64(), Some(3.0 / 4096.0));
+    }
+    // The reference row (k = 1): dp_accounting RDP gives 7.0985.
+    assert!((rows[2]["epsilon"].as_f64().unwrap() - 7.0985).abs() < 0.01);
+}

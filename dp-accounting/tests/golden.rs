@@ -375,3 +375,109 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn repeat_and_select_matches_dp_accounting() {
+    use dp_accounting::{repeat_and_select_rdp, tnb_gamma, FractionalSeries, RunCount};
+    let g = golden();
+    for case in g["repeat_and_select"].as_array().unwrap() {
+        let id = case["id"].as_str().unwrap();
+        let (q, sigma, delta, mean) = (
+            num(&case["q"]),
+            num(&case["sigma"]),
+            num(&case["delta"]),
+            num(&case["mean"]),
+        );
+        let steps = case["steps"].as_u64().unwrap();
+        let shape = num(&case["shape"]);
+        let runs = if shape.is_infinite() {
+            RunCount::Poisson
+        } else {
+            RunCount::TruncatedNegativeBinomial { shape }
+        };
+        if let Some(gamma) = case["tnb_gamma"].as_f64() {
+            assert!(rel_err(tnb_gamma(shape, mean), gamma) < 1e-8, "{id}: gamma");
+        }
+        // The transform alone, on dp_accounting's own single-run curve: 1e-9.
+        if let Some(base) = case["base_rdp"].as_array() {
+            let base: Vec<f64> = base.iter().map(num).collect();
+            let got = repeat_and_select_rdp(&DEFAULT_ORDERS, &base, mean, runs).unwrap();
+            for (g, w) in got
+                .iter()
+                .zip(case["repeat_and_select_rdp"].as_array().unwrap())
+            {
+                assert!(rel_err(*g, num(w)) < 1e-9, "{id}: {g} vs {w}");
+            }
+        }
+        // End to end, with dp_accounting's conservative fractional series: 1e-6.
+        let single = DpEvent::dp_sgd(q, sigma, steps);
+        let tuned = DpEvent::RepeatAndSelect {
+            event: Box::new(single.clone()),
+            mean,
+            runs,
+        };
+        let mut acc = RdpAccountant::default().with_series(FractionalSeries::Conservative);
+        acc.compose(&tuned).unwrap();
+        let got = acc.epsilon_and_order(delta).unwrap();
+        let want = &case["repeat_and_select"];
+        assert!(
+            rel_err(got.epsilon, num(&want["eps"])) < 1e-6,
+            "{id}: {got:?} vs {want}"
+        );
+        // The exact series is never looser.
+        let mut exact = RdpAccountant::default();
+        exact.compose(&tuned).unwrap();
+        assert!(
+            exact.epsilon(delta).unwrap() <= got.epsilon * (1.0 + 1e-12),
+            "{id}"
+        );
+    }
+}
+
+#[test]
+fn tan_rows_match_dp_accounting() {
+    use dp_accounting::{tan_table, FractionalSeries};
+    let g = golden();
+    for example in g["tan"].as_array().unwrap() {
+        let name = example["name"].as_str().unwrap();
+        let scales: Vec<f64> = example["k"].as_array().unwrap().iter().map(num).collect();
+        let table = tan_table(
+            example["N"].as_u64().unwrap(),
+            num(&example["B_ref"]),
+            num(&example["sigma_ref"]),
+            example["S"].as_u64().unwrap(),
+            num(&example["delta"]),
+            &scales,
+            FractionalSeries::Conservative,
+        )
+        .unwrap();
+        let limit = &example["tan_limit"];
+        assert!(
+            rel_err(table.eta, num(&limit["eta"])) < 1e-12,
+            "{name}: eta"
+        );
+        assert!(
+            rel_err(table.tan_limit_epsilon, num(&limit["eps_rdp_gaussian_eta"])) < 1e-9,
+            "{name}: limit"
+        );
+        for (row, want) in table.rows.iter().zip(example["rows"].as_array().unwrap()) {
+            assert!(rel_err(row.batch_size, num(&want["B"])) < 1e-12);
+            assert!(rel_err(row.noise_multiplier, num(&want["sigma"])) < 1e-12);
+            assert!(rel_err(row.sampling_rate, num(&want["q"])) < 1e-12);
+            assert!(
+                rel_err(
+                    row.effective_noise,
+                    num(&want["effective_noise_sigma_over_B"])
+                ) < 1e-12
+            );
+            let eps = num(&want["eps_dp_accounting_rdp"]["eps"]);
+            assert!(
+                rel_err(row.epsilon, eps) < 1e-6,
+                "{name} k={}: {} vs {eps}",
+                row.scale,
+                row.epsilon
+            );
+            assert_eq!(row.equivalence_holds, row.noise_multiplier >= 2.0);
+        }
+    }
+}

@@ -411,6 +411,9 @@ fn collect_steps(
             steps.push((*q, *noise_multiplier, count));
             Ok(())
         }
+        DpEvent::RepeatAndSelect { .. } => Err(unsupported(
+            "tuning bounds are RDP transforms (use the RDP accountant)",
+        )),
         DpEvent::SampledWithoutReplacement { .. } => Err(unsupported(
             "only Poisson sampling is supported (use the RDP accountant)",
         )),

@@ -11,11 +11,15 @@
 //! reverse, delta for a given epsilon, takes the smaller of the same bound solved for delta and
 //! `sqrt(1 - exp(-rdp))`.
 
+mod repeat_and_select;
 mod sample_without_replacement;
 mod subsampled_gaussian;
 
+pub use repeat_and_select::{repeat_and_select_rdp, tnb_gamma, RunCount};
 pub use sample_without_replacement::sample_without_replacement_gaussian_rdp;
-pub use subsampled_gaussian::subsampled_gaussian_rdp;
+pub use subsampled_gaussian::{
+    subsampled_gaussian_rdp, subsampled_gaussian_rdp_with, FractionalSeries,
+};
 
 use crate::accountant::Accountant;
 use crate::error::{check_range, AccountingError};
@@ -113,6 +117,7 @@ pub struct RdpAccountant {
     orders: Vec<f64>,
     rdp: Vec<f64>,
     relation: NeighbouringRelation,
+    series: FractionalSeries,
 }
 
 impl Default for RdpAccountant {
@@ -132,7 +137,15 @@ impl RdpAccountant {
             orders,
             rdp,
             relation,
+            series: FractionalSeries::Signed,
         }
+    }
+
+    /// The same accountant evaluating fractional orders with `series` (the default is the
+    /// exact signed series; `Conservative` reproduces dp_accounting's numbers).
+    pub fn with_series(mut self, series: FractionalSeries) -> Self {
+        self.series = series;
+        self
     }
 
     /// The orders of the grid.
@@ -185,7 +198,9 @@ impl RdpAccountant {
                     )));
                 }
                 let sigma = gaussian_inside(inner).map_err(unsupported)?;
-                per_order(&|a| subsampled_gaussian_rdp(*sampling_probability, sigma, a))
+                per_order(&|a| {
+                    subsampled_gaussian_rdp_with(self.series, *sampling_probability, sigma, a)
+                })
             }
             DpEvent::SampledWithoutReplacement {
                 source_dataset_size,
@@ -207,6 +222,14 @@ impl RdpAccountant {
                 let sigma = gaussian_inside(inner).map_err(unsupported)?;
                 let q = *sample_size as f64 / *source_dataset_size as f64;
                 per_order(&|a| sample_without_replacement_gaussian_rdp(q, sigma, a))
+            }
+            DpEvent::RepeatAndSelect {
+                event: inner,
+                mean,
+                runs,
+            } => {
+                let single = self.event_rdp(inner)?;
+                repeat_and_select_rdp(&self.orders, &single, *mean, *runs)
             }
             DpEvent::SelfComposed {
                 event: inner,

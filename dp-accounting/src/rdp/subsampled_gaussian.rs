@@ -8,9 +8,11 @@
 //! `A = sum_k binom(alpha, k) (1-q)^(alpha-k) q^k exp((k^2 - k) / (2 sigma^2))`.
 //!
 //! Fractional alpha: the two-sided erfc series split at `z0 = sigma^2 log(1/q - 1) + 1/2`,
-//! with the exact *signed* binomial coefficients (as TF Privacy's original code and Opacus;
-//! dp_accounting >= 0.5 adds `|binom|`, a looser upper bound). Terms are summed in log space
-//! and the series stops once both new terms fall below `exp(-30)` (relative 1e-13, as A >= 1).
+//! with the exact *signed* binomial coefficients by default (as TF Privacy's original code and
+//! Opacus): the series stops once both new terms fall below `exp(-30)` (relative 1e-13, as
+//! A >= 1). [`FractionalSeries::Conservative`] reproduces dp_accounting >= 0.5, which adds
+//! `|binom|` for every term (a looser upper bound, up to 2% in epsilon), stops when both term
+//! sequences decrease below `total - 30`, and drops the order (infinite RDP) after 1000 terms.
 
 use std::f64::consts::LN_2;
 
@@ -20,9 +22,32 @@ use crate::special::{log_add, log_erfc, log_sub};
 /// Terms beyond this are a sign the series does not converge (huge q/sigma ratios).
 const MAX_TERMS: usize = 100_000;
 
+/// dp_accounting's term limit for its conservative series.
+const CONSERVATIVE_MAX_TERMS: usize = 1000;
+
+/// How fractional orders are evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FractionalSeries {
+    /// The exact series with signed binomial coefficients (tightest; the default).
+    #[default]
+    Signed,
+    /// dp_accounting's `|binom|` series: an upper bound, for matching its numbers exactly.
+    Conservative,
+}
+
 /// One-step RDP at order `alpha` of the Poisson-subsampled Gaussian with sampling rate `q`
 /// (in [0, 1]) and noise multiplier `sigma` (> 0), under add/remove-one neighbours.
 pub fn subsampled_gaussian_rdp(q: f64, sigma: f64, alpha: f64) -> Result<f64, AccountingError> {
+    subsampled_gaussian_rdp_with(FractionalSeries::Signed, q, sigma, alpha)
+}
+
+/// [`subsampled_gaussian_rdp`] with the fractional-order series chosen.
+pub fn subsampled_gaussian_rdp_with(
+    series: FractionalSeries,
+    q: f64,
+    sigma: f64,
+    alpha: f64,
+) -> Result<f64, AccountingError> {
     check_range("sampling_rate", q, (0.0..=1.0).contains(&q), "0 <= q <= 1")?;
     check_range("noise_multiplier", sigma, sigma > 0.0, "sigma > 0")?;
     check_range("order", alpha, alpha > 1.0, "alpha > 1")?;
@@ -35,7 +60,7 @@ pub fn subsampled_gaussian_rdp(q: f64, sigma: f64, alpha: f64) -> Result<f64, Ac
     let log_a = if alpha.fract() == 0.0 {
         log_a_integer(q, sigma, alpha)
     } else {
-        log_a_fractional(q, sigma, alpha)
+        log_a_fractional(series, q, sigma, alpha)
     };
     Ok(log_a / (alpha - 1.0))
 }
@@ -57,14 +82,21 @@ fn log_a_integer(q: f64, sigma: f64, alpha: f64) -> f64 {
     log_a
 }
 
-fn log_a_fractional(q: f64, sigma: f64, alpha: f64) -> f64 {
+fn log_a_fractional(series: FractionalSeries, q: f64, sigma: f64, alpha: f64) -> f64 {
+    let conservative = series == FractionalSeries::Conservative;
+    let max_terms = if conservative {
+        CONSERVATIVE_MAX_TERMS
+    } else {
+        MAX_TERMS
+    };
+    let (mut last_s0, mut last_s1) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
     let (log_q, log_1mq) = (q.ln(), (-q).ln_1p());
     let z0 = sigma * sigma * (1.0 / q - 1.0).ln() + 0.5;
     let scale = std::f64::consts::SQRT_2 * sigma;
     let (mut log_a0, mut log_a1) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
     // binom(alpha, k) as log|.| and sign, updated by the ratio (alpha - k) / (k + 1).
     let (mut log_binom, mut positive) = (0.0_f64, true);
-    for k in 0..MAX_TERMS {
+    for k in 0..max_terms {
         let i = k as f64;
         let j = alpha - i;
         let log_t0 = log_binom + i * log_q + j * log_1mq;
@@ -73,19 +105,29 @@ fn log_a_fractional(q: f64, sigma: f64, alpha: f64) -> f64 {
         let log_e1 = log_erfc((z0 - j) / scale) - LN_2;
         let log_s0 = log_t0 + (i * i - i) / (2.0 * sigma * sigma) + log_e0;
         let log_s1 = log_t1 + (j * j - j) / (2.0 * sigma * sigma) + log_e1;
-        if positive {
+        if positive || conservative {
             log_a0 = log_add(log_a0, log_s0);
             log_a1 = log_add(log_a1, log_s1);
         } else {
             log_a0 = log_sub(log_a0, log_s0);
             log_a1 = log_sub(log_a1, log_s1);
         }
-        if log_s0.max(log_s1) < -30.0 {
+        if conservative {
+            let total = log_add(log_a0, log_a1);
+            if log_s0 < last_s0 && log_s1 < last_s1 && log_s0.max(log_s1) < total - 30.0 {
+                return total;
+            }
+            (last_s0, last_s1) = (log_s0, log_s1);
+        } else if log_s0.max(log_s1) < -30.0 {
             break;
         }
         let ratio = (alpha - i) / (i + 1.0);
         log_binom += ratio.abs().ln();
         positive ^= ratio < 0.0;
+    }
+    if conservative {
+        // Not converged within dp_accounting's limit: the order is dropped.
+        return f64::INFINITY;
     }
     log_add(log_a0, log_a1)
 }

@@ -7,13 +7,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dp_accounting::{
-    calibrate_noise_multiplier, max_steps, round_up, Accountant, AccountantKind, AccountingError,
-    DpEvent, PrvAccountant, RdpAccountant,
+    calibrate_noise_multiplier, max_steps, round_up, tan_table, Accountant, AccountantKind,
+    AccountingError, DpEvent, FractionalSeries, PrvAccountant, RdpAccountant, RunCount,
 };
 use serde_json::{json, Map, Value};
 
 /// Privacy accounting for DP-SGD: epsilon for a training plan, the noise for a target, the
-/// steps a budget allows, and epsilon-versus-steps curves.
+/// steps a budget allows, epsilon-versus-steps curves, the cost of private hyperparameter
+/// tuning, and TAN-equivalent configurations.
 ///
 /// The mechanism is the Poisson-subsampled Gaussian: each step includes every record
 /// independently with probability q (the sampling rate), clips each record's gradient to norm C
@@ -25,6 +26,8 @@ use serde_json::{json, Map, Value};
 ///   dp-accounting sigma --dataset-size 60000 --batch-size 256 --epochs 10 --epsilon 3 --delta 1e-5
 ///   dp-accounting steps --sampling-rate 0.004 --noise-multiplier 1.1 --epsilon 8 --delta 1e-5
 ///   dp-accounting curve --sampling-rate 0.01 --noise-multiplier 1 --steps 10000 --delta 1e-5 --svg eps.svg
+///   dp-accounting tune --sampling-rate 0.01 --noise-multiplier 1 --steps 1000 --delta 1e-5 --runs poisson --mean 10
+///   dp-accounting tan --dataset-size 50000 --batch-size 4096 --noise-multiplier 3 --steps 2500 --delta 1e-5
 #[derive(Parser, Debug)]
 #[command(name = "dp-accounting", version, verbatim_doc_comment)]
 struct Cli {
@@ -70,6 +73,56 @@ enum Command {
         epsilon: f64,
         #[command(flatten)]
         choice: Choice,
+    },
+    /// Total epsilon of private hyperparameter tuning: a random number of training runs, only
+    /// the best released (Papernot and Steinke 2022; RDP accountant).
+    Tune {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        length: Length,
+        /// Noise multiplier of each run.
+        #[arg(long, allow_negative_numbers = true)]
+        noise_multiplier: f64,
+        /// Distribution of the number of runs.
+        #[arg(long, value_enum)]
+        runs: Runs,
+        /// Mean number of runs.
+        #[arg(long, allow_negative_numbers = true)]
+        mean: f64,
+        /// Shape of the truncated negative binomial (0: logarithmic, 1: geometric).
+        #[arg(long, allow_negative_numbers = true)]
+        shape: Option<f64>,
+    },
+    /// Configurations with the same total amount of noise (TAN, Sander et al. 2023): batch and
+    /// noise scaled together at fixed steps, with each one's epsilon (RDP accountant).
+    Tan {
+        /// Records in the dataset N.
+        #[arg(long)]
+        dataset_size: u64,
+        /// Expected batch size B of the reference run.
+        #[arg(long, allow_negative_numbers = true)]
+        batch_size: f64,
+        /// Noise multiplier of the reference run.
+        #[arg(long, allow_negative_numbers = true)]
+        noise_multiplier: f64,
+        /// Steps S (the same in every row).
+        #[arg(long)]
+        steps: u64,
+        /// Target delta.
+        #[arg(long, allow_negative_numbers = true)]
+        delta: f64,
+        /// Scales k: each row runs batch k B with noise k sigma.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "0.0625,0.25,1,4",
+            allow_negative_numbers = true
+        )]
+        scales: Vec<f64>,
+        /// Print JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Epsilon versus steps for one or more accountants, as CSV or JSON and an SVG plot.
     Curve {
@@ -140,6 +193,14 @@ struct Choice {
     /// Half-width of the PRV accountant's epsilon bracket.
     #[arg(long, allow_negative_numbers = true, default_value_t = 0.01)]
     epsilon_error: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Runs {
+    /// K ~ Poisson(mean).
+    Poisson,
+    /// K ~ truncated negative binomial(shape, mean).
+    TruncatedNegativeBinomial,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -376,6 +437,166 @@ fn run(command: Command) -> Result<(), Failure> {
                 steps as f64 * p.q
             );
             emit(&p, kind, sigma, steps, achieved, extra, Some(headline));
+        }
+        Command::Tune {
+            common,
+            length,
+            noise_multiplier,
+            runs,
+            mean,
+            shape,
+        } => {
+            let p = plan(&common)?;
+            let steps = steps_of(&length, p.q)?;
+            let sigma = finite_positive("noise-multiplier", noise_multiplier)?;
+            if !(mean.is_finite() && mean >= 1.0) {
+                return Err(usage("mean", format!("must be at least 1, got {mean}")));
+            }
+            let runs = match (runs, shape) {
+                (Runs::Poisson, None) => RunCount::Poisson,
+                (Runs::Poisson, Some(_)) => {
+                    return Err(usage(
+                        "shape",
+                        "applies to --runs truncated-negative-binomial only",
+                    ))
+                }
+                (Runs::TruncatedNegativeBinomial, Some(eta)) if eta.is_finite() && eta >= 0.0 => {
+                    RunCount::TruncatedNegativeBinomial { shape: eta }
+                }
+                (Runs::TruncatedNegativeBinomial, Some(eta)) => {
+                    return Err(usage(
+                        "shape",
+                        format!("must be a finite number >= 0, got {eta}"),
+                    ))
+                }
+                (Runs::TruncatedNegativeBinomial, None) => {
+                    return Err(usage(
+                        "shape",
+                        "is required with --runs truncated-negative-binomial",
+                    ))
+                }
+            };
+            let single_event = DpEvent::dp_sgd(p.q, sigma, steps);
+            let mut single = RdpAccountant::default();
+            single.compose(&single_event)?;
+            let single_eps = single.epsilon(p.delta)?;
+            let mut tuned = RdpAccountant::default();
+            tuned.compose(&DpEvent::RepeatAndSelect {
+                event: Box::new(single_event),
+                mean,
+                runs,
+            })?;
+            let tuned_eps = tuned.epsilon_and_order(p.delta)?;
+            if p.json {
+                let mut m = common_json(&p, AccountantKind::Rdp, sigma);
+                m.insert("steps".into(), json!(steps));
+                m.insert("epsilon".into(), json!(tuned_eps.epsilon));
+                m.insert("order".into(), json!(tuned_eps.order));
+                m.insert("single_run_epsilon".into(), json!(single_eps));
+                m.insert(
+                    "runs".into(),
+                    serde_json::to_value(runs).unwrap_or(Value::Null),
+                );
+                m.insert("mean_runs".into(), json!(mean));
+                println!("{}", Value::Object(m));
+            } else {
+                let what = match runs {
+                    RunCount::Poisson => format!("Poisson with mean {mean}"),
+                    RunCount::TruncatedNegativeBinomial { shape } => {
+                        format!("truncated negative binomial, shape {shape}, mean {mean}")
+                    }
+                };
+                println!(
+                    "(epsilon, delta) = ({}, {:e}) for the whole search   epsilon rounded up",
+                    shown(tuned_eps.epsilon),
+                    p.delta
+                );
+                println!(
+                    "  one run     epsilon {} ({steps} steps, q = {}, noise multiplier {sigma})",
+                    shown(single_eps),
+                    p.q
+                );
+                println!("  runs        a random number K of runs, {what}; only the best run is released");
+                println!(
+                    "  accountant  RDP with the Papernot-Steinke bound, optimal order {}",
+                    tuned_eps.order
+                );
+                println!("  note        draw K at random and release nothing else: a fixed number of runs costs more");
+            }
+        }
+        Command::Tan {
+            dataset_size,
+            batch_size,
+            noise_multiplier,
+            steps,
+            delta,
+            scales,
+            json: as_json,
+        } => {
+            if dataset_size == 0 {
+                return Err(usage("dataset-size", "must be at least 1"));
+            }
+            let b = finite_positive("batch-size", batch_size)?;
+            if b > dataset_size as f64 {
+                return Err(usage(
+                    "batch-size",
+                    format!("{b} exceeds the dataset size {dataset_size}"),
+                ));
+            }
+            let sigma = finite_positive("noise-multiplier", noise_multiplier)?;
+            if steps == 0 {
+                return Err(usage("steps", "must be at least 1"));
+            }
+            if !(delta.is_finite() && delta > 0.0 && delta < 1.0) {
+                return Err(usage("delta", format!("must be in (0, 1), got {delta}")));
+            }
+            for &k in &scales {
+                if !(k.is_finite() && k > 0.0 && k * b <= dataset_size as f64) {
+                    return Err(usage(
+                        "scales",
+                        format!("scale {k} must be > 0 with k * batch size <= dataset size"),
+                    ));
+                }
+            }
+            let table = tan_table(
+                dataset_size,
+                b,
+                sigma,
+                steps,
+                delta,
+                &scales,
+                FractionalSeries::Signed,
+            )?;
+            if as_json {
+                let out = json!({
+                    "dataset_size": dataset_size, "steps": steps, "delta": delta,
+                    "eta": table.eta, "tan_limit_epsilon": table.tan_limit_epsilon, "rows": table.rows,
+                });
+                println!("{out}");
+            } else {
+                println!("TAN eta = sigma / (q sqrt(S)) = {:.4}; effective noise sigma/B = {:.3e}; epsilon tends to {} as k grows (delta {delta:e}, {steps} steps)",
+                    table.eta, sigma / b, shown(table.tan_limit_epsilon));
+                println!(
+                    "{:>8} {:>10} {:>10} {:>12} {:>10}  note",
+                    "scale", "batch", "sigma", "q", "epsilon"
+                );
+                for r in &table.rows {
+                    let note = if r.equivalence_holds {
+                        ""
+                    } else {
+                        "sigma < 2: far less private than TAN suggests"
+                    };
+                    println!(
+                        "{:>8} {:>10} {:>10.4} {:>12.6} {:>10}  {note}",
+                        r.scale,
+                        r.batch_size,
+                        r.noise_multiplier,
+                        r.sampling_rate,
+                        shown(r.epsilon)
+                    );
+                }
+                println!("Scaled-down runs simulate the reference's training at lower cost; their own epsilon is the one shown, and tuning on private data needs its own bound (see `dp-accounting tune`).");
+            }
         }
         Command::Curve {
             common,
