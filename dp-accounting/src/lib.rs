@@ -16,6 +16,7 @@
 //! ```
 
 mod accountant;
+pub mod audit;
 mod calibrate;
 mod error;
 mod event;

@@ -420,3 +420,51 @@ fn tune_and_tan_report_the_contract_fields() {
     // The reference row (k = 1): dp_accounting RDP gives 7.0985.
     assert!((rows[2]["epsilon"].as_f64().unwrap() - 7.0985).abs() < 0.01);
 }
+
+#[test]
+fn audit_json_uses_the_golden_field_names() {
+    // Golden case P3 (zero errors): finite Bayesian bounds, an infinite Clopper-Pearson upper end.
+    let v = json(&[
+        "audit",
+        "--fp",
+        "0",
+        "--fn",
+        "0",
+        "--positives",
+        "200",
+        "--negatives",
+        "200",
+        "--delta",
+        "1e-5",
+        "--level",
+        "0.95",
+    ]);
+    assert!(
+        (v["bayes"]["eps_lo_one_sided"].as_f64().unwrap() - 5.5941).abs() < 1e-3,
+        "{v}"
+    );
+    assert!(
+        (v["bayes"]["eps_hi_two_sided"].as_f64().unwrap() - 14.2899).abs() < 1e-3,
+        "{v}"
+    );
+    assert!(
+        v["bayes"]["posterior_median"].is_number() && v["bayes"]["prob_eps_is_zero"].is_number()
+    );
+    assert_eq!(v["clopper_pearson"]["eps_hi_two_sided"], "inf");
+    assert!((v["clopper_pearson"]["eps_lo_one_sided"].as_f64().unwrap() - 3.9837).abs() < 1e-3);
+    let out = run(&[
+        "audit",
+        "--fp",
+        "5",
+        "--fn",
+        "0",
+        "--positives",
+        "10",
+        "--negatives",
+        "4",
+        "--delta",
+        "1e-5",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--fp"));
+}

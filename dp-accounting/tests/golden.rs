@@ -481,3 +481,103 @@ fn tan_rows_match_dp_accounting() {
         }
     }
 }
+
+#[test]
+fn audit_estimates_match_the_reference_values() {
+    use dp_accounting::audit::{estimate_epsilon, AuditCounts};
+    let g: Value = serde_json::from_str(include_str!("golden/audit_public.json")).unwrap();
+    for case in g["cases"].as_array().unwrap() {
+        let id = case["id"].as_str().unwrap();
+        let counts = AuditCounts {
+            false_positives: case["fp"].as_u64().unwrap(),
+            false_negatives: case["fn"].as_u64().unwrap(),
+            positives: case["n_pos"].as_u64().unwrap(),
+            negatives: case["n_neg"].as_u64().unwrap(),
+        };
+        let start = std::time::Instant::now();
+        let est =
+            estimate_epsilon(counts, num(&case["delta"]), num(&case["credible_level"])).unwrap();
+        let seconds = start.elapsed().as_secs_f64();
+        let close = |got: f64, want: &Value, tol: f64, what: &str| {
+            let want = num(want);
+            let ok = if want.is_infinite() {
+                got.is_infinite()
+            } else {
+                (got - want).abs() <= tol
+            };
+            assert!(ok, "{id} {what}: {got} vs {want}");
+        };
+        let bayes = &case["bayes"];
+        close(
+            est.bayes.eps_lo_one_sided,
+            &bayes["eps_lo_one_sided"],
+            1e-4,
+            "bayes lo 1-sided",
+        );
+        close(
+            est.bayes.eps_lo_two_sided,
+            &bayes["eps_lo_two_sided"],
+            1e-4,
+            "bayes lo 2-sided",
+        );
+        close(
+            est.bayes.eps_hi_two_sided,
+            &bayes["eps_hi_two_sided"],
+            1e-4,
+            "bayes hi 2-sided",
+        );
+        close(
+            est.bayes.posterior_median,
+            &bayes["posterior_median"],
+            1e-4,
+            "bayes median",
+        );
+        close(
+            est.bayes.prob_eps_is_zero,
+            &bayes["prob_eps_is_zero"],
+            1e-6,
+            "P[eps = 0]",
+        );
+        for (name, got) in [
+            ("clopper_pearson", &est.clopper_pearson),
+            ("jeffreys", &est.jeffreys),
+        ] {
+            let want = &case[name];
+            close(
+                got.eps_lo_one_sided,
+                &want["eps_lo_one_sided"],
+                1e-9,
+                &format!("{name} lo 1-sided"),
+            );
+            close(
+                got.eps_lo_two_sided,
+                &want["eps_lo_two_sided"],
+                1e-9,
+                &format!("{name} lo 2-sided"),
+            );
+            close(
+                got.eps_hi_two_sided,
+                &want["eps_hi_two_sided"],
+                1e-9,
+                &format!("{name} hi 2-sided"),
+            );
+            for (bounds, key) in [
+                (&got.rate_bounds_one_sided, "rate_bounds_one_sided"),
+                (&got.rate_bounds_two_sided, "rate_bounds_two_sided"),
+            ] {
+                for (i, rate) in ["fpr", "fnr"].iter().enumerate() {
+                    for j in 0..2 {
+                        close(
+                            bounds[i][j],
+                            &want[key][rate][j],
+                            1e-9,
+                            &format!("{name} {key} {rate}[{j}]"),
+                        );
+                    }
+                }
+            }
+        }
+        println!("{id}: {seconds:.3} s");
+        assert!(seconds < 5.0, "{id} took {seconds} s");
+    }
+}

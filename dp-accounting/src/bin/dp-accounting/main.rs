@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use dp_accounting::audit::{estimate_epsilon, AuditCounts, AuditEstimate, FrequentistBounds};
 use dp_accounting::{
     calibrate_noise_multiplier, max_steps, round_up, tan_table, Accountant, AccountantKind,
     AccountingError, DpEvent, FractionalSeries, PrvAccountant, RdpAccountant, RunCount,
@@ -14,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 /// Privacy accounting for DP-SGD: epsilon for a training plan, the noise for a target, the
 /// steps a budget allows, epsilon-versus-steps curves, the cost of private hyperparameter
-/// tuning, and TAN-equivalent configurations.
+/// tuning, TAN-equivalent configurations, and epsilon estimates from privacy audits.
 ///
 /// The mechanism is the Poisson-subsampled Gaussian: each step includes every record
 /// independently with probability q (the sampling rate), clips each record's gradient to norm C
@@ -28,6 +29,7 @@ use serde_json::{json, Map, Value};
 ///   dp-accounting curve --sampling-rate 0.01 --noise-multiplier 1 --steps 10000 --delta 1e-5 --svg eps.svg
 ///   dp-accounting tune --sampling-rate 0.01 --noise-multiplier 1 --steps 1000 --delta 1e-5 --runs poisson --mean 10
 ///   dp-accounting tan --dataset-size 50000 --batch-size 4096 --noise-multiplier 3 --steps 2500 --delta 1e-5
+///   dp-accounting audit --fp 50 --fn 400 --positives 1000 --negatives 1000 --delta 1e-5 --level 0.95
 #[derive(Parser, Debug)]
 #[command(name = "dp-accounting", version, verbatim_doc_comment)]
 struct Cli {
@@ -121,6 +123,35 @@ enum Command {
         )]
         scales: Vec<f64>,
         /// Print JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Estimate epsilon from a membership-inference experiment's counts: a Bayesian posterior
+    /// (Zanella-Béguelin et al. 2023) next to the Clopper–Pearson and Jeffreys bounds.
+    ///
+    /// Each trial trains with (positive) or without (negative) a canary, and an attack guesses
+    /// which. The results bound the epsilon of the mechanism from below for this attack; a
+    /// lower bound above the accountant's epsilon means something is broken.
+    Audit {
+        /// Negatives the attack called members (false positives).
+        #[arg(long)]
+        fp: u64,
+        /// Positives the attack called non-members (false negatives).
+        #[arg(long = "fn")]
+        fn_: u64,
+        /// Trials with the canary in training.
+        #[arg(long)]
+        positives: u64,
+        /// Trials without it.
+        #[arg(long)]
+        negatives: u64,
+        /// The delta of the privacy region.
+        #[arg(long, allow_negative_numbers = true)]
+        delta: f64,
+        /// Credible / confidence level.
+        #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
+        level: f64,
+        /// Print JSON for scripts instead of a report.
         #[arg(long)]
         json: bool,
     },
@@ -598,6 +629,52 @@ fn run(command: Command) -> Result<(), Failure> {
                 println!("Scaled-down runs simulate the reference's training at lower cost; their own epsilon is the one shown, and tuning on private data needs its own bound (see `dp-accounting tune`).");
             }
         }
+        Command::Audit {
+            fp,
+            fn_,
+            positives,
+            negatives,
+            delta,
+            level,
+            json: as_json,
+        } => {
+            if !(delta.is_finite() && delta > 0.0 && delta < 1.0) {
+                return Err(usage("delta", format!("must be in (0, 1), got {delta}")));
+            }
+            if !(level.is_finite() && level > 0.0 && level < 1.0) {
+                return Err(usage("level", format!("must be in (0, 1), got {level}")));
+            }
+            if positives == 0 {
+                return Err(usage("positives", "must be at least 1"));
+            }
+            if negatives == 0 {
+                return Err(usage("negatives", "must be at least 1"));
+            }
+            if fp > negatives {
+                return Err(usage(
+                    "fp",
+                    format!("{fp} false positives exceed the {negatives} negatives"),
+                ));
+            }
+            if fn_ > positives {
+                return Err(usage(
+                    "fn",
+                    format!("{fn_} false negatives exceed the {positives} positives"),
+                ));
+            }
+            let counts = AuditCounts {
+                false_positives: fp,
+                false_negatives: fn_,
+                positives,
+                negatives,
+            };
+            let e = estimate_epsilon(counts, delta, level)?;
+            if as_json {
+                println!("{}", audit_json(&e));
+            } else {
+                print_audit(&e);
+            }
+        }
         Command::Curve {
             common,
             length,
@@ -716,6 +793,81 @@ fn emit(
     println!("  sampling    assumes true Poisson sampling (each record joins each batch independently with probability q); shuffled fixed-size batches are a different mechanism");
     println!("  depends on  q, the noise multiplier, the number of steps and delta");
     println!("  not on      the model, the learning rate, the data, or the clip norm itself (the noise scales with it)");
+}
+
+/// JSON number, or the string "inf" for infinity.
+fn number(x: f64) -> Value {
+    if x.is_infinite() {
+        json!("inf")
+    } else {
+        json!(x)
+    }
+}
+
+fn audit_json(e: &AuditEstimate) -> Value {
+    let freq = |f: &FrequentistBounds| {
+        json!({
+            "eps_lo_one_sided": number(f.eps_lo_one_sided),
+            "eps_lo_two_sided": number(f.eps_lo_two_sided),
+            "eps_hi_two_sided": number(f.eps_hi_two_sided),
+            "rate_bounds_one_sided": {"fpr": f.rate_bounds_one_sided[0], "fnr": f.rate_bounds_one_sided[1]},
+            "rate_bounds_two_sided": {"fpr": f.rate_bounds_two_sided[0], "fnr": f.rate_bounds_two_sided[1]},
+        })
+    };
+    json!({
+        "fp": e.counts.false_positives, "fn": e.counts.false_negatives,
+        "positives": e.counts.positives, "negatives": e.counts.negatives,
+        "delta": e.delta, "level": e.level, "eps_plug_in": number(e.eps_plug_in),
+        "bayes": {
+            "eps_lo_one_sided": number(e.bayes.eps_lo_one_sided),
+            "eps_lo_two_sided": number(e.bayes.eps_lo_two_sided),
+            "eps_hi_two_sided": number(e.bayes.eps_hi_two_sided),
+            "posterior_median": number(e.bayes.posterior_median),
+            "prob_eps_is_zero": e.bayes.prob_eps_is_zero,
+        },
+        "clopper_pearson": freq(&e.clopper_pearson),
+        "jeffreys": freq(&e.jeffreys),
+    })
+}
+
+fn print_audit(e: &AuditEstimate) {
+    let c = e.counts;
+    let pct = 100.0 * e.level;
+    // Lower bounds are rounded down here: they claim privacy was at least this bad.
+    let down = |x: f64| {
+        if x.is_finite() {
+            format!("{:.3}", (x * 1000.0).floor() / 1000.0)
+        } else {
+            "infinite".into()
+        }
+    };
+    let up = |x: f64| {
+        if x.is_finite() {
+            format!("{:.3}", (x * 1000.0).ceil() / 1000.0)
+        } else {
+            "infinite".into()
+        }
+    };
+    println!(
+        "Membership inference: FPR {}/{} = {:.4}, FNR {}/{} = {:.4}; plug-in epsilon {} (delta {:e})",
+        c.false_positives, c.negatives, c.false_positives as f64 / c.negatives as f64,
+        c.false_negatives, c.positives, c.false_negatives as f64 / c.positives as f64,
+        up(e.eps_plug_in), e.delta
+    );
+    println!("  Bayesian        P[epsilon >= {}] = {pct}%; {pct}% credible interval [{}, {}]; median {}; P[epsilon = 0] = {:.2e}",
+        down(e.bayes.eps_lo_one_sided), down(e.bayes.eps_lo_two_sided), up(e.bayes.eps_hi_two_sided), down(e.bayes.posterior_median), e.bayes.prob_eps_is_zero);
+    for (name, f) in [
+        ("Clopper-Pearson", &e.clopper_pearson),
+        ("Jeffreys", &e.jeffreys),
+    ] {
+        println!(
+            "  {name:<15}epsilon >= {} at {pct}% confidence; two-sided [{}, {}]",
+            down(f.eps_lo_one_sided),
+            down(f.eps_lo_two_sided),
+            up(f.eps_hi_two_sided)
+        );
+    }
+    println!("  meaning         lower bounds on the mechanism's epsilon for this attack and canary, not estimates of it; a lower bound above the accountant's epsilon means a bug in clipping, noise, sampling or accounting");
 }
 
 fn write_curve(
