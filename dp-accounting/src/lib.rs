@@ -20,6 +20,7 @@ pub mod audit;
 mod calibrate;
 mod error;
 mod event;
+pub mod plot;
 mod prv;
 mod rdp;
 mod special;

@@ -7,6 +7,8 @@
 //! `B` (never the realised one, which would leak it); take an SGD step. Empty batches still add
 //! noise and count as a step.
 
+use std::collections::BTreeMap;
+
 use dp_core::noise::add_gaussian_noise;
 use dp_core::{ClippingEngine, PoissonSampler, PrivacyRng, Tape};
 use tch::{nn, Kind, Reduction, Tensor};
@@ -25,7 +27,8 @@ pub struct DpSgdConfig {
     pub steps: u64,
     /// Per-example gradient norm bound C.
     pub clip_norm: f64,
-    /// Noise standard deviation over C.
+    /// Noise standard deviation over C; 0 adds no noise (NOT PRIVATE: the ledger then reports
+    /// an infinite epsilon and only an infinite budget lets the run proceed).
     pub noise_multiplier: f64,
     /// SGD learning rate.
     pub learning_rate: f64,
@@ -66,6 +69,20 @@ pub struct TrainSummary {
     pub nonfinite_examples: i64,
 }
 
+/// Observers of each step's gradient sums, for privacy audits.
+pub trait StepHooks {
+    /// The clipped sums of a logical batch, before noise: an audit adds its canary gradient here.
+    fn before_noise(&mut self, _step: u64, _sums: &mut BTreeMap<String, Tensor>) {}
+    /// The noisy sums the update is made of: an audit reads its test statistic here.
+    fn after_noise(&mut self, _step: u64, _noisy: &BTreeMap<String, Tensor>) {}
+}
+
+/// Hooks that do nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHooks;
+
+impl StepHooks for NoHooks {}
+
 /// Runs DP-SGD on the trainable variables of `vs`. `logits` maps a physical batch of inputs to
 /// logits, recording its DP layers on the tape it is given.
 pub fn train(
@@ -74,6 +91,19 @@ pub fn train(
     data: Batches<'_>,
     config: &DpSgdConfig,
     rng: &mut PrivacyRng,
+    on_step: impl FnMut(&StepReport),
+) -> Result<TrainSummary, TrainError> {
+    train_with_hooks(vs, logits, data, config, rng, &mut NoHooks, on_step)
+}
+
+/// [`train`] with hooks that see each step's sums before and after noise.
+pub fn train_with_hooks(
+    vs: &nn::VarStore,
+    logits: impl Fn(&Tensor, &mut Tape) -> Tensor,
+    data: Batches<'_>,
+    config: &DpSgdConfig,
+    rng: &mut PrivacyRng,
+    hooks: &mut impl StepHooks,
     mut on_step: impl FnMut(&StepReport),
 ) -> Result<TrainSummary, TrainError> {
     let n = data.labels.size()[0];
@@ -110,7 +140,11 @@ pub fn train(
             clipped.add_to(&mut sums);
         }
         ledger.record_step()?;
-        add_gaussian_noise(&mut sums, config.noise_multiplier * config.clip_norm, rng);
+        hooks.before_noise(ledger.steps(), &mut sums);
+        if config.noise_multiplier > 0.0 {
+            add_gaussian_noise(&mut sums, config.noise_multiplier * config.clip_norm, rng);
+        }
+        hooks.after_noise(ledger.steps(), &sums);
         tch::no_grad(|| {
             for (name, sum) in &sums {
                 let mut var = variables[name].shallow_clone();
@@ -168,9 +202,9 @@ fn validate(config: &DpSgdConfig, n: i64) -> Result<(), TrainError> {
     if config.physical_batch_size == 0 {
         return bad("physical batch size must be at least 1".into());
     }
-    if !(config.noise_multiplier.is_finite() && config.noise_multiplier > 0.0) {
+    if !(config.noise_multiplier.is_finite() && config.noise_multiplier >= 0.0) {
         return bad(format!(
-            "noise multiplier {} must be positive",
+            "noise multiplier {} must be positive (or 0 for a run that is NOT PRIVATE)",
             config.noise_multiplier
         ));
     }

@@ -32,6 +32,9 @@ pub enum TrainError {
     /// A clipping, noise or sampling error.
     #[error(transparent)]
     Core(#[from] dp_core::CoreError),
+    /// Writing a report failed.
+    #[error("cannot write output: {0}")]
+    Io(#[from] std::io::Error),
     /// A libtorch error.
     #[error(transparent)]
     Torch(#[from] tch::TchError),

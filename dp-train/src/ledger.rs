@@ -20,18 +20,24 @@ pub struct PrivacyLedger {
 }
 
 impl PrivacyLedger {
-    /// A ledger for steps of rate `sampling_rate` and `noise_multiplier`, refusing any step
-    /// beyond (`budget`, `delta`).
+    /// A ledger for steps of rate `sampling_rate` and `noise_multiplier` (0: no noise, not
+    /// private), refusing any step beyond (`budget`, `delta`).
     pub fn new(
         sampling_rate: f64,
         noise_multiplier: f64,
         delta: f64,
         budget: f64,
     ) -> Result<Self, TrainError> {
-        let step_rdp = DEFAULT_ORDERS
-            .iter()
-            .map(|&alpha| subsampled_gaussian_rdp(sampling_rate, noise_multiplier, alpha))
-            .collect::<Result<_, _>>()?;
+        // No noise: every step is non-private, epsilon is infinite (only an infinite budget
+        // lets such a step through).
+        let step_rdp = if noise_multiplier == 0.0 {
+            vec![f64::INFINITY; DEFAULT_ORDERS.len()]
+        } else {
+            DEFAULT_ORDERS
+                .iter()
+                .map(|&alpha| subsampled_gaussian_rdp(sampling_rate, noise_multiplier, alpha))
+                .collect::<Result<_, _>>()?
+        };
         Ok(Self {
             sampling_rate,
             noise_multiplier,

@@ -5,6 +5,7 @@
 //! The first job is DP-SGD on Fashion-MNIST ([`fashion_mnist`]); the `dp-train` binary runs it
 //! (`dp-train demo`).
 
+pub mod audit;
 pub mod data;
 mod dpsgd;
 mod error;
@@ -13,7 +14,10 @@ mod ledger;
 pub mod models;
 mod statement;
 
-pub use dpsgd::{evaluate_accuracy, train, Batches, DpSgdConfig, StepReport, TrainSummary};
+pub use dpsgd::{
+    evaluate_accuracy, train, train_with_hooks, Batches, DpSgdConfig, NoHooks, StepHooks,
+    StepReport, TrainSummary,
+};
 pub use error::TrainError;
 pub use ledger::PrivacyLedger;
 pub use statement::PrivacyStatement;

@@ -124,3 +124,26 @@ fn bad_command_line_values_give_one_line_and_exit_code_2() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("batch size"), "{stderr}");
 }
+
+mod audit {
+    use super::*;
+    use dp_train::audit::{audit_one_run, audit_trials, AuditConfig, CanaryKind, Sabotage};
+
+    fn config(sabotage: Sabotage) -> AuditConfig {
+        AuditConfig { epsilon: 1.0, sabotage, seed: 3, ..AuditConfig::default() }
+    }
+
+    #[test]
+    fn a_correct_run_passes_and_a_run_without_noise_is_caught() {
+        let data = load_fashion_mnist();
+        let ok = audit_trials(&data, &config(Sabotage::None), CanaryKind::Gradient, 60, |_| {}).unwrap();
+        assert!(!ok.claim_refuted, "{:?}", ok.estimate);
+        assert!(ok.estimate.bayes.eps_lo_one_sided < 1.0 && ok.estimate.clopper_pearson.eps_lo_one_sided < 1.0);
+        let broken = audit_trials(&data, &config(Sabotage::NoNoise), CanaryKind::Gradient, 60, |_| {}).unwrap();
+        assert!(broken.claim_refuted, "{:?}", broken.estimate);
+        let unclipped = audit_one_run(&data, &config(Sabotage::NoClipping), 500, 100).unwrap();
+        assert!(unclipped.claim_refuted, "{unclipped:?}");
+        let one_run = audit_one_run(&data, &config(Sabotage::None), 500, 100).unwrap();
+        assert!(!one_run.claim_refuted, "{one_run:?}");
+    }
+}

@@ -10,6 +10,7 @@
 mod bayes;
 mod beta;
 mod frequentist;
+mod one_run;
 mod quadrature;
 mod region;
 
@@ -17,6 +18,7 @@ use serde::Serialize;
 
 use crate::error::{check_range, AccountingError};
 pub use frequentist::FrequentistBounds;
+pub use one_run::one_run_epsilon_lower_bound;
 
 /// Counts of a membership-inference experiment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -121,4 +123,16 @@ pub fn estimate_epsilon(
         clopper_pearson: freq(frequentist::RateInterval::ClopperPearson),
         jeffreys: freq(frequentist::RateInterval::Jeffreys),
     })
+}
+
+/// `P[eps <= x]` under the Bayesian posterior, at each x (for plots of the posterior).
+pub fn posterior_cdf(counts: AuditCounts, delta: f64, xs: &[f64]) -> Vec<f64> {
+    let posterior = bayes::EpsilonPosterior::new(
+        counts.false_positives,
+        counts.false_negatives,
+        counts.positives,
+        counts.negatives,
+        delta,
+    );
+    xs.iter().map(|&x| posterior.cdf(x)).collect()
 }

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use dp_accounting::audit::posterior_cdf;
+use dp_accounting::plot::{line_chart, Marker, Series};
+use dp_train::audit::{self, AuditConfig, CanaryKind, Sabotage};
 use dp_train::data::assets_dir;
 use dp_train::fashion_mnist::{self, FashionMnist, RunConfig};
 use dp_train::TrainError;
@@ -28,6 +31,65 @@ enum Command {
     ///
     /// Example: dp-train fashion-mnist --epsilon 3 --delta 1e-5 --epochs 10
     FashionMnist(FashionMnistArgs),
+    /// Audit the DP-SGD loop empirically: train with and without canaries, attack, and bound
+    /// epsilon from below (Bayesian and Clopper-Pearson, or the one-run bound).
+    ///
+    /// A correct run's lower bound stays below the claimed epsilon; --sabotage no-noise or
+    /// no-clipping plants a bug that the audit should catch. Example:
+    ///   dp-train audit --canary gradient --trials 200 --epsilon 2 --out runs/audit
+    Audit(AuditArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct AuditArgs {
+    /// gradient: a Dirac gradient canary scored on every noisy update (white-box, strong);
+    /// input: a mislabelled image scored by its final loss (black-box, weak).
+    #[arg(long, default_value = "gradient", value_parser = ["gradient", "input"])]
+    canary: String,
+    /// Training runs, each with or without the canary (a fair coin each); 20% fix the
+    /// attack's threshold, the rest are counted.
+    #[arg(long, default_value_t = 200)]
+    trials: usize,
+    /// Instead of trials: one run with this many gradient canaries, each included with
+    /// probability 1/2 (Steinke, Nasr, Jagielski 2023).
+    #[arg(long)]
+    one_run_canaries: Option<u64>,
+    /// Guesses in the one-run audit (half on the highest scores, half on the lowest).
+    #[arg(long, default_value_t = 100)]
+    guesses: u64,
+    /// Claimed epsilon: the noise is calibrated to it.
+    #[arg(long, default_value_t = 2.0)]
+    epsilon: f64,
+    /// Claimed delta.
+    #[arg(long, default_value_t = 1e-5)]
+    delta: f64,
+    /// Steps of each training run.
+    #[arg(long, default_value_t = 100)]
+    steps: u64,
+    /// Training images used (the first N).
+    #[arg(long, default_value_t = 1000)]
+    dataset_size: usize,
+    /// Expected batch size.
+    #[arg(long, default_value_t = 50.0)]
+    batch_size: f64,
+    /// Credible / confidence level of the bounds.
+    #[arg(long, default_value_t = 0.95)]
+    level: f64,
+    /// Plant a bug: none, no-noise, no-clipping.
+    #[arg(long, default_value = "none", value_parser = ["none", "no-noise", "no-clipping"])]
+    sabotage: String,
+    /// Seed of the experiment.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Folder for report.txt, audit.json and posterior.svg.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Folder with the Fashion-MNIST IDX files [default: $DP_ASSETS/fashion-mnist].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -78,6 +140,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::FashionMnist(args) => fashion_mnist_command(args),
+        Command::Audit(args) => audit_command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,6 +148,7 @@ fn main() -> ExitCode {
             eprintln!("dp-train: error: {e}");
             match e {
                 TrainError::Config(_) | TrainError::Accounting(_) => ExitCode::from(2),
+                TrainError::Io(_) => ExitCode::FAILURE,
                 _ => ExitCode::FAILURE,
             }
         }
@@ -157,6 +221,132 @@ fn fashion_mnist_command(args: FashionMnistArgs) -> Result<(), TrainError> {
             );
         }
         print!("{}", result.privacy);
+    }
+    Ok(())
+}
+
+fn audit_command(args: AuditArgs) -> Result<(), TrainError> {
+    let sabotage = match args.sabotage.as_str() {
+        "no-noise" => Sabotage::NoNoise,
+        "no-clipping" => Sabotage::NoClipping,
+        _ => Sabotage::None,
+    };
+    let config = AuditConfig {
+        epsilon: args.epsilon,
+        delta: args.delta,
+        dataset_size: args.dataset_size,
+        expected_batch_size: args.batch_size,
+        steps: args.steps,
+        level: args.level,
+        sabotage,
+        seed: args.seed,
+        ..AuditConfig::default()
+    };
+    let dir = args
+        .data_dir
+        .unwrap_or_else(|| assets_dir().join("fashion-mnist"));
+    let data = FashionMnist::load(&dir)?;
+    let start = std::time::Instant::now();
+    let broken = if sabotage == Sabotage::None {
+        String::new()
+    } else {
+        format!(" (SABOTAGED: {}, NOT PRIVATE)", args.sabotage)
+    };
+    let (report, json, plot) = if let Some(m) = args.one_run_canaries {
+        let r = audit::audit_one_run(&data, &config, m, args.guesses)?;
+        let verdict = if r.claim_refuted {
+            "REFUTED: the lower bound exceeds the claim"
+        } else {
+            "consistent: the lower bound is below the claim"
+        };
+        let report = format!(
+            "One-run audit{broken}: {} gradient canaries, {} guesses, {} correct\n  epsilon >= {:.3} at {}% confidence (Steinke, Nasr, Jagielski 2023)\n  claimed epsilon {} (noise multiplier {:.4}, delta {:e}): {verdict}\n",
+            r.canaries, r.guesses, r.correct, (r.epsilon_lower_bound * 1000.0).floor() / 1000.0, 100.0 * config.level, config.epsilon, r.noise_multiplier, config.delta
+        );
+        (
+            report,
+            serde_json::json!({ "config": config, "one_run": r }),
+            None,
+        )
+    } else {
+        let canary = if args.canary == "input" {
+            CanaryKind::Input
+        } else {
+            CanaryKind::Gradient
+        };
+        let bar = if args.json {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(args.trials as u64)
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} trials  [{elapsed} < {eta}]")
+                .expect("static template"),
+        );
+        let r = audit::audit_trials(&data, &config, canary, args.trials, |k| {
+            bar.set_position(k as u64)
+        })?;
+        bar.finish_and_clear();
+        let e = &r.estimate;
+        let verdict = if r.claim_refuted {
+            "REFUTED: the Bayesian lower bound exceeds the claim"
+        } else {
+            "consistent: the lower bounds are below the claim"
+        };
+        let report = format!(
+            "Audit{broken}: {:?} canary, {} trials ({} counted: {} with, {} without); FP {}, FN {}\n  Bayesian         P[epsilon >= {:.3}] = {}%; credible interval [{:.3}, {:.3}]\n  Clopper-Pearson  epsilon >= {:.3}\n  claimed epsilon {} (noise multiplier {:.4}, delta {:e}): {verdict}\n",
+            r.canary, r.trials, e.counts.positives + e.counts.negatives, e.counts.positives, e.counts.negatives,
+            e.counts.false_positives, e.counts.false_negatives,
+            (e.bayes.eps_lo_one_sided * 1000.0).floor() / 1000.0, 100.0 * config.level,
+            (e.bayes.eps_lo_two_sided * 1000.0).floor() / 1000.0, (e.bayes.eps_hi_two_sided * 1000.0).ceil() / 1000.0,
+            (e.clopper_pearson.eps_lo_one_sided * 1000.0).floor() / 1000.0,
+            config.epsilon, r.noise_multiplier, config.delta
+        );
+        let xs: Vec<f64> = (0..=120)
+            .map(|i| i as f64 * (2.0 * config.epsilon).max(8.0) / 120.0)
+            .collect();
+        let cdf = posterior_cdf(e.counts, config.delta, &xs);
+        let series = [Series {
+            name: "posterior P[epsilon <= x]",
+            points: xs.iter().copied().zip(cdf).collect(),
+        }];
+        let markers = [Marker {
+            x: config.epsilon,
+            label: "claimed epsilon",
+        }];
+        let plot = line_chart(
+            "Audit: posterior of epsilon",
+            "epsilon",
+            "P[epsilon <= x]",
+            &series,
+            &markers,
+        );
+        (
+            report,
+            serde_json::json!({ "config": config, "audit": r }),
+            Some(plot),
+        )
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("report.txt"), &report)?;
+        std::fs::write(out.join("audit.json"), json.to_string())?;
+        if let Some(svg) = &plot {
+            std::fs::write(out.join("posterior.svg"), svg)?;
+        }
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{report}");
+        println!(
+            "  wall time {seconds:.1} s{}",
+            args.out
+                .as_ref()
+                .map(|o| format!("; written to {}", o.display()))
+                .unwrap_or_default()
+        );
     }
     Ok(())
 }

@@ -1,12 +1,11 @@
 //! `dp-accounting`: privacy budgets for DP-SGD from the command line (no libtorch needed).
 
-mod svg;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dp_accounting::audit::{estimate_epsilon, AuditCounts, AuditEstimate, FrequentistBounds};
+use dp_accounting::plot::{line_chart, Series};
 use dp_accounting::{
     calibrate_noise_multiplier, max_steps, round_up, tan_table, Accountant, AccountantKind,
     AccountingError, DpEvent, FractionalSeries, PrvAccountant, RdpAccountant, RunCount,
@@ -902,9 +901,9 @@ fn write_curve(
         }
     }
     if let Some(path) = &svg {
-        let series: Vec<svg::Series<'_>> = columns
+        let series: Vec<Series<'_>> = columns
             .iter()
-            .map(|(name, values)| svg::Series {
+            .map(|(name, values)| Series {
                 name,
                 points: grid
                     .iter()
@@ -917,7 +916,7 @@ fn write_curve(
             "epsilon vs steps (q = {}, sigma = {sigma}, delta = {:e})",
             p.q, p.delta
         );
-        write(path, &svg::line_chart(&title, "steps", "epsilon", &series))?;
+        write(path, &line_chart(&title, "steps", "epsilon", &series, &[]))?;
     }
     if p.json {
         let rows: Vec<Value> = grid

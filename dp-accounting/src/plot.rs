@@ -1,5 +1,5 @@
 //! A minimal SVG line chart (no plotting dependency): x and y axes with ticks, one polyline per
-//! series, a legend.
+//! series, a legend, and optional vertical markers (e.g. a claimed epsilon).
 
 use std::fmt::Write;
 
@@ -12,13 +12,31 @@ const BOTTOM: f64 = 55.0;
 const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
 
 /// One named series of (x, y) points.
+#[derive(Debug, Clone)]
 pub struct Series<'a> {
+    /// Legend text.
     pub name: &'a str,
+    /// The points, in drawing order; non-finite ones are skipped.
     pub points: Vec<(f64, f64)>,
 }
 
+/// A labelled vertical line at an x value.
+#[derive(Debug, Clone, Copy)]
+pub struct Marker<'a> {
+    /// Where.
+    pub x: f64,
+    /// Label drawn beside it.
+    pub label: &'a str,
+}
+
 /// Renders the chart as an SVG document.
-pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series<'_>]) -> String {
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+    markers: &[Marker<'_>],
+) -> String {
     let finite = series
         .iter()
         .flat_map(|s| s.points.iter())
@@ -27,6 +45,9 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series<'_
     for &(x, y) in finite {
         x_max = x_max.max(x);
         y_max = y_max.max(y);
+    }
+    for m in markers.iter().filter(|m| m.x.is_finite()) {
+        x_max = x_max.max(m.x);
     }
     let (x_max, y_max) = (nice_ceiling(x_max), nice_ceiling(y_max));
     let px = |x: f64| LEFT + x / x_max * (WIDTH - LEFT - RIGHT);
@@ -88,6 +109,17 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series<'_
             LEFT + 12.0,
             TOP + 16.0 * (i as f64 + 1.0),
             escape(s.name)
+        );
+    }
+    for m in markers.iter().filter(|m| m.x.is_finite()) {
+        let x = px(m.x);
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{x:.2}" y1="{TOP}" x2="{x:.2}" y2="{:.2}" stroke="black" stroke-dasharray="5,4"/><text x="{:.2}" y="{:.2}">{}</text>"#,
+            py(0.0),
+            x + 4.0,
+            TOP + 12.0,
+            escape(m.label)
         );
     }
     svg.push_str("</svg>\n");
