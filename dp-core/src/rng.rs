@@ -43,6 +43,16 @@ impl PrivacyRng {
         self.rng.random_bool(p)
     }
 
+    /// A uniform draw in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        self.rng.random::<f64>()
+    }
+
+    /// A uniform index in `0..n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        self.rng.random_range(0..n)
+    }
+
     /// `n` independent standard normal draws.
     pub fn standard_normals(&mut self, n: usize) -> Vec<f64> {
         (0..n).map(|_| self.rng.sample(StandardNormal)).collect()

@@ -13,7 +13,7 @@ use dp_core::PrivacyRng;
 use serde::Serialize;
 use tch::{nn, Device, Tensor};
 
-use crate::dpsgd::{evaluate_accuracy, train, Batches, DpSgdConfig, StepReport};
+use crate::dpsgd::{evaluate_accuracy, train, Batches, DpSgdConfig, StepReport, TrainSummary};
 use crate::error::TrainError;
 use crate::models::Mlp;
 use crate::statement::PrivacyStatement;
@@ -110,6 +110,47 @@ impl FashionMnist {
     }
 }
 
+/// A trained MLP's results.
+#[derive(Debug)]
+pub struct TrainedMlp {
+    /// The run's ledger and counters.
+    pub summary: TrainSummary,
+    /// Accuracy on each evaluation set, in order.
+    pub accuracies: Vec<f64>,
+    /// Training wall time in seconds.
+    pub train_seconds: f64,
+}
+
+/// Trains an MLP (784 -> hidden -> 10, on the training data's device) with DP-SGD and reports
+/// its accuracy on each of `evaluate`.
+pub fn train_mlp(
+    train_data: Batches<'_>,
+    evaluate: &[Batches<'_>],
+    hidden: &[i64],
+    dp_config: &DpSgdConfig,
+    rng: &mut PrivacyRng,
+    on_step: impl FnMut(&StepReport),
+) -> Result<TrainedMlp, TrainError> {
+    let vs = nn::VarStore::new(train_data.inputs.device());
+    let mut dims = vec![784];
+    dims.extend(hidden);
+    dims.push(10);
+    let model = Mlp::new(&vs.root(), &dims);
+    let forward = |x: &Tensor, tape: &mut dp_core::Tape| model.forward(x, tape);
+    let start = Instant::now();
+    let summary = train(&vs, forward, train_data, dp_config, rng, on_step)?;
+    let train_seconds = start.elapsed().as_secs_f64();
+    let accuracies = evaluate
+        .iter()
+        .map(|data| evaluate_accuracy(forward, *data, 2000))
+        .collect();
+    Ok(TrainedMlp {
+        summary,
+        accuracies,
+        train_seconds,
+    })
+}
+
 /// Trains the MLP privately on `device` and evaluates it; `on_step` sees every step.
 pub fn run(
     data: &FashionMnist,
@@ -138,11 +179,6 @@ pub fn run(
     let calibration =
         calibrate_noise_multiplier(AccountantKind::Rdp, q, steps, config.epsilon, config.delta)?;
 
-    let vs = nn::VarStore::new(device);
-    let mut dims = vec![784];
-    dims.extend(&config.hidden);
-    dims.push(10);
-    let model = Mlp::new(&vs.root(), &dims);
     let dp_config = DpSgdConfig {
         expected_batch_size: config.expected_batch_size,
         physical_batch_size: config.physical_batch_size,
@@ -160,29 +196,29 @@ pub fn run(
         }
         None => PrivacyRng::from_os(),
     };
-    let forward = |x: &Tensor, tape: &mut dp_core::Tape| model.forward(x, tape);
-    let start = Instant::now();
-    let summary = train(
-        &vs,
-        forward,
-        Batches {
-            inputs: &images,
-            labels: &labels,
-        },
-        &dp_config,
-        &mut rng,
-        on_step,
-    )?;
-    let train_seconds = start.elapsed().as_secs_f64();
     let (test_images, test_labels) = (
         data.test_images.to_device(device),
         data.test_labels.to_device(device),
     );
-    let test = Batches {
-        inputs: &test_images,
-        labels: &test_labels,
-    };
-    let test_accuracy = evaluate_accuracy(forward, test, 2000);
+    let trained = train_mlp(
+        Batches {
+            inputs: &images,
+            labels: &labels,
+        },
+        &[Batches {
+            inputs: &test_images,
+            labels: &test_labels,
+        }],
+        &config.hidden,
+        &dp_config,
+        &mut rng,
+        on_step,
+    )?;
+    let (summary, test_accuracy, train_seconds) = (
+        trained.summary,
+        trained.accuracies[0],
+        trained.train_seconds,
+    );
     let privacy = PrivacyStatement::from_ledger(&summary.ledger, n, config.clip_norm, config.seed)?;
     Ok(RunResult {
         test_accuracy,

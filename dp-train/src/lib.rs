@@ -13,6 +13,7 @@ pub mod fashion_mnist;
 mod ledger;
 pub mod models;
 mod statement;
+pub mod tune;
 
 pub use dpsgd::{
     evaluate_accuracy, train, train_with_hooks, Batches, DpSgdConfig, NoHooks, StepHooks,

@@ -130,20 +130,117 @@ mod audit {
     use dp_train::audit::{audit_one_run, audit_trials, AuditConfig, CanaryKind, Sabotage};
 
     fn config(sabotage: Sabotage) -> AuditConfig {
-        AuditConfig { epsilon: 1.0, sabotage, seed: 3, ..AuditConfig::default() }
+        AuditConfig {
+            epsilon: 1.0,
+            sabotage,
+            seed: 3,
+            ..AuditConfig::default()
+        }
     }
 
     #[test]
     fn a_correct_run_passes_and_a_run_without_noise_is_caught() {
         let data = load_fashion_mnist();
-        let ok = audit_trials(&data, &config(Sabotage::None), CanaryKind::Gradient, 60, |_| {}).unwrap();
+        let ok = audit_trials(
+            &data,
+            &config(Sabotage::None),
+            CanaryKind::Gradient,
+            60,
+            |_| {},
+        )
+        .unwrap();
         assert!(!ok.claim_refuted, "{:?}", ok.estimate);
-        assert!(ok.estimate.bayes.eps_lo_one_sided < 1.0 && ok.estimate.clopper_pearson.eps_lo_one_sided < 1.0);
-        let broken = audit_trials(&data, &config(Sabotage::NoNoise), CanaryKind::Gradient, 60, |_| {}).unwrap();
+        assert!(
+            ok.estimate.bayes.eps_lo_one_sided < 1.0
+                && ok.estimate.clopper_pearson.eps_lo_one_sided < 1.0
+        );
+        let broken = audit_trials(
+            &data,
+            &config(Sabotage::NoNoise),
+            CanaryKind::Gradient,
+            60,
+            |_| {},
+        )
+        .unwrap();
         assert!(broken.claim_refuted, "{:?}", broken.estimate);
         let unclipped = audit_one_run(&data, &config(Sabotage::NoClipping), 500, 100).unwrap();
         assert!(unclipped.claim_refuted, "{unclipped:?}");
         let one_run = audit_one_run(&data, &config(Sabotage::None), 500, 100).unwrap();
         assert!(!one_run.claim_refuted, "{one_run:?}");
+    }
+}
+
+mod tuning {
+    use super::*;
+    use dp_accounting::{Accountant, DpEvent, RdpAccountant, RunCount};
+    use dp_train::tune::{tune, TuneConfig};
+
+    const SMALL: &str = r#"
+        [privacy]
+        epsilon = 2.0
+        delta = 1e-5
+        expected_batch_size = 256
+        epochs = 1
+        clip_norm = 1.0
+        [tuning]
+        runs = "poisson"
+        mean_runs = 3.0
+        validation_size = 1000
+        train_subset = 4000
+        [search]
+        learning_rate = [1.0, 4.0]
+        hidden = [[32], [64]]
+    "#;
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let err = TuneConfig::from_toml(
+            &SMALL.replace("mean_runs = 3.0", "mean_runs = 3.0\nmean_run = 1"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("mean_run"), "{err}");
+        let err = TuneConfig::from_toml(&SMALL.replace("\"poisson\"", "\"uniform\"")).unwrap_err();
+        assert!(err.to_string().contains("tuning.runs"), "{err}");
+    }
+
+    #[test]
+    fn the_search_is_accounted_as_repeat_and_select_and_picks_the_best_run() {
+        let data = load_fashion_mnist();
+        let config = TuneConfig::from_toml(SMALL).unwrap();
+        let result = tune(&data, &config, &mut PrivacyRng::from_seed(11), |_| {}).unwrap();
+        // Independent accounting of the same plan: q = 256/3000, steps = ceil(1/q) = 12.
+        let q = 256.0 / 3000.0;
+        assert_eq!(result.steps, 12);
+        let one = DpEvent::dp_sgd(q, result.search_noise_multiplier, 12);
+        let mut acc = RdpAccountant::default();
+        acc.compose(&DpEvent::RepeatAndSelect {
+            event: Box::new(one),
+            mean: 3.0,
+            runs: RunCount::Poisson,
+        })
+        .unwrap();
+        assert!((acc.epsilon(1e-5).unwrap() - result.total_epsilon).abs() < 1e-9);
+        assert!(
+            result.total_epsilon > result.single_run_epsilon && result.single_run_epsilon <= 2.0
+        );
+        assert_eq!(result.trials.len(), result.runs);
+        if let Some(best) = result.chosen {
+            let max = result
+                .trials
+                .iter()
+                .map(|t| t.validation_accuracy)
+                .fold(0.0, f64::max);
+            assert_eq!(result.trials[best].validation_accuracy, max);
+        }
+        // The same seed draws the same number of runs; TAN mode adds a full-scale final run.
+        let mut tan = config.clone();
+        tan.tuning.tan_scale = Some(0.5);
+        let tan_result = tune(&data, &tan, &mut PrivacyRng::from_seed(11), |_| {}).unwrap();
+        assert_eq!(tan_result.runs, result.runs);
+        assert_eq!(tan_result.search_batch_size, 128.0);
+        if result.runs > 0 {
+            assert!(tan_result.final_run.is_some());
+            assert!(tan_result.total_epsilon > tan_result.tuning_epsilon);
+        }
     }
 }
