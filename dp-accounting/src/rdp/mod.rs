@@ -47,6 +47,26 @@ const fn default_orders() -> [f64; 156] {
     orders
 }
 
+/// Validates a sampled Gaussian's parameters and answers the cases every sampling scheme
+/// shares: nothing sampled (`q = 0`: RDP 0) and everything sampled (`q = 1`: the plain
+/// Gaussian, `alpha / (2 sigma^2)`). `None` means the scheme's own formula is needed.
+fn sampled_gaussian_edge_cases(
+    q: f64,
+    sigma: f64,
+    alpha: f64,
+) -> Result<Option<f64>, AccountingError> {
+    check_range("sampling_rate", q, (0.0..=1.0).contains(&q), "0 <= q <= 1")?;
+    check_range("noise_multiplier", sigma, sigma > 0.0, "sigma > 0")?;
+    check_range("order", alpha, alpha > 1.0, "alpha > 1")?;
+    Ok(if q == 0.0 {
+        Some(0.0)
+    } else if q == 1.0 {
+        Some(alpha / (2.0 * sigma * sigma))
+    } else {
+        None
+    })
+}
+
 /// An epsilon (or delta) together with the RDP order that achieved it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EpsilonAtOrder {

@@ -16,7 +16,8 @@
 
 use std::f64::consts::LN_2;
 
-use crate::error::{check_range, AccountingError};
+use super::sampled_gaussian_edge_cases;
+use crate::error::AccountingError;
 use crate::special::{log_add, log_binomial};
 
 /// Largest order whose forward differences are computed exactly.
@@ -29,14 +30,8 @@ pub fn sample_without_replacement_gaussian_rdp(
     sigma: f64,
     alpha: f64,
 ) -> Result<f64, AccountingError> {
-    check_range("sampling_rate", q, (0.0..=1.0).contains(&q), "0 <= q <= 1")?;
-    check_range("noise_multiplier", sigma, sigma > 0.0, "sigma > 0")?;
-    check_range("order", alpha, alpha > 1.0, "alpha > 1")?;
-    if q == 0.0 {
-        return Ok(0.0);
-    }
-    if q == 1.0 {
-        return Ok(alpha / (2.0 * sigma * sigma));
+    if let Some(rdp) = sampled_gaussian_edge_cases(q, sigma, alpha)? {
+        return Ok(rdp);
     }
     let log_a = if alpha.fract() == 0.0 {
         log_a_integer(q, sigma, alpha as u64)

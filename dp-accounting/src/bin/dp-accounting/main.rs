@@ -313,22 +313,25 @@ fn finite_positive(flag: &str, v: f64) -> Result<f64, Failure> {
     }
 }
 
+/// `B / N` for a dataset of `n` records and expected batch size `b`, validated.
+fn batch_fraction(n: u64, b: f64) -> Result<f64, Failure> {
+    if n == 0 {
+        return Err(usage("dataset-size", "must be at least 1"));
+    }
+    let b = finite_positive("batch-size", b)?;
+    if b > n as f64 {
+        return Err(usage(
+            "batch-size",
+            format!("{b} exceeds the dataset size {n}"),
+        ));
+    }
+    Ok(b / n as f64)
+}
+
 fn plan(common: &Common) -> Result<Plan, Failure> {
     let q = match (common.sampling_rate, common.dataset_size, common.batch_size) {
         (Some(q), _, _) => q,
-        (None, Some(n), Some(b)) => {
-            if n == 0 {
-                return Err(usage("dataset-size", "must be at least 1"));
-            }
-            let b = finite_positive("batch-size", b)?;
-            if b > n as f64 {
-                return Err(usage(
-                    "batch-size",
-                    format!("{b} exceeds the dataset size {n}"),
-                ));
-            }
-            b / n as f64
-        }
+        (None, Some(n), Some(b)) => batch_fraction(n, b)?,
         _ => {
             return Err(Failure::Usage(
                 "give --sampling-rate, or --dataset-size with --batch-size".into(),
@@ -563,16 +566,8 @@ fn run(command: Command) -> Result<(), Failure> {
             scales,
             json: as_json,
         } => {
-            if dataset_size == 0 {
-                return Err(usage("dataset-size", "must be at least 1"));
-            }
-            let b = finite_positive("batch-size", batch_size)?;
-            if b > dataset_size as f64 {
-                return Err(usage(
-                    "batch-size",
-                    format!("{b} exceeds the dataset size {dataset_size}"),
-                ));
-            }
+            batch_fraction(dataset_size, batch_size)?;
+            let b = batch_size;
             let sigma = finite_positive("noise-multiplier", noise_multiplier)?;
             if steps == 0 {
                 return Err(usage("steps", "must be at least 1"));
