@@ -8,7 +8,11 @@
 //! - sequences, ghost norm (Li et al. 2022, Eq. 3):
 //!   `||G_i||^2 = sum_{t,t'} (a_{i,t} . a_{i,t'}) (g_{i,t} . g_{i,t'})`, used when `2 T^2 < p d`,
 //!   else the explicit `G_i = g_i^T a_i` is formed (B x p x d);
-//! - bias: `||sum_t g_{i,t}||^2`.
+//! - bias: `||sum_t g_{i,t}||^2`;
+//! - embedding `z = E[ids]`: `||G_i||^2 = sum_{t,t'} [id_t = id_t' != pad] (g_t . g_t')`, and the
+//!   clipped sum is the embedding backward of `c . g` (the padding row gets nothing);
+//! - LayerNorm/RMSNorm `y = x_hat gamma + beta`: `grad gamma_i = sum_t x_hat_t g_t`,
+//!   `grad beta_i = sum_t g_t`, explicit (they are small); `x_hat` is recomputed from the input.
 //!
 //! With `c_i = min(1, C / ||G_i||)` from the total norm over all layers (flat clipping), the
 //! clipped sum is formed directly (Bu et al. 2023, book-keeping):
@@ -159,32 +163,63 @@ impl ClippingEngine {
 
     /// Per-example squared gradient norms of one record's trainable parameters, shape (B).
     fn squared_norms(&self, record: &Record, g: &Tensor, kind: Kind) -> Result<Tensor, CoreError> {
-        let Record::Linear {
-            input,
-            weight,
-            bias,
-            ..
-        } = record;
-        let (a, g) = (per_example_rows(input, kind), per_example_rows(g, kind));
-        let (t, d, p) = (a.size()[1], a.size()[2], g.size()[2]);
+        let g = per_example_rows(g, kind);
         let mut n2 = Tensor::zeros([g.size()[0]], (kind, g.device()));
-        if self.is_trainable(weight) {
-            n2 += if 2 * t * t < p * d {
-                let gram_a = a.bmm(&a.transpose(1, 2));
-                let gram_g = g.bmm(&g.transpose(1, 2));
-                (gram_a * gram_g).sum_dim_intlist([1, 2].as_slice(), false, kind)
-            } else {
-                g.transpose(1, 2)
-                    .bmm(&a)
-                    .square()
-                    .sum_dim_intlist([1, 2].as_slice(), false, kind)
-            };
-        }
-        if bias.as_deref().is_some_and(|b| self.is_trainable(b)) {
-            n2 += g
-                .sum_dim_intlist(1, false, kind)
+        let per_position_sum_norms = |v: &Tensor| {
+            v.sum_dim_intlist(1, false, kind)
                 .square()
-                .sum_dim_intlist(1, false, kind);
+                .sum_dim_intlist(1, false, kind)
+        };
+        match record {
+            Record::Linear {
+                input,
+                weight,
+                bias,
+                ..
+            } => {
+                if self.is_trainable(weight) {
+                    n2 += linear_weight_norms(&per_example_rows(input, kind), &g, kind);
+                }
+                if bias.as_deref().is_some_and(|b| self.is_trainable(b)) {
+                    n2 += per_position_sum_norms(&g);
+                }
+            }
+            Record::Embedding {
+                ids,
+                table,
+                padding_idx,
+                ..
+            } => {
+                if self.is_trainable(table) {
+                    // ||G_i||^2 = sum_{t,t'} [id_t = id_t' != pad] (g_t . g_t').
+                    let ids = ids.reshape([g.size()[0], -1]);
+                    let mut same = ids.unsqueeze(2).eq_tensor(&ids.unsqueeze(1));
+                    if let Some(pad) = padding_idx {
+                        let real = ids.ne(*pad);
+                        same = same
+                            .logical_and(&real.unsqueeze(2))
+                            .logical_and(&real.unsqueeze(1));
+                    }
+                    let gram = g.bmm(&g.transpose(1, 2));
+                    n2 +=
+                        (gram * same.to_kind(kind)).sum_dim_intlist([1, 2].as_slice(), false, kind);
+                }
+            }
+            Record::Norm {
+                input,
+                centred,
+                eps,
+                weight,
+                bias,
+                ..
+            } => {
+                if self.is_trainable(weight) {
+                    n2 += per_position_sum_norms(&(normalised(input, *centred, *eps, kind) * &g));
+                }
+                if bias.as_deref().is_some_and(|b| self.is_trainable(b)) {
+                    n2 += per_position_sum_norms(&g);
+                }
+            }
         }
         Ok(n2.clamp_min(0.0))
     }
@@ -199,42 +234,114 @@ impl ClippingEngine {
         mask_nonfinite: bool,
         sums: &mut BTreeMap<String, Tensor>,
     ) -> Result<(), CoreError> {
-        let Record::Linear {
-            input,
-            weight,
-            bias,
-            ..
-        } = record;
-        let kind = self
-            .trainable
-            .get(weight.as_str())
-            .map_or(g.kind(), Tensor::kind);
+        let first = record.parameters().next().unwrap_or_default();
+        let kind = self.trainable.get(first).map_or(g.kind(), Tensor::kind);
         let batch = factors.size()[0];
-        let mut a = per_example_rows(input, kind);
-        let mut scaled = per_example_rows(g, kind) * factors.to_kind(kind).view([batch, 1, 1]);
-        if mask_nonfinite {
-            // 0 * NaN is NaN: zero the rows of bad examples in both factors of the product.
-            let keep = finite.view([batch, 1, 1]);
-            scaled = scaled.where_self(&keep, &scaled.zeros_like());
-            a = a.where_self(&keep, &a.zeros_like());
-        }
-        let (d, p) = (a.size()[2], scaled.size()[2]);
-        if self.is_trainable(weight) {
-            let sum = scaled
-                .reshape([-1, p])
-                .transpose(0, 1)
-                .mm(&a.reshape([-1, d]));
-            add_into(sums, weight, sum);
-        }
-        if let Some(b) = bias.as_deref().filter(|b| self.is_trainable(b)) {
-            add_into(
-                sums,
-                b,
-                scaled.sum_dim_intlist([0, 1].as_slice(), false, kind),
-            );
+        let keep = finite.view([batch, 1, 1]);
+        // 0 * NaN is NaN: rows of bad examples are zeroed in every factor of a product.
+        let masked = |t: Tensor| {
+            if mask_nonfinite {
+                t.where_self(&keep, &t.zeros_like())
+            } else {
+                t
+            }
+        };
+        let scaled = masked(per_example_rows(g, kind) * factors.to_kind(kind).view([batch, 1, 1]));
+        let p = scaled.size()[2];
+        let over_examples_and_positions =
+            |t: &Tensor| t.sum_dim_intlist([0, 1].as_slice(), false, kind);
+        match record {
+            Record::Linear {
+                input,
+                weight,
+                bias,
+                ..
+            } => {
+                if self.is_trainable(weight) {
+                    let a = masked(per_example_rows(input, kind));
+                    let d = a.size()[2];
+                    add_into(
+                        sums,
+                        weight,
+                        scaled
+                            .reshape([-1, p])
+                            .transpose(0, 1)
+                            .mm(&a.reshape([-1, d])),
+                    );
+                }
+                if let Some(b) = bias.as_deref().filter(|b| self.is_trainable(b)) {
+                    add_into(sums, b, over_examples_and_positions(&scaled));
+                }
+            }
+            Record::Embedding {
+                ids,
+                table,
+                padding_idx,
+                ..
+            } => {
+                if let Some(t) = self.trainable.get(table.as_str()) {
+                    let ids = ids.reshape([batch, -1]);
+                    let rows = t.size()[0];
+                    let sum = Tensor::f_embedding_dense_backward(
+                        &scaled,
+                        &ids,
+                        rows,
+                        padding_idx.unwrap_or(-1),
+                        false,
+                    )?;
+                    add_into(sums, table, sum);
+                }
+            }
+            Record::Norm {
+                input,
+                centred,
+                eps,
+                weight,
+                bias,
+                ..
+            } => {
+                if self.is_trainable(weight) {
+                    let x_hat = masked(normalised(input, *centred, *eps, kind));
+                    add_into(
+                        sums,
+                        weight,
+                        over_examples_and_positions(&(x_hat * &scaled)),
+                    );
+                }
+                if let Some(b) = bias.as_deref().filter(|b| self.is_trainable(b)) {
+                    add_into(sums, b, over_examples_and_positions(&scaled));
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Linear weight norms: ghost norm (Li et al. 2022) `sum_{t,t'} (a_t . a_t')(g_t . g_t')` when
+/// `2 T^2 < p d`, else the explicit per-example gradient `g_i^T a_i`.
+fn linear_weight_norms(a: &Tensor, g: &Tensor, kind: Kind) -> Tensor {
+    let (t, d, p) = (a.size()[1], a.size()[2], g.size()[2]);
+    if 2 * t * t < p * d {
+        let gram_a = a.bmm(&a.transpose(1, 2));
+        let gram_g = g.bmm(&g.transpose(1, 2));
+        (gram_a * gram_g).sum_dim_intlist([1, 2].as_slice(), false, kind)
+    } else {
+        g.transpose(1, 2)
+            .bmm(a)
+            .square()
+            .sum_dim_intlist([1, 2].as_slice(), false, kind)
+    }
+}
+
+/// The normalised input `x_hat` of a LayerNorm (`centred`) or RMSNorm, as (B, T, p) rows.
+fn normalised(x: &Tensor, centred: bool, eps: f64, kind: Kind) -> Tensor {
+    let p = x.size().last().copied().unwrap_or(1);
+    let x_hat = if centred {
+        x.layer_norm([p], None::<&Tensor>, None::<&Tensor>, eps, false)
+    } else {
+        x.rms_norm([p], None::<&Tensor>, eps)
+    };
+    per_example_rows(&x_hat, kind)
 }
 
 fn add_into(sums: &mut BTreeMap<String, Tensor>, name: &str, value: Tensor) {

@@ -2,7 +2,7 @@
 //! libtorch tensors.
 //!
 //! The design avoids module hooks (tch has none):
-//! 1. DP layers ([`layers::DpLinear`]) record their input `a` and output `z` on a [`Tape`]
+//! 1. DP layers ([`layers::DpLinear`], [`layers::DpEmbedding`], [`layers::DpNorm`]) record their input `a` and output `z` on a [`Tape`]
 //!    during the forward pass;
 //! 2. one backward pass of the summed per-example losses with respect to all recorded outputs
 //!    (`Tensor::run_backward`) yields the output gradients `g`; no parameter gradient is asked

@@ -20,23 +20,54 @@ pub enum Record {
         /// Full variable name of the bias `b` (p), if any.
         bias: Option<String>,
     },
+    /// `z = E[ids]`, ids of shape (B, T) (one row of ids per example, never broadcast).
+    Embedding {
+        /// The ids, (B, T), int64.
+        ids: Tensor,
+        /// The looked-up rows, (B, T, p).
+        output: Tensor,
+        /// Full variable name of the table `E` (V x p).
+        table: String,
+        /// Rows of this id get no gradient.
+        padding_idx: Option<i64>,
+    },
+    /// `y = x_hat * gamma + beta` over the last dimension, with `x_hat` the layer-normalised
+    /// (or RMS-normalised) input.
+    Norm {
+        /// Layer input `x`, (B, ..., p).
+        input: Tensor,
+        /// Layer output `y`.
+        output: Tensor,
+        /// LayerNorm (centred) or RMSNorm.
+        centred: bool,
+        /// The epsilon inside the square root.
+        eps: f64,
+        /// Full variable name of gamma (p).
+        weight: String,
+        /// Full variable name of beta (p), if any.
+        bias: Option<String>,
+    },
 }
 
 impl Record {
     /// The recorded output, whose gradient the engine asks of autograd.
     pub fn output(&self) -> &Tensor {
         match self {
-            Record::Linear { output, .. } => output,
+            Record::Linear { output, .. }
+            | Record::Embedding { output, .. }
+            | Record::Norm { output, .. } => output,
         }
     }
 
     /// Names of the parameters this call used.
     pub fn parameters(&self) -> impl Iterator<Item = &str> {
-        match self {
-            Record::Linear { weight, bias, .. } => {
-                std::iter::once(weight.as_str()).chain(bias.as_deref())
+        let (first, second) = match self {
+            Record::Linear { weight, bias, .. } | Record::Norm { weight, bias, .. } => {
+                (weight, bias.as_deref())
             }
-        }
+            Record::Embedding { table, .. } => (table, None),
+        };
+        std::iter::once(first.as_str()).chain(second)
     }
 }
 

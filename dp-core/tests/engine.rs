@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use dp_core::layers::DpLinear;
+use dp_core::layers::{DpEmbedding, DpLinear, DpNorm};
 use dp_core::noise::add_gaussian_noise;
 use dp_core::{ClippingEngine, CoreError, PoissonSampler, PrivacyRng, Tape};
 use tch::{nn, Device, Kind, Tensor};
@@ -46,12 +46,12 @@ fn trainable(vs: &nn::VarStore) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
-/// Batch-size-1 reference: per-example norms and the sum of clipped per-example gradients.
-fn reference(
-    model: &TwoLayer,
+/// Batch-size-1 reference: per-example norms and the sum of clipped per-example gradients,
+/// from each example's own loss and backward pass.
+fn reference_by(
     vs: &nn::VarStore,
-    x: &Tensor,
-    target: &Tensor,
+    examples: i64,
+    loss_of: impl Fn(i64) -> Tensor,
     clip: f64,
 ) -> (Vec<f64>, BTreeMap<String, Tensor>) {
     let params = trainable(vs);
@@ -62,27 +62,48 @@ fn reference(
         .map(|(n, t)| (n.clone(), t.zeros_like().detach()))
         .collect();
     let mut norms = Vec::new();
-    for i in 0..x.size()[0] {
-        let loss = model
+    for i in 0..examples {
+        let grads = Tensor::run_backward(&[loss_of(i)], &tensors, false, false);
+        let norm = grads
+            .iter()
+            .map(|g| {
+                if g.defined() {
+                    g.square().sum(Kind::Double).double_value(&[])
+                } else {
+                    0.0
+                }
+            })
+            .sum::<f64>()
+            .sqrt();
+        let factor = (clip / norm).min(1.0);
+        for (name, g) in names.iter().zip(&grads) {
+            if g.defined() {
+                *sums.get_mut(*name).unwrap() += g * factor;
+            }
+        }
+        norms.push(norm);
+    }
+    (norms, sums)
+}
+
+/// [`reference_by`] for the two-layer model.
+fn reference(
+    model: &TwoLayer,
+    vs: &nn::VarStore,
+    x: &Tensor,
+    target: &Tensor,
+    clip: f64,
+) -> (Vec<f64>, BTreeMap<String, Tensor>) {
+    let loss_of = |i: i64| {
+        model
             .losses(
                 &x.narrow(0, i, 1),
                 &target.narrow(0, i, 1),
                 &mut Tape::off(),
             )
-            .sum(Kind::Double);
-        let grads = Tensor::run_backward(&[loss], &tensors, false, false);
-        let norm = grads
-            .iter()
-            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
-            .sum::<f64>()
-            .sqrt();
-        let factor = (clip / norm).min(1.0);
-        for (name, g) in names.iter().zip(&grads) {
-            *sums.get_mut(*name).unwrap() += g * factor;
-        }
-        norms.push(norm);
-    }
-    (norms, sums)
+            .sum(Kind::Double)
+    };
+    reference_by(vs, x.size()[0], loss_of, clip)
 }
 
 fn assert_close(got: &Tensor, want: &Tensor, atol: f64, rtol: f64, what: &str) {
@@ -332,4 +353,126 @@ fn poisson_batches_have_the_expected_size() {
     assert!((0..100).any(|_| tiny.sample(&mut rng).is_empty()));
     assert!(PoissonSampler::new(10, 0.0).is_err());
     assert!(PoissonSampler::new(10, f64::NAN).is_err());
+}
+
+/// Token and position embeddings, LayerNorm, a linear layer and an RMSNorm: every layer kind a
+/// BERT-style encoder needs, on padded sequences.
+struct SmallEncoder {
+    tokens: DpEmbedding,
+    positions: DpEmbedding,
+    norm: DpNorm,
+    linear: DpLinear,
+    rms: DpNorm,
+}
+
+impl SmallEncoder {
+    fn new(vs: &nn::VarStore) -> Self {
+        let root = vs.root();
+        Self {
+            tokens: DpEmbedding::new(&(&root / "tokens"), 11, 6, Some(0)),
+            positions: DpEmbedding::new(&(&root / "positions"), 8, 6, None),
+            norm: DpNorm::layer_norm(&(&root / "norm"), 6, 1e-5),
+            linear: DpLinear::new(&(&root / "linear"), 6, 4, true),
+            rms: DpNorm::rms_norm(&(&root / "rms"), 4, 1e-6),
+        }
+    }
+
+    /// Per-example loss over the non-padding positions of ids (B, T).
+    fn losses(&self, ids: &Tensor, tape: &mut Tape) -> Tensor {
+        let (b, t) = (ids.size()[0], ids.size()[1]);
+        let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu))
+            .unsqueeze(0)
+            .expand([b, t], true)
+            .contiguous();
+        let h = self.tokens.forward(ids, tape) + self.positions.forward(&positions, tape);
+        let h = self.norm.forward(&h, tape).tanh();
+        let y = self.rms.forward(&self.linear.forward(&h, tape), tape);
+        let mask = ids.ne(0).to_kind(Kind::Double).unsqueeze(2);
+        (y.sin() * mask).sum_dim_intlist([1, 2].as_slice(), false, Kind::Double)
+    }
+}
+
+#[test]
+fn embeddings_and_norms_match_batch_size_one_reference_in_f64() {
+    tch::manual_seed(5);
+    let vs = vs_f64();
+    let model = SmallEncoder::new(&vs);
+    // Repeated ids (cross terms of the ghost norm), padding (id 0) at the ends.
+    let ids = Tensor::from_slice(&[
+        3i64, 3, 5, 0, 0, 7, 1, 1, 1, 2, 4, 9, 3, 9, 0, 10, 10, 10, 0, 0,
+    ])
+    .view([4, 5]);
+    for clip in [0.5, 1e6] {
+        let engine = ClippingEngine::new(&vs, clip).unwrap();
+        let mut tape = Tape::recording();
+        let losses = model.losses(&ids, &mut tape);
+        let batch = engine.clip(tape.take(), &losses).unwrap();
+        let loss_of = |i: i64| {
+            model
+                .losses(&ids.narrow(0, i, 1), &mut Tape::off())
+                .sum(Kind::Double)
+        };
+        let (norms, sums) = reference_by(&vs, 4, loss_of, clip);
+        assert_close(
+            &batch.norms,
+            &Tensor::from_slice(&norms),
+            1e-10,
+            1e-8,
+            "norms",
+        );
+        if clip < 1.0 {
+            assert!(
+                norms.iter().any(|&n| n > clip),
+                "some example must be clipped"
+            );
+        }
+        for (name, want) in &sums {
+            assert_close(
+                &batch.sums[name],
+                want,
+                1e-10,
+                1e-8,
+                &format!("{name}, clip {clip}"),
+            );
+        }
+        // The padding row never moves.
+        assert_eq!(
+            batch.sums["tokens.weight"]
+                .get(0)
+                .abs()
+                .max()
+                .double_value(&[]),
+            0.0
+        );
+    }
+}
+
+#[test]
+fn broadcast_position_ids_are_refused() {
+    let vs = vs_f64();
+    let positions = DpEmbedding::new(&(vs.root() / "positions"), 8, 3, None);
+    let mut tape = Tape::recording();
+    let shared = positions.forward(
+        &Tensor::arange(5, (Kind::Int64, Device::Cpu)).unsqueeze(0),
+        &mut tape,
+    );
+    let x = Tensor::randn([4, 5, 3], (Kind::Double, Device::Cpu)) + shared;
+    let losses = x
+        .square()
+        .sum_dim_intlist([1, 2].as_slice(), false, Kind::Double);
+    let err = ClippingEngine::new(&vs, 1.0)
+        .unwrap()
+        .clip(tape.take(), &losses)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CoreError::BatchMismatch {
+                got: 1,
+                expected: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

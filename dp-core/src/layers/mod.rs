@@ -1,6 +1,10 @@
 //! Layers that behave like their plain libtorch counterparts and record, on a [`crate::Tape`]
 //! that is on, what the clipping engine needs.
 
+mod embedding;
 mod linear;
+mod norm;
 
+pub use embedding::DpEmbedding;
 pub use linear::DpLinear;
+pub use norm::DpNorm;
