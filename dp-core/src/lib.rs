@@ -19,6 +19,7 @@ mod engine;
 mod error;
 pub mod layers;
 pub mod noise;
+pub mod reference;
 mod rng;
 mod sampling;
 mod tape;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use dp_core::layers::{DpEmbedding, DpLinear, DpNorm};
 use dp_core::noise::add_gaussian_noise;
+use dp_core::reference::batch_size_one_reference;
 use dp_core::{ClippingEngine, CoreError, PoissonSampler, PrivacyRng, Tape};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -39,54 +40,7 @@ fn vs_f64() -> nn::VarStore {
     vs
 }
 
-fn trainable(vs: &nn::VarStore) -> BTreeMap<String, Tensor> {
-    vs.variables()
-        .into_iter()
-        .filter(|(_, t)| t.requires_grad())
-        .collect()
-}
-
-/// Batch-size-1 reference: per-example norms and the sum of clipped per-example gradients,
-/// from each example's own loss and backward pass.
-fn reference_by(
-    vs: &nn::VarStore,
-    examples: i64,
-    loss_of: impl Fn(i64) -> Tensor,
-    clip: f64,
-) -> (Vec<f64>, BTreeMap<String, Tensor>) {
-    let params = trainable(vs);
-    let names: Vec<&String> = params.keys().collect();
-    let tensors: Vec<&Tensor> = params.values().collect();
-    let mut sums: BTreeMap<String, Tensor> = params
-        .iter()
-        .map(|(n, t)| (n.clone(), t.zeros_like().detach()))
-        .collect();
-    let mut norms = Vec::new();
-    for i in 0..examples {
-        let grads = Tensor::run_backward(&[loss_of(i)], &tensors, false, false);
-        let norm = grads
-            .iter()
-            .map(|g| {
-                if g.defined() {
-                    g.square().sum(Kind::Double).double_value(&[])
-                } else {
-                    0.0
-                }
-            })
-            .sum::<f64>()
-            .sqrt();
-        let factor = (clip / norm).min(1.0);
-        for (name, g) in names.iter().zip(&grads) {
-            if g.defined() {
-                *sums.get_mut(*name).unwrap() += g * factor;
-            }
-        }
-        norms.push(norm);
-    }
-    (norms, sums)
-}
-
-/// [`reference_by`] for the two-layer model.
+/// The batch-size-1 reference for the two-layer model.
 fn reference(
     model: &TwoLayer,
     vs: &nn::VarStore,
@@ -103,7 +57,7 @@ fn reference(
             )
             .sum(Kind::Double)
     };
-    reference_by(vs, x.size()[0], loss_of, clip)
+    batch_size_one_reference(vs, x.size()[0], loss_of, clip)
 }
 
 fn assert_close(got: &Tensor, want: &Tensor, atol: f64, rtol: f64, what: &str) {
@@ -412,7 +366,7 @@ fn embeddings_and_norms_match_batch_size_one_reference_in_f64() {
                 .losses(&ids.narrow(0, i, 1), &mut Tape::off())
                 .sum(Kind::Double)
         };
-        let (norms, sums) = reference_by(&vs, 4, loss_of, clip);
+        let (norms, sums) = batch_size_one_reference(&vs, 4, loss_of, clip);
         assert_close(
             &batch.norms,
             &Tensor::from_slice(&norms),

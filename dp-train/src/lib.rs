@@ -6,6 +6,7 @@
 //! (`dp-train demo`).
 
 pub mod audit;
+pub mod bench;
 pub mod data;
 mod dpsgd;
 mod error;

@@ -244,3 +244,68 @@ mod tuning {
         }
     }
 }
+
+#[test]
+fn the_encoder_classifier_clips_exactly_on_padded_batches() {
+    use dp_core::reference::batch_size_one_reference;
+    use dp_core::ClippingEngine;
+    use dp_train::models::{EncoderClassifier, EncoderShape};
+    tch::manual_seed(9);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let shape = EncoderShape {
+        vocab: 40,
+        hidden: 8,
+        layers: 2,
+        heads: 2,
+        intermediate: 16,
+        max_positions: 12,
+        type_vocab: 2,
+    };
+    let model = EncoderClassifier::new(&vs.root(), shape, 3);
+    vs.double();
+    let ids =
+        Tensor::from_slice(&[5i64, 9, 9, 2, 0, 0, 7, 3, 3, 3, 3, 1, 4, 0, 0, 0, 0, 0]).view([3, 6]);
+    let mask = ids.ne(0).to_kind(Kind::Int64);
+    let labels = Tensor::from_slice(&[0i64, 2, 1]);
+    let losses = |range: (i64, i64), tape: &mut Tape| {
+        let (start, len) = range;
+        model
+            .forward(
+                &ids.narrow(0, start, len),
+                &mask.narrow(0, start, len),
+                tape,
+            )
+            .cross_entropy_loss::<Tensor>(
+                &labels.narrow(0, start, len),
+                None,
+                tch::Reduction::None,
+                -100,
+                0.0,
+            )
+    };
+    let engine = ClippingEngine::new(&vs, 0.1).unwrap();
+    let mut tape = Tape::recording();
+    let batch_losses = losses((0, 3), &mut tape);
+    let clipped = engine.clip(tape.take(), &batch_losses).unwrap();
+    let (norms, sums) = batch_size_one_reference(
+        &vs,
+        3,
+        |i| losses((i, 1), &mut Tape::off()).sum(Kind::Double),
+        0.1,
+    );
+    assert!(
+        norms.iter().all(|&n| n > 0.1),
+        "every example is clipped: {norms:?}"
+    );
+    for (i, n) in norms.iter().enumerate() {
+        assert!(
+            (clipped.norms.double_value(&[i as i64]) - n).abs() < 1e-10 * n.max(1.0),
+            "norm {i}"
+        );
+    }
+    assert_eq!(clipped.sums.len(), sums.len(), "every parameter is covered");
+    for (name, want) in &sums {
+        let diff = (&clipped.sums[name] - want).abs().max().double_value(&[]);
+        assert!(diff < 1e-10, "{name}: {diff}");
+    }
+}

@@ -8,8 +8,10 @@ use dp_accounting::audit::posterior_cdf;
 use dp_accounting::plot::{line_chart, Marker, Series};
 use dp_core::PrivacyRng;
 use dp_train::audit::{self, AuditConfig, CanaryKind, Sabotage};
+use dp_train::bench::{self, BenchConfig, StepMode};
 use dp_train::data::assets_dir;
 use dp_train::fashion_mnist::{self, FashionMnist, RunConfig};
+use dp_train::models::EncoderShape;
 use dp_train::tune::{self, TuneConfig};
 use dp_train::TrainError;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -46,6 +48,36 @@ enum Command {
     ///
     /// Example: dp-train tune --config examples/tune_fashion_mnist.toml
     Tune(TuneArgs),
+    /// Time a DP step against a non-private step of the same BERT-style encoder on the same
+    /// batch (one process), and measure each mode's peak memory (one child process each).
+    ///
+    /// Example: dp-train bench --shape minilm --batch 32 --seq 128
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Encoder shape: minilm (all-MiniLM-L6-v2) or bert-base.
+    #[arg(long, default_value = "minilm", value_parser = ["minilm", "bert-base"])]
+    shape: String,
+    /// Examples per step.
+    #[arg(long, default_value_t = 32)]
+    batch: i64,
+    /// Tokens per example.
+    #[arg(long, default_value_t = 64)]
+    seq: i64,
+    /// Timed steps per mode (median reported, after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// cpu, cuda, or auto.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    device: String,
+    /// Internal: run one mode only and report its peak memory.
+    #[arg(long, hide = true, value_parser = ["dp", "nonprivate"])]
+    only: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -171,6 +203,7 @@ fn main() -> ExitCode {
         Command::FashionMnist(args) => fashion_mnist_command(args),
         Command::Audit(args) => audit_command(args),
         Command::Tune(args) => tune_command(args),
+        Command::Bench(args) => bench_command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -454,5 +487,92 @@ fn tune_command(args: TuneArgs) -> Result<(), TrainError> {
         up(result.total_epsilon)
     );
     println!("  wall time {seconds:.1} s");
+    Ok(())
+}
+
+fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
+    let device = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" if !tch::Cuda::is_available() => {
+            return Err(TrainError::Config(
+                "--device cuda: no CUDA device is available".into(),
+            ))
+        }
+        "cuda" => Device::Cuda(0),
+        _ => Device::cuda_if_available(),
+    };
+    if args.batch < 1 || args.seq < 1 || args.seq > 512 {
+        return Err(TrainError::Config(
+            "--batch must be >= 1 and --seq in 1..=512".into(),
+        ));
+    }
+    let shape = if args.shape == "bert-base" {
+        EncoderShape::BERT_BASE
+    } else {
+        EncoderShape::MINILM
+    };
+    let config = BenchConfig {
+        shape,
+        batch: args.batch,
+        seq: args.seq,
+        steps: args.steps,
+        device,
+    };
+    if let Some(only) = &args.only {
+        let mode = if only == "dp" {
+            StepMode::Dp
+        } else {
+            StepMode::NonPrivate
+        };
+        let seconds = bench::time_mode(&config, mode)?;
+        println!(
+            "{}",
+            serde_json::json!({ "step_s": seconds, "peak_bytes": bench::peak_resident_bytes() })
+        );
+        return Ok(());
+    }
+    let dp = bench::time_mode(&config, StepMode::Dp)?;
+    let nonprivate = bench::time_mode(&config, StepMode::NonPrivate)?;
+    let peak = |mode: &str| -> Option<u64> {
+        let exe = std::env::current_exe().ok()?;
+        let out = std::process::Command::new(exe)
+            .args([
+                "bench",
+                "--shape",
+                &args.shape,
+                "--batch",
+                &args.batch.to_string(),
+                "--seq",
+                &args.seq.to_string(),
+                "--steps",
+                "1",
+                "--device",
+                &args.device,
+                "--only",
+                mode,
+            ])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["peak_bytes"].as_u64()
+    };
+    let (dp_peak, nonprivate_peak) = (peak("dp"), peak("nonprivate"));
+    let ratio = nonprivate / dp;
+    let memory_ratio = dp_peak
+        .zip(nonprivate_peak)
+        .map(|(d, n)| d as f64 / n as f64);
+    let out = serde_json::json!({
+        "shape": args.shape, "batch": args.batch, "seq": args.seq, "device": format!("{device:?}"),
+        "dp_step_s": dp, "nonprivate_step_s": nonprivate, "throughput_ratio": ratio,
+        "dp_peak_bytes": dp_peak, "nonprivate_peak_bytes": nonprivate_peak, "peak_memory_ratio": memory_ratio,
+    });
+    if args.json {
+        println!("{out}");
+    } else {
+        println!("{} encoder, batch {}, seq {}, {:?}: DP step {:.3} s, non-private step {:.3} s, throughput ratio {:.3}", args.shape, args.batch, args.seq, device, dp, nonprivate, ratio);
+        if let (Some(d), Some(n), Some(r)) = (dp_peak, nonprivate_peak, memory_ratio) {
+            println!("peak resident memory: DP {:.2} GiB, non-private {:.2} GiB, ratio {:.2} (whole process, libtorch included)", d as f64 / 1073741824.0, n as f64 / 1073741824.0, r);
+        }
+    }
     Ok(())
 }

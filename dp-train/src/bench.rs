@@ -1,0 +1,138 @@
+//! `dp-train bench`: the cost of privacy for a model shape. A DP step (forward with recording,
+//! one backward to the layer outputs, per-example norms, clipped sums, noise, update) and a
+//! non-private step (forward, ordinary backward, update) of the same encoder on the same batch,
+//! timed in one process; their ratio is the throughput ratio. Peak memory is measured per mode
+//! in a child process (the high-water mark of its resident memory).
+
+use std::time::Instant;
+
+use dp_core::noise::add_gaussian_noise;
+use dp_core::{ClippingEngine, PrivacyRng, Tape};
+use serde::Serialize;
+use tch::{nn, Device, Kind, Reduction, Tensor};
+
+use crate::error::TrainError;
+use crate::models::{EncoderClassifier, EncoderShape};
+
+/// Which step to time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepMode {
+    /// Per-example clipping and noise.
+    Dp,
+    /// Plain minibatch gradient.
+    NonPrivate,
+}
+
+/// What to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchConfig {
+    /// Encoder shape.
+    pub shape: EncoderShape,
+    /// Examples per step.
+    pub batch: i64,
+    /// Tokens per example.
+    pub seq: i64,
+    /// Timed steps per mode (after one warm-up step); the median is reported.
+    pub steps: usize,
+    /// Where to run.
+    pub device: Device,
+}
+
+/// A model, a batch and the machinery for one mode's steps.
+struct Bench {
+    vs: nn::VarStore,
+    model: EncoderClassifier,
+    ids: Tensor,
+    mask: Tensor,
+    labels: Tensor,
+}
+
+impl Bench {
+    fn new(config: &BenchConfig) -> Self {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(config.device);
+        let model = EncoderClassifier::new(&vs.root(), config.shape, 2);
+        let opts = (Kind::Int64, config.device);
+        let ids = Tensor::randint_low(1, config.shape.vocab, [config.batch, config.seq], opts);
+        let mask = Tensor::ones([config.batch, config.seq], opts);
+        let labels = Tensor::randint(2, [config.batch], opts);
+        Self {
+            vs,
+            model,
+            ids,
+            mask,
+            labels,
+        }
+    }
+
+    fn losses(&self, tape: &mut Tape) -> Tensor {
+        self.model
+            .forward(&self.ids, &self.mask, tape)
+            .cross_entropy_loss::<Tensor>(&self.labels, None, Reduction::None, -100, 0.0)
+    }
+
+    fn step(
+        &self,
+        mode: StepMode,
+        engine: &ClippingEngine,
+        rng: &mut PrivacyRng,
+    ) -> Result<(), TrainError> {
+        let lr = 1e-4 / self.labels.size()[0] as f64;
+        let variables = self.vs.trainable_variables();
+        match mode {
+            StepMode::Dp => {
+                let mut tape = Tape::recording();
+                let losses = self.losses(&mut tape);
+                let mut sums = engine.clip(tape.take(), &losses)?.sums;
+                add_gaussian_noise(&mut sums, 1.0, rng);
+                let named = self.vs.variables();
+                tch::no_grad(|| {
+                    for (name, sum) in &sums {
+                        let _ = named[name].shallow_clone().f_sub_(&(sum * lr));
+                    }
+                });
+            }
+            StepMode::NonPrivate => {
+                self.losses(&mut Tape::off()).sum(Kind::Float).backward();
+                tch::no_grad(|| {
+                    for v in &variables {
+                        let mut grad = v.grad();
+                        let _ = v.shallow_clone().f_sub_(&(&grad * lr));
+                        let _ = grad.zero_();
+                    }
+                });
+            }
+        }
+        if let Device::Cuda(_) = self.vs.device() {
+            tch::Cuda::synchronize(0);
+        }
+        Ok(())
+    }
+}
+
+/// Median seconds per step of `mode`.
+pub fn time_mode(config: &BenchConfig, mode: StepMode) -> Result<f64, TrainError> {
+    let bench = Bench::new(config);
+    let engine = ClippingEngine::new(&bench.vs, 1.0)?;
+    let mut rng = PrivacyRng::from_seed(0);
+    bench.step(mode, &engine, &mut rng)?;
+    let mut times: Vec<f64> = (0..config.steps.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            bench
+                .step(mode, &engine, &mut rng)
+                .map(|()| start.elapsed().as_secs_f64())
+        })
+        .collect::<Result<_, _>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// The process's peak resident memory in bytes (Linux `VmHWM`), if known.
+pub fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
