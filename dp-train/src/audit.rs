@@ -211,6 +211,8 @@ fn run_config(config: &AuditConfig, plan: &Plan) -> DpSgdConfig {
         clip_norm: config.clip_norm,
         noise_multiplier: plan.sigma,
         learning_rate: config.learning_rate,
+        optimizer: Default::default(),
+        schedule: Default::default(),
         delta: config.delta,
         epsilon_budget: config.epsilon,
     };

@@ -5,7 +5,8 @@
 //! example's gradient to `C` and sum (book-keeping, one backward pass per physical batch);
 //! record the step in the ledger; add `N(0, sigma^2 C^2)`; divide by the *expected* batch size
 //! `B` (never the realised one, which would leak it); take an SGD step. Empty batches still add
-//! noise and count as a step.
+//! noise and count as a step. The optimizer (SGD with momentum, Adam, AdamW) steps on the
+//! privatized mean gradient.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +16,7 @@ use tch::{nn, Kind, Reduction, Tensor};
 
 use crate::error::TrainError;
 use crate::ledger::PrivacyLedger;
+use crate::optimizer::{Optimizer, OptimizerState, Schedule};
 
 /// Everything that shapes a DP-SGD run.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,8 +32,12 @@ pub struct DpSgdConfig {
     /// Noise standard deviation over C; 0 adds no noise (NOT PRIVATE: the ledger then reports
     /// an infinite epsilon and only an infinite budget lets the run proceed).
     pub noise_multiplier: f64,
-    /// SGD learning rate.
+    /// Base learning rate.
     pub learning_rate: f64,
+    /// The optimizer stepping on the privatized gradient.
+    pub optimizer: Optimizer,
+    /// Learning-rate schedule over the run.
+    pub schedule: Schedule,
     /// The delta at which epsilon is tracked.
     pub delta: f64,
     /// Training stops before any step that would take epsilon above this.
@@ -117,6 +123,7 @@ pub fn train_with_hooks(
         config.epsilon_budget,
     )?;
     let variables = vs.variables();
+    let mut optimizer = OptimizerState::new(config.optimizer);
     let mut nonfinite_examples = 0;
     for _ in 0..config.steps {
         let batch = sampler.sample(rng);
@@ -145,12 +152,14 @@ pub fn train_with_hooks(
             add_gaussian_noise(&mut sums, config.noise_multiplier * config.clip_norm, rng);
         }
         hooks.after_noise(ledger.steps(), &sums);
-        tch::no_grad(|| {
-            for (name, sum) in &sums {
-                let mut var = variables[name].shallow_clone();
-                let _ = var.f_sub_(&(sum * (config.learning_rate / config.expected_batch_size)));
-            }
-        });
+        let mean_gradient: BTreeMap<String, Tensor> = sums
+            .iter()
+            .map(|(n, s)| (n.clone(), s / config.expected_batch_size))
+            .collect();
+        let lr = config
+            .schedule
+            .rate(config.learning_rate, ledger.steps(), config.steps);
+        optimizer.step(&variables, &mean_gradient, lr);
         on_step(&StepReport {
             step: ledger.steps(),
             batch_size: batch.len(),

@@ -16,6 +16,7 @@ use tch::{nn, Device, Tensor};
 use crate::dpsgd::{evaluate_accuracy, train, Batches, DpSgdConfig, StepReport, TrainSummary};
 use crate::error::TrainError;
 use crate::models::Mlp;
+use crate::optimizer::{Optimizer, Schedule};
 use crate::statement::PrivacyStatement;
 
 /// Pixel mean and standard deviation of the Fashion-MNIST training set (public constants).
@@ -37,8 +38,12 @@ pub struct RunConfig {
     pub physical_batch_size: usize,
     /// Per-example clip norm C.
     pub clip_norm: f64,
-    /// SGD learning rate.
+    /// Base learning rate.
     pub learning_rate: f64,
+    /// Optimizer on the privatized gradient.
+    pub optimizer: Optimizer,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
     /// Hidden widths of the MLP.
     pub hidden: Vec<i64>,
     /// Use only the first this many training images (all if `None`).
@@ -57,6 +62,8 @@ impl Default for RunConfig {
             physical_batch_size: 512,
             clip_norm: 1.0,
             learning_rate: 4.0,
+            optimizer: Optimizer::default(),
+            schedule: Schedule::default(),
             hidden: vec![256],
             train_subset: None,
             seed: None,
@@ -186,6 +193,8 @@ pub fn run(
         clip_norm: config.clip_norm,
         noise_multiplier: calibration.noise_multiplier,
         learning_rate: config.learning_rate,
+        optimizer: config.optimizer,
+        schedule: config.schedule,
         delta: config.delta,
         epsilon_budget: config.epsilon,
     };

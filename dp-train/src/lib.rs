@@ -13,6 +13,7 @@ mod error;
 pub mod fashion_mnist;
 mod ledger;
 pub mod models;
+pub mod optimizer;
 mod statement;
 pub mod tune;
 

@@ -312,6 +312,8 @@ pub fn tune(
             clip_norm: p.clip_norm,
             noise_multiplier: noise,
             learning_rate: lr,
+            optimizer: Default::default(),
+            schedule: Default::default(),
             delta: p.delta,
             epsilon_budget: budget,
         };

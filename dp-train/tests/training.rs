@@ -87,6 +87,8 @@ fn empty_batches_still_add_noise_and_count_as_steps() {
         clip_norm: 1.0,
         noise_multiplier: 1.0,
         learning_rate: 0.1,
+        optimizer: Default::default(),
+        schedule: Default::default(),
         delta: 1e-5,
         epsilon_budget: 100.0,
     };
@@ -307,5 +309,106 @@ fn the_encoder_classifier_clips_exactly_on_padded_batches() {
     for (name, want) in &sums {
         let diff = (&clipped.sums[name] - want).abs().max().double_value(&[]);
         assert!(diff < 1e-10, "{name}: {diff}");
+    }
+}
+
+mod optimizers {
+    use std::collections::{BTreeMap, HashMap};
+
+    use dp_train::optimizer::{Optimizer, OptimizerState, Schedule};
+    use tch::{Device, Kind, Tensor};
+
+    const GRADS: [[f64; 2]; 3] = [[0.5, -1.0], [0.25, 2.0], [-0.75, 0.1]];
+
+    /// Runs the optimizer on theta = (1, -2) with the gradients above at rate 0.1.
+    fn run(optimizer: Optimizer) -> Vec<f64> {
+        let theta = Tensor::from_slice(&[1.0f64, -2.0])
+            .to_kind(Kind::Double)
+            .to_device(Device::Cpu);
+        let variables = HashMap::from([("w".to_string(), theta.shallow_clone())]);
+        let mut state = OptimizerState::new(optimizer);
+        for g in GRADS {
+            let grads = BTreeMap::from([("w".to_string(), Tensor::from_slice(&g))]);
+            state.step(&variables, &grads, 0.1);
+        }
+        Vec::<f64>::try_from(theta).unwrap()
+    }
+
+    /// The same updates written out coordinate by coordinate.
+    fn expected(optimizer: Optimizer) -> Vec<f64> {
+        let mut out = Vec::new();
+        for (c, start) in [1.0f64, -2.0].into_iter().enumerate() {
+            let (mut theta, mut m, mut v) = (start, 0.0f64, 0.0f64);
+            for (t, g) in GRADS.iter().map(|g| g[c]).enumerate() {
+                let t = t as i32 + 1;
+                match optimizer {
+                    Optimizer::Sgd { momentum, nesterov } => {
+                        m = momentum * m + g;
+                        theta -= 0.1 * if nesterov { g + momentum * m } else { m };
+                    }
+                    Optimizer::Adam { beta1, beta2, eps }
+                    | Optimizer::AdamW {
+                        beta1, beta2, eps, ..
+                    } => {
+                        if let Optimizer::AdamW { weight_decay, .. } = optimizer {
+                            theta -= 0.1 * weight_decay * theta;
+                        }
+                        m = beta1 * m + (1.0 - beta1) * g;
+                        v = beta2 * v + (1.0 - beta2) * g * g;
+                        let (m_hat, v_hat) = (m / (1.0 - beta1.powi(t)), v / (1.0 - beta2.powi(t)));
+                        theta -= 0.1 * m_hat / (v_hat.sqrt() + eps);
+                    }
+                }
+            }
+            out.push(theta);
+        }
+        out
+    }
+
+    #[test]
+    fn updates_match_the_formulas() {
+        for optimizer in [
+            Optimizer::Sgd {
+                momentum: 0.0,
+                nesterov: false,
+            },
+            Optimizer::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            },
+            Optimizer::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            },
+            Optimizer::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            Optimizer::AdamW {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+            },
+        ] {
+            let (got, want) = (run(optimizer), expected(optimizer));
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-12, "{optimizer:?}: {got:?} vs {want:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn schedules_warm_up_and_decay() {
+        let s = Schedule {
+            warmup_steps: 10,
+            cosine: true,
+        };
+        assert_eq!(s.rate(1.0, 5, 110), 0.5);
+        assert_eq!(s.rate(1.0, 10, 110), 1.0);
+        assert!((s.rate(1.0, 60, 110) - 0.5).abs() < 1e-12);
+        assert!(s.rate(1.0, 110, 110).abs() < 1e-12);
+        assert_eq!(Schedule::default().rate(0.3, 77, 100), 0.3);
     }
 }

@@ -12,6 +12,7 @@ use dp_train::bench::{self, BenchConfig, StepMode};
 use dp_train::data::assets_dir;
 use dp_train::fashion_mnist::{self, FashionMnist, RunConfig};
 use dp_train::models::EncoderShape;
+use dp_train::optimizer::{Optimizer, Schedule};
 use dp_train::tune::{self, TuneConfig};
 use dp_train::TrainError;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -173,9 +174,27 @@ struct FashionMnistArgs {
     /// Per-example gradient clip norm C.
     #[arg(long, default_value_t = 1.0)]
     clip_norm: f64,
-    /// SGD learning rate.
+    /// Base learning rate.
     #[arg(long, default_value_t = 4.0)]
     learning_rate: f64,
+    /// Optimizer on the privatized gradient: sgd (with --momentum, --nesterov), adam, adamw.
+    #[arg(long, default_value = "sgd", value_parser = ["sgd", "adam", "adamw"])]
+    optimizer: String,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f64,
+    /// Nesterov momentum (with --momentum).
+    #[arg(long)]
+    nesterov: bool,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: u64,
+    /// Cosine decay of the learning rate to 0 over the run.
+    #[arg(long)]
+    cosine: bool,
     /// Hidden layer widths, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "256")]
     hidden: Vec<i64>,
@@ -227,6 +246,27 @@ fn fashion_mnist_command(args: FashionMnistArgs) -> Result<(), TrainError> {
         physical_batch_size: args.physical_batch_size,
         clip_norm: args.clip_norm,
         learning_rate: args.learning_rate,
+        optimizer: match args.optimizer.as_str() {
+            "adam" => Optimizer::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            "adamw" => Optimizer::AdamW {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: args.weight_decay,
+            },
+            _ => Optimizer::Sgd {
+                momentum: args.momentum,
+                nesterov: args.nesterov,
+            },
+        },
+        schedule: Schedule {
+            warmup_steps: args.warmup_steps,
+            cosine: args.cosine,
+        },
         hidden: args.hidden,
         train_subset: args.train_subset,
         seed: args.seed,

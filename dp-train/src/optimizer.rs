@@ -1,0 +1,164 @@
+//! Optimizers that step on the privatized gradient `(sum of clipped gradients + noise) / B`.
+//! They only post-process that released quantity, so they cost no privacy.
+//!
+//! - SGD with momentum `mu` (PyTorch's form): `v = mu v + g`; the step is `v`, or `g + mu v`
+//!   with Nesterov.
+//! - Adam (Kingma and Ba 2015): `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g^2`,
+//!   step `lr * m_hat / (sqrt(v_hat) + eps)` with bias corrections `1 - b^t`.
+//! - AdamW (Loshchilov and Hutter 2019): Adam plus decoupled weight decay `lr * wd * theta`.
+//!
+//! Learning-rate schedules: constant, or cosine decay to 0 over the run, each optionally after
+//! a linear warm-up.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+/// Which optimizer, with its hyperparameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Optimizer {
+    /// Stochastic gradient descent.
+    Sgd {
+        /// Momentum (0 for plain SGD).
+        momentum: f64,
+        /// Nesterov momentum.
+        nesterov: bool,
+    },
+    /// Adam.
+    Adam {
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Denominator guard.
+        eps: f64,
+    },
+    /// Adam with decoupled weight decay.
+    AdamW {
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Denominator guard.
+        eps: f64,
+        /// Weight decay.
+        weight_decay: f64,
+    },
+}
+
+impl Default for Optimizer {
+    fn default() -> Self {
+        Optimizer::Sgd {
+            momentum: 0.0,
+            nesterov: false,
+        }
+    }
+}
+
+/// How the learning rate changes over the run.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Schedule {
+    /// Steps of linear warm-up from 0 to the base rate.
+    pub warmup_steps: u64,
+    /// Cosine decay to 0 over the remaining steps (else constant).
+    pub cosine: bool,
+}
+
+impl Schedule {
+    /// The learning rate at step `step` (1-based) of `total` steps.
+    pub fn rate(&self, base: f64, step: u64, total: u64) -> f64 {
+        if step <= self.warmup_steps {
+            return base * step as f64 / self.warmup_steps.max(1) as f64;
+        }
+        if !self.cosine {
+            return base;
+        }
+        let span = total.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// An optimizer with its state (moments per parameter, step count).
+#[derive(Debug)]
+pub struct OptimizerState {
+    optimizer: Optimizer,
+    first: BTreeMap<String, Tensor>,
+    second: BTreeMap<String, Tensor>,
+    steps: u64,
+}
+
+impl OptimizerState {
+    /// A fresh state for `optimizer`.
+    pub fn new(optimizer: Optimizer) -> Self {
+        Self {
+            optimizer,
+            first: BTreeMap::new(),
+            second: BTreeMap::new(),
+            steps: 0,
+        }
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Updates each variable named in `gradients` (the privatized mean gradient) at rate `lr`.
+    pub fn step(
+        &mut self,
+        variables: &HashMap<String, Tensor>,
+        gradients: &BTreeMap<String, Tensor>,
+        lr: f64,
+    ) {
+        self.steps += 1;
+        let t = self.steps as i32;
+        tch::no_grad(|| {
+            for (name, g) in gradients {
+                let mut theta = variables[name].shallow_clone();
+                let update = match self.optimizer {
+                    Optimizer::Sgd { momentum, nesterov } => {
+                        if momentum == 0.0 {
+                            g * lr
+                        } else {
+                            let v = self
+                                .first
+                                .entry(name.clone())
+                                .or_insert_with(|| g.zeros_like());
+                            *v = &*v * momentum + g;
+                            if nesterov {
+                                (g + &*v * momentum) * lr
+                            } else {
+                                &*v * lr
+                            }
+                        }
+                    }
+                    Optimizer::Adam { beta1, beta2, eps }
+                    | Optimizer::AdamW {
+                        beta1, beta2, eps, ..
+                    } => {
+                        let m = self
+                            .first
+                            .entry(name.clone())
+                            .or_insert_with(|| g.zeros_like());
+                        *m = &*m * beta1 + g * (1.0 - beta1);
+                        let v = self
+                            .second
+                            .entry(name.clone())
+                            .or_insert_with(|| g.zeros_like());
+                        *v = &*v * beta2 + g.square() * (1.0 - beta2);
+                        let m_hat = &*m / (1.0 - beta1.powi(t));
+                        let v_hat = &*v / (1.0 - beta2.powi(t));
+                        m_hat / (v_hat.sqrt() + eps) * lr
+                    }
+                };
+                if let Optimizer::AdamW { weight_decay, .. } = self.optimizer {
+                    let _ = theta.f_sub_(&(&theta * (lr * weight_decay)));
+                }
+                let _ = theta.f_sub_(&update);
+            }
+        });
+    }
+}
