@@ -50,6 +50,8 @@ pub struct RunConfig {
     pub train_subset: Option<usize>,
     /// Seed for the privacy generator (reproducible, not private); OS entropy if `None`.
     pub seed: Option<u64>,
+    /// A NOT PRIVATE baseline: clipping as configured, no noise, infinite epsilon.
+    pub no_noise: bool,
 }
 
 impl Default for RunConfig {
@@ -67,6 +69,7 @@ impl Default for RunConfig {
             hidden: vec![256],
             train_subset: None,
             seed: None,
+            no_noise: false,
         }
     }
 }
@@ -183,20 +186,30 @@ pub fn run(
         )));
     }
     let steps = (config.epochs / q).ceil() as u64;
-    let calibration =
-        calibrate_noise_multiplier(AccountantKind::Rdp, q, steps, config.epsilon, config.delta)?;
+    let (noise_multiplier, budget) = if config.no_noise {
+        (0.0, f64::INFINITY)
+    } else {
+        let calibration = calibrate_noise_multiplier(
+            AccountantKind::Rdp,
+            q,
+            steps,
+            config.epsilon,
+            config.delta,
+        )?;
+        (calibration.noise_multiplier, config.epsilon)
+    };
 
     let dp_config = DpSgdConfig {
         expected_batch_size: config.expected_batch_size,
         physical_batch_size: config.physical_batch_size,
         steps,
         clip_norm: config.clip_norm,
-        noise_multiplier: calibration.noise_multiplier,
+        noise_multiplier,
         learning_rate: config.learning_rate,
         optimizer: config.optimizer,
         schedule: config.schedule,
         delta: config.delta,
-        epsilon_budget: config.epsilon,
+        epsilon_budget: budget,
     };
     let mut rng = match config.seed {
         Some(seed) => {

@@ -14,7 +14,8 @@ const EPSILON_DIGITS: i32 = 3;
 /// What a finished run can claim.
 #[derive(Debug, Clone, Serialize)]
 pub struct PrivacyStatement {
-    /// Epsilon spent, rounded up to three decimals.
+    /// Epsilon spent, rounded up to three decimals ("inf" in JSON when no noise was added).
+    #[serde(serialize_with = "finite_or_inf")]
     pub epsilon: f64,
     /// The delta of the guarantee.
     pub delta: f64,
@@ -34,6 +35,15 @@ pub struct PrivacyStatement {
     pub steps: u64,
     /// The seed of the privacy generator, if the run was seeded (reproducible, not secret).
     pub seed: Option<u64>,
+}
+
+/// Infinity as the string "inf" (JSON has no infinity), as the accounting command writes it.
+fn finite_or_inf<S: serde::Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if x.is_finite() {
+        s.serialize_f64(*x)
+    } else {
+        s.serialize_str("inf")
+    }
 }
 
 impl PrivacyStatement {
@@ -62,6 +72,16 @@ impl PrivacyStatement {
 
 impl fmt::Display for PrivacyStatement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.noise_multiplier == 0.0 {
+            writeln!(f, "Privacy statement: NOT PRIVATE")?;
+            writeln!(f, "  NO NOISE WAS ADDED: this run has no differential privacy guarantee (epsilon is infinite).")?;
+            writeln!(
+                f,
+                "  It is a baseline: {} steps of clipped SGD with q = {:.6} and C = {}.",
+                self.steps, self.sampling_rate, self.clip_norm
+            )?;
+            return Ok(());
+        }
         writeln!(f, "Privacy statement")?;
         writeln!(
             f,

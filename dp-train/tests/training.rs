@@ -412,3 +412,28 @@ mod optimizers {
         assert_eq!(Schedule::default().rate(0.3, 77, 100), 0.3);
     }
 }
+
+#[test]
+fn a_run_without_noise_says_not_private_everywhere() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dp-train"))
+        .args([
+            "fashion-mnist",
+            "--no-noise",
+            "--epochs",
+            "0.2",
+            "--seed",
+            "1",
+            "--data-dir",
+        ])
+        .arg(assets_dir().join("fashion-mnist"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.matches("NOT PRIVATE").count() >= 2, "{stdout}");
+    assert!(!stdout.contains("-differential privacy"), "{stdout}");
+}

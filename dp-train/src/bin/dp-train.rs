@@ -208,6 +208,9 @@ struct FashionMnistArgs {
     /// Folder with the Fashion-MNIST IDX files [default: $DP_ASSETS/fashion-mnist].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// A NOT PRIVATE baseline: the same training without noise (epsilon is infinite).
+    #[arg(long)]
+    no_noise: bool,
     /// Where to train: cpu, cuda (the first GPU), or auto (cuda when available).
     #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
     device: String,
@@ -270,6 +273,7 @@ fn fashion_mnist_command(args: FashionMnistArgs) -> Result<(), TrainError> {
         hidden: args.hidden,
         train_subset: args.train_subset,
         seed: args.seed,
+        no_noise: args.no_noise,
     };
     let dir = args
         .data_dir
@@ -305,9 +309,13 @@ fn fashion_mnist_command(args: FashionMnistArgs) -> Result<(), TrainError> {
     })?;
     bar.finish_and_clear();
     if args.json {
-        let out = serde_json::json!({ "config": config, "result": result });
+        let out =
+            serde_json::json!({ "config": config, "result": result, "private": !config.no_noise });
         println!("{out}");
     } else {
+        if config.no_noise {
+            println!("NOT PRIVATE (--no-noise): no noise is added; epsilon is infinite");
+        }
         println!(
             "Fashion-MNIST MLP {:?} on {}: test accuracy {:.2}% after {} steps ({:.1} s, {:.1} steps/s)",
             config.hidden,
