@@ -26,6 +26,6 @@ mod tape;
 
 pub use engine::{ClippedBatch, ClippingEngine};
 pub use error::CoreError;
-pub use rng::PrivacyRng;
+pub use rng::{PrivacyRng, RngSnapshot};
 pub use sampling::PoissonSampler;
 pub use tape::{Record, Tape};

@@ -7,6 +7,19 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rand_distr::StandardNormal;
+use serde::{Deserialize, Serialize};
+
+/// The exact state of a [`PrivacyRng`], for checkpoints. It contains the key: whoever reads it
+/// can reproduce every later draw, so a checkpoint is as sensitive as the seed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngSnapshot {
+    /// The ChaCha20 key.
+    pub key: [u8; 32],
+    /// Position in the stream, in 32-bit words (decimal, as JSON has no 128-bit integers).
+    pub word_position: String,
+    /// The user's seed, if the generator was seeded explicitly.
+    pub seed: Option<u64>,
+}
 
 /// Generator for Poisson sampling decisions and Gaussian noise.
 #[derive(Debug, Clone)]
@@ -31,6 +44,25 @@ impl PrivacyRng {
             rng: ChaCha20Rng::seed_from_u64(seed),
             seed: Some(seed),
         }
+    }
+
+    /// The exact state, to continue the same stream after a restart.
+    pub fn snapshot(&self) -> RngSnapshot {
+        RngSnapshot {
+            key: self.rng.get_seed(),
+            word_position: self.rng.get_word_pos().to_string(),
+            seed: self.seed,
+        }
+    }
+
+    /// The generator at a snapshot's position, or `None` if the snapshot is malformed.
+    pub fn restore(snapshot: &RngSnapshot) -> Option<Self> {
+        let mut rng = ChaCha20Rng::from_seed(snapshot.key);
+        rng.set_word_pos(snapshot.word_position.parse().ok()?);
+        Some(Self {
+            rng,
+            seed: snapshot.seed,
+        })
     }
 
     /// The seed, if the generator was seeded explicitly.

@@ -271,6 +271,7 @@ fn train_one<H: StepHooks>(
         run,
         &mut rng,
         hooks,
+        None,
         |_| {},
     )?;
     Ok(match probe {

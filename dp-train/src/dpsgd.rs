@@ -14,6 +14,7 @@ use dp_core::noise::add_gaussian_noise;
 use dp_core::{ClippingEngine, PoissonSampler, PrivacyRng, Tape};
 use tch::{nn, Kind, Reduction, Tensor};
 
+use crate::checkpoint::Checkpointing;
 use crate::error::TrainError;
 use crate::ledger::PrivacyLedger;
 use crate::optimizer::{Optimizer, OptimizerState, Schedule};
@@ -99,10 +100,13 @@ pub fn train(
     rng: &mut PrivacyRng,
     on_step: impl FnMut(&StepReport),
 ) -> Result<TrainSummary, TrainError> {
-    train_with_hooks(vs, logits, data, config, rng, &mut NoHooks, on_step)
+    train_with_hooks(vs, logits, data, config, rng, &mut NoHooks, None, on_step)
 }
 
-/// [`train`] with hooks that see each step's sums before and after noise.
+/// [`train`] with hooks that see each step's sums before and after noise, and optional
+/// checkpoints: with `checkpointing`, a run folder holding a checkpoint is resumed from it
+/// (weights, optimizer, generator and ledger), and the state is saved every few steps.
+#[allow(clippy::too_many_arguments)]
 pub fn train_with_hooks(
     vs: &nn::VarStore,
     logits: impl Fn(&Tensor, &mut Tape) -> Tensor,
@@ -110,6 +114,7 @@ pub fn train_with_hooks(
     config: &DpSgdConfig,
     rng: &mut PrivacyRng,
     hooks: &mut impl StepHooks,
+    checkpointing: Option<&Checkpointing>,
     mut on_step: impl FnMut(&StepReport),
 ) -> Result<TrainSummary, TrainError> {
     let n = data.labels.size()[0];
@@ -124,8 +129,23 @@ pub fn train_with_hooks(
     )?;
     let variables = vs.variables();
     let mut optimizer = OptimizerState::new(config.optimizer);
+    if let Some(resumed) = checkpointing
+        .map(|c| c.resume(vs, config.optimizer))
+        .transpose()?
+        .flatten()
+    {
+        let same_plan = resumed.ledger.sampling_rate() == ledger.sampling_rate()
+            && resumed.ledger.noise_multiplier() == ledger.noise_multiplier()
+            && resumed.ledger.delta() == ledger.delta();
+        if !same_plan {
+            return Err(TrainError::Config(
+                "the run folder's checkpoint was made with a different sampling rate, noise or delta; use a new folder".into(),
+            ));
+        }
+        (ledger, optimizer, *rng) = (resumed.ledger, resumed.optimizer, resumed.rng);
+    }
     let mut nonfinite_examples = 0;
-    for _ in 0..config.steps {
+    while ledger.steps() < config.steps {
         let batch = sampler.sample(rng);
         let mut sums = engine.zero_sums();
         let mut loss_sum = 0.0;
@@ -160,6 +180,11 @@ pub fn train_with_hooks(
             .schedule
             .rate(config.learning_rate, ledger.steps(), config.steps);
         optimizer.step(&variables, &mean_gradient, lr);
+        if let Some(c) = checkpointing {
+            if ledger.steps() % c.every.max(1) == 0 || ledger.steps() == config.steps {
+                c.save(vs, &optimizer, rng, &ledger)?;
+            }
+        }
         on_step(&StepReport {
             step: ledger.steps(),
             batch_size: batch.len(),

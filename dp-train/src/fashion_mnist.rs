@@ -13,7 +13,10 @@ use dp_core::PrivacyRng;
 use serde::Serialize;
 use tch::{nn, Device, Tensor};
 
-use crate::dpsgd::{evaluate_accuracy, train, Batches, DpSgdConfig, StepReport, TrainSummary};
+use crate::checkpoint::Checkpointing;
+use crate::dpsgd::{
+    evaluate_accuracy, train_with_hooks, Batches, DpSgdConfig, NoHooks, StepReport, TrainSummary,
+};
 use crate::error::TrainError;
 use crate::models::Mlp;
 use crate::optimizer::{Optimizer, Schedule};
@@ -139,6 +142,7 @@ pub fn train_mlp(
     hidden: &[i64],
     dp_config: &DpSgdConfig,
     rng: &mut PrivacyRng,
+    checkpointing: Option<&Checkpointing>,
     on_step: impl FnMut(&StepReport),
 ) -> Result<TrainedMlp, TrainError> {
     let vs = nn::VarStore::new(train_data.inputs.device());
@@ -148,7 +152,16 @@ pub fn train_mlp(
     let model = Mlp::new(&vs.root(), &dims);
     let forward = |x: &Tensor, tape: &mut dp_core::Tape| model.forward(x, tape);
     let start = Instant::now();
-    let summary = train(&vs, forward, train_data, dp_config, rng, on_step)?;
+    let summary = train_with_hooks(
+        &vs,
+        forward,
+        train_data,
+        dp_config,
+        rng,
+        &mut NoHooks,
+        checkpointing,
+        on_step,
+    )?;
     let train_seconds = start.elapsed().as_secs_f64();
     let accuracies = evaluate
         .iter()
@@ -166,6 +179,7 @@ pub fn run(
     data: &FashionMnist,
     config: &RunConfig,
     device: Device,
+    checkpointing: Option<&Checkpointing>,
     on_step: impl FnMut(&StepReport),
 ) -> Result<RunResult, TrainError> {
     let n_total = data.train_labels.size()[0] as usize;
@@ -234,6 +248,7 @@ pub fn run(
         &config.hidden,
         &dp_config,
         &mut rng,
+        checkpointing,
         on_step,
     )?;
     let (summary, test_accuracy, train_seconds) = (

@@ -8,6 +8,23 @@ use dp_accounting::{epsilon_from_rdp, subsampled_gaussian_rdp, EpsilonAtOrder, D
 
 use crate::error::TrainError;
 
+/// What a checkpoint keeps of the ledger (the per-step RDP curve is recomputed).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LedgerRecord {
+    /// Poisson sampling rate of every step.
+    pub sampling_rate: f64,
+    /// Noise multiplier of every step.
+    pub noise_multiplier: f64,
+    /// Delta of the reported epsilon.
+    pub delta: f64,
+    /// The budget no step may exceed (null for an infinite budget).
+    pub budget: Option<f64>,
+    /// Steps recorded.
+    pub steps: u64,
+    /// Epsilon spent (null when infinite), for people reading the file.
+    pub epsilon_spent: Option<f64>,
+}
+
 /// Steps taken so far and what they cost.
 #[derive(Debug, Clone)]
 pub struct PrivacyLedger {
@@ -60,6 +77,31 @@ impl PrivacyLedger {
         }
         self.steps += 1;
         Ok(())
+    }
+
+    /// The record a checkpoint stores.
+    pub fn record(&self) -> Result<LedgerRecord, TrainError> {
+        let spent = self.spent()?.epsilon;
+        Ok(LedgerRecord {
+            sampling_rate: self.sampling_rate,
+            noise_multiplier: self.noise_multiplier,
+            delta: self.delta,
+            budget: self.budget.is_finite().then_some(self.budget),
+            steps: self.steps,
+            epsilon_spent: spent.is_finite().then_some(spent),
+        })
+    }
+
+    /// A ledger continuing from a checkpoint's record.
+    pub fn from_record(record: &LedgerRecord) -> Result<Self, TrainError> {
+        let mut ledger = Self::new(
+            record.sampling_rate,
+            record.noise_multiplier,
+            record.delta,
+            record.budget.unwrap_or(f64::INFINITY),
+        )?;
+        ledger.steps = record.steps;
+        Ok(ledger)
     }
 
     /// Steps recorded.

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod checkpoint;
 pub mod data;
 mod dpsgd;
 mod error;

@@ -106,6 +106,35 @@ impl OptimizerState {
         self.steps
     }
 
+    /// Writes the moments to a safetensors file (`first/NAME`, `second/NAME`).
+    pub fn save(&self, path: &std::path::Path) -> Result<(), tch::TchError> {
+        let named: Vec<(String, &Tensor)> = self
+            .first
+            .iter()
+            .map(|(n, t)| (format!("first/{n}"), t))
+            .chain(self.second.iter().map(|(n, t)| (format!("second/{n}"), t)))
+            .collect();
+        Tensor::write_safetensors(&named, path)
+    }
+
+    /// Restores the moments written by [`OptimizerState::save`] and the step count.
+    pub fn load(
+        optimizer: Optimizer,
+        path: &std::path::Path,
+        steps: u64,
+    ) -> Result<Self, tch::TchError> {
+        let mut state = Self::new(optimizer);
+        state.steps = steps;
+        for (name, tensor) in Tensor::read_safetensors(path)? {
+            if let Some(n) = name.strip_prefix("first/") {
+                state.first.insert(n.to_string(), tensor);
+            } else if let Some(n) = name.strip_prefix("second/") {
+                state.second.insert(n.to_string(), tensor);
+            }
+        }
+        Ok(state)
+    }
+
     /// Updates each variable named in `gradients` (the privatized mean gradient) at rate `lr`.
     pub fn step(
         &mut self,

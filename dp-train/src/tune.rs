@@ -317,7 +317,7 @@ pub fn tune(
             delta: p.delta,
             epsilon_budget: budget,
         };
-        let trained = train_mlp(train_data, &evaluate, hidden, &dp, rng, |_| {})?;
+        let trained = train_mlp(train_data, &evaluate, hidden, &dp, rng, None, |_| {})?;
         Ok(Trial {
             learning_rate: lr,
             hidden: hidden.to_vec(),

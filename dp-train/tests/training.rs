@@ -28,7 +28,7 @@ fn short_run(epsilon: f64) -> RunConfig {
 fn fashion_mnist_accuracy_lands_in_its_band() {
     let data = load_fashion_mnist();
     // epsilon = 3, two epochs: 82.5% when measured; a broken clip or update would fall below.
-    let result = fashion_mnist::run(&data, &short_run(3.0), Device::Cpu, |_| {}).unwrap();
+    let result = fashion_mnist::run(&data, &short_run(3.0), Device::Cpu, None, |_| {}).unwrap();
     assert!(result.privacy.epsilon <= 3.0);
     assert_eq!(result.privacy.steps, 118);
     assert!(
@@ -39,7 +39,7 @@ fn fashion_mnist_accuracy_lands_in_its_band() {
     // epsilon = 0.02 needs noise of std 27.7 C on batches of ~1024: 43% when measured, while
     // the same schedule with little noise (epsilon 3) reaches 82.5%, so an accuracy near that
     // means noise is missing.
-    let tiny = fashion_mnist::run(&data, &short_run(0.02), Device::Cpu, |_| {}).unwrap();
+    let tiny = fashion_mnist::run(&data, &short_run(0.02), Device::Cpu, None, |_| {}).unwrap();
     assert!(tiny.privacy.epsilon <= 0.02);
     assert!(
         (0.15..0.65).contains(&tiny.test_accuracy),
@@ -436,4 +436,102 @@ fn a_run_without_noise_says_not_private_everywhere() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.matches("NOT PRIVATE").count() >= 2, "{stdout}");
     assert!(!stdout.contains("-differential privacy"), "{stdout}");
+}
+
+/// SIGKILLs a training run at random moments (after it has made progress, so every kill lands
+/// mid-training), resumes it each time, and compares the result with an uninterrupted run.
+#[test]
+fn killed_and_resumed_runs_end_exactly_like_uninterrupted_ones() {
+    use std::time::{Duration, Instant};
+    let base = std::env::temp_dir().join(format!("dp-train-kill-{}", std::process::id()));
+    let (killed_dir, clean_dir) = (base.join("killed"), base.join("clean"));
+    let _ = std::fs::remove_dir_all(&base);
+    let args = |dir: &std::path::Path| -> Vec<String> {
+        [
+            "fashion-mnist",
+            "--seed",
+            "7",
+            "--epochs",
+            "7.5",
+            "--train-subset",
+            "5000",
+            "--batch-size",
+            "256",
+            "--checkpoint-every",
+            "2",
+            "--json",
+            "--run-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            dir.display().to_string(),
+            "--data-dir".into(),
+            assets_dir().join("fashion-mnist").display().to_string(),
+        ])
+        .collect()
+    };
+    let steps_in = |dir: &std::path::Path| -> u64 {
+        std::fs::read_to_string(dir.join("ledger.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["steps"].as_u64())
+            .unwrap_or(0)
+    };
+    let planned = (7.5f64 / (256.0 / 5000.0)).ceil() as u64;
+    let mut rng = PrivacyRng::from_seed(99);
+    let (mut kills, mut finished) = (0, false);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !finished {
+        assert!(Instant::now() < deadline, "took too long");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dp-train"))
+            .args(args(&killed_dir))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start_steps = steps_in(&killed_dir);
+        let wait_for = 3 + rng.below(6) as u64; // kill after 3 to 8 more checkpointed steps
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "the run failed");
+                finished = true;
+                break;
+            }
+            if steps_in(&killed_dir) >= start_steps + wait_for {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills += 1;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(kills >= 20, "only {kills} kills");
+    println!("{kills} kills");
+    let status = Command::new(env!("CARGO_BIN_EXE_dp-train"))
+        .args(args(&clean_dir))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(steps_in(&killed_dir), planned, "ledger after {kills} kills");
+    assert_eq!(steps_in(&clean_dir), planned);
+    let weights = |dir: &std::path::Path| {
+        let latest = std::fs::read_to_string(dir.join("checkpoints/LATEST")).unwrap();
+        let file = dir
+            .join("checkpoints")
+            .join(latest.trim())
+            .join("weights.safetensors");
+        let mut named = Tensor::read_safetensors(file).unwrap();
+        named.sort_by(|x, y| x.0.cmp(&y.0));
+        named
+    };
+    let (a, b) = (weights(&killed_dir), weights(&clean_dir));
+    let names = |v: &Vec<(String, Tensor)>| v.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&a), names(&b));
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs after {kills} kills");
+    }
+    std::fs::remove_dir_all(&base).unwrap();
 }

@@ -1,0 +1,174 @@
+//! Checkpoints that survive a crash at any moment: weights (safetensors), optimizer moments,
+//! the privacy generator's exact state and the ledger, written to a fresh folder, flushed to
+//! disk, renamed into place, and only then pointed to by `LATEST` (itself replaced by rename).
+//! A kill leaves either the previous checkpoint or the new one, never a mix.
+//!
+//! Resuming replays the steps after the last checkpoint from the same generator state, so they
+//! draw the same batches and the same noise: the replayed outputs are the ones the killed
+//! process computed (and never released), and the ledger counts each step once.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use dp_core::{PrivacyRng, RngSnapshot};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use crate::error::TrainError;
+use crate::ledger::{LedgerRecord, PrivacyLedger};
+use crate::optimizer::{Optimizer, OptimizerState};
+
+/// Where and how often to checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpointing {
+    /// The run folder; checkpoints go to `checkpoints/` inside it, the ledger to `ledger.json`.
+    pub dir: PathBuf,
+    /// Save every this many steps (and after the last).
+    pub every: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointState {
+    step: u64,
+    optimizer_steps: u64,
+    rng: RngSnapshot,
+    ledger: LedgerRecord,
+}
+
+/// What a resumed run continues from.
+pub(crate) struct Resumed {
+    pub ledger: PrivacyLedger,
+    pub optimizer: OptimizerState,
+    pub rng: PrivacyRng,
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn sync(path: &Path) -> Result<(), TrainError> {
+    File::open(path)?.sync_all()?;
+    Ok(())
+}
+
+impl Checkpointing {
+    fn folder(&self) -> PathBuf {
+        self.dir.join("checkpoints")
+    }
+
+    /// Saves the state after `ledger.steps()` steps.
+    pub(crate) fn save(
+        &self,
+        vs: &nn::VarStore,
+        optimizer: &OptimizerState,
+        rng: &PrivacyRng,
+        ledger: &PrivacyLedger,
+    ) -> Result<(), TrainError> {
+        let step = ledger.steps();
+        let folder = self.folder();
+        fs::create_dir_all(&folder)?;
+        let tmp = folder.join(format!(".tmp-{step:09}"));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp)?;
+        vs.save(tmp.join("weights.safetensors"))?;
+        optimizer.save(&tmp.join("optimizer.safetensors"))?;
+        let record = ledger.record()?;
+        let state = CheckpointState {
+            step,
+            optimizer_steps: optimizer.steps(),
+            rng: rng.snapshot(),
+            ledger: record.clone(),
+        };
+        write_synced(
+            &tmp.join("state.json"),
+            serde_json::to_string_pretty(&state)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+        sync(&tmp.join("weights.safetensors"))?;
+        sync(&tmp.join("optimizer.safetensors"))?;
+        let name = format!("step-{step:09}");
+        let target = folder.join(&name);
+        if target.exists() {
+            fs::remove_dir_all(&target)?;
+        }
+        fs::rename(&tmp, &target)?;
+        write_synced(&folder.join("LATEST.tmp"), name.as_bytes())?;
+        fs::rename(folder.join("LATEST.tmp"), folder.join("LATEST"))?;
+        write_synced(
+            &self.dir.join("ledger.json.tmp"),
+            serde_json::to_string_pretty(&record)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+        fs::rename(
+            self.dir.join("ledger.json.tmp"),
+            self.dir.join("ledger.json"),
+        )?;
+        sync(&folder)?;
+        // Older checkpoints are no longer needed.
+        for entry in fs::read_dir(&folder)? {
+            let path = entry?.path();
+            let file = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if file.starts_with("step-") && file != name {
+                fs::remove_dir_all(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the latest checkpoint into `vs`, if there is one.
+    pub(crate) fn resume(
+        &self,
+        vs: &nn::VarStore,
+        optimizer: Optimizer,
+    ) -> Result<Option<Resumed>, TrainError> {
+        let folder = self.folder();
+        let Ok(name) = fs::read_to_string(folder.join("LATEST")) else {
+            return Ok(None);
+        };
+        let dir = folder.join(name.trim());
+        let corrupt = |what: &str| {
+            TrainError::Config(format!(
+                "checkpoint {} is unreadable: {what}",
+                dir.display()
+            ))
+        };
+        let state: CheckpointState =
+            serde_json::from_str(&fs::read_to_string(dir.join("state.json"))?)
+                .map_err(|e| corrupt(&e.to_string()))?;
+        let variables = vs.variables();
+        let saved = Tensor::read_safetensors(dir.join("weights.safetensors"))?;
+        if saved.len() != variables.len() {
+            return Err(corrupt("its variables differ from the model's"));
+        }
+        tch::no_grad(|| -> Result<(), TrainError> {
+            for (name, tensor) in &saved {
+                let var = variables
+                    .get(name)
+                    .ok_or_else(|| corrupt(&format!("unknown variable {name}")))?;
+                var.shallow_clone().f_copy_(tensor)?;
+            }
+            Ok(())
+        })?;
+        Ok(Some(Resumed {
+            ledger: PrivacyLedger::from_record(&state.ledger)?,
+            optimizer: OptimizerState::load(
+                optimizer,
+                &dir.join("optimizer.safetensors"),
+                state.optimizer_steps,
+            )?,
+            rng: PrivacyRng::restore(&state.rng).ok_or_else(|| corrupt("bad generator state"))?,
+        }))
+    }
+}
