@@ -55,14 +55,17 @@ pub struct Batches<'a> {
 }
 
 /// What one step did, for progress reports.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct StepReport {
     /// Steps taken so far (1-based).
     pub step: u64,
     /// Realised logical batch size.
     pub batch_size: usize,
-    /// Mean loss over the batch before the update (NaN for an empty batch).
+    /// Mean loss over the batch before the update (NaN for an empty batch). Like the accuracy,
+    /// a statistic of private data that is not privatized: for monitoring, not for release.
     pub mean_loss: f64,
+    /// Fraction of the batch classified correctly before the update.
+    pub accuracy: f64,
     /// Epsilon spent after this step.
     pub epsilon: f64,
 }
@@ -74,6 +77,9 @@ pub struct TrainSummary {
     pub ledger: PrivacyLedger,
     /// Examples dropped for non-finite gradients, over the whole run.
     pub nonfinite_examples: i64,
+    /// Whether the run ended before its planned steps because the next step would have
+    /// exceeded the budget.
+    pub stopped_by_budget: bool,
 }
 
 /// Observers of each step's gradient sums, for privacy audits.
@@ -145,28 +151,38 @@ pub fn train_with_hooks(
         (ledger, optimizer, *rng) = (resumed.ledger, resumed.optimizer, resumed.rng);
     }
     let mut nonfinite_examples = 0;
+    let mut stopped_by_budget = false;
     while ledger.steps() < config.steps {
         let batch = sampler.sample(rng);
         let mut sums = engine.zero_sums();
-        let mut loss_sum = 0.0;
+        let (mut loss_sum, mut correct) = (0.0, 0i64);
         for chunk in batch.chunks(config.physical_batch_size) {
             let index = Tensor::from_slice(chunk).to_device(data.inputs.device());
             let x = data.inputs.index_select(0, &index);
             let y = data.labels.index_select(0, &index);
             let mut tape = Tape::recording();
-            let losses = logits(&x, &mut tape).cross_entropy_loss::<Tensor>(
-                &y,
-                None,
-                Reduction::None,
-                -100,
-                0.0,
-            );
+            let out = logits(&x, &mut tape);
+            correct += tch::no_grad(|| {
+                out.argmax(-1, false)
+                    .eq_tensor(&y)
+                    .sum(Kind::Int64)
+                    .int64_value(&[])
+            });
+            let losses = out.cross_entropy_loss::<Tensor>(&y, None, Reduction::None, -100, 0.0);
             loss_sum += losses.sum(Kind::Double).double_value(&[]);
             let clipped = engine.clip(tape.take(), &losses)?;
             nonfinite_examples += clipped.nonfinite;
             clipped.add_to(&mut sums);
         }
-        ledger.record_step()?;
+        match ledger.record_step() {
+            Ok(()) => {}
+            // The budget would be exceeded: the step is not taken, the run ends here.
+            Err(TrainError::BudgetExhausted { .. }) => {
+                stopped_by_budget = true;
+                break;
+            }
+            Err(e) => return Err(e),
+        }
         hooks.before_noise(ledger.steps(), &mut sums);
         if config.noise_multiplier > 0.0 {
             add_gaussian_noise(&mut sums, config.noise_multiplier * config.clip_norm, rng);
@@ -189,12 +205,14 @@ pub fn train_with_hooks(
             step: ledger.steps(),
             batch_size: batch.len(),
             mean_loss: loss_sum / batch.len() as f64,
+            accuracy: correct as f64 / batch.len() as f64,
             epsilon: ledger.spent()?.epsilon,
         });
     }
     Ok(TrainSummary {
         ledger,
         nonfinite_examples,
+        stopped_by_budget,
     })
 }
 

@@ -15,6 +15,7 @@ pub mod fashion_mnist;
 mod ledger;
 pub mod models;
 pub mod optimizer;
+pub mod plan;
 mod statement;
 pub mod tune;
 

@@ -59,6 +59,7 @@ impl Default for Optimizer {
 
 /// How the learning rate changes over the run.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Schedule {
     /// Steps of linear warm-up from 0 to the base rate.
     pub warmup_steps: u64,

@@ -535,3 +535,107 @@ fn killed_and_resumed_runs_end_exactly_like_uninterrupted_ones() {
     }
     std::fs::remove_dir_all(&base).unwrap();
 }
+
+mod plans {
+    use super::*;
+    use dp_train::plan::TrainConfig;
+
+    const PLAN: &str = include_str!("../../examples/fashion_mnist.toml");
+
+    #[test]
+    fn performance_settings_cannot_change_the_mechanism() {
+        let base = TrainConfig::from_toml(PLAN, &[])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        let faster = TrainConfig::from_toml(
+            PLAN,
+            &[
+                "performance.device=\"cpu\"".into(),
+                "performance.physical_batch_size=7".into(),
+                "performance.threads=1".into(),
+                "performance.checkpoint_every=3".into(),
+            ],
+        )
+        .unwrap()
+        .resolve()
+        .unwrap();
+        assert_eq!(base, faster);
+        // A privacy setting does change it.
+        let other = TrainConfig::from_toml(PLAN, &["privacy.expected_batch_size=512".into()])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_ne!(base.event, other.event);
+        assert!(base.noise_multiplier > 0.0 && base.steps == 586);
+    }
+
+    #[test]
+    fn bad_plans_are_refused_with_the_key_named() {
+        for (set, key) in [
+            ("privacy.delta=2", "privacy.delta"),
+            ("privacy.sampling=\"shuffle\"", "privacy.sampling"),
+            ("privacy.steps=10", "steps"),
+            ("data.dataset_size=0", "data.dataset_size"),
+            ("privacy.noise=\"laplace\"", "privacy.noise"),
+        ] {
+            let err = TrainConfig::from_toml(PLAN, &[set.into()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{set}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_run_stops_before_its_budget_and_says_so() {
+        let dir = std::env::temp_dir().join(format!("dp-train-budget-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new(env!("CARGO_BIN_EXE_dp-train"))
+            .args([
+                "train",
+                "--config",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../examples/fashion_mnist.toml"
+                ),
+                "--run-dir",
+            ])
+            .arg(&dir)
+            .args([
+                "--set",
+                "privacy.epsilon=1",
+                "--set",
+                "privacy.noise_multiplier=1.5",
+                "--set",
+                "data.dataset_size=5000",
+            ])
+            .args([
+                "--set",
+                "privacy.expected_batch_size=256",
+                "--set",
+                "privacy.epochs=5",
+                "--set",
+                "privacy.seed=2",
+                "--json",
+                "--data-dir",
+            ])
+            .arg(assets_dir().join("fashion-mnist"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["stopped_by_budget"], true, "{v}");
+        let eps = v["privacy"]["epsilon"].as_f64().unwrap();
+        assert!(eps <= 1.0 && eps > 0.9, "{v}");
+        let report = std::fs::read_to_string(dir.join("privacy_report.txt")).unwrap();
+        assert!(
+            report.contains("Stopped after") && report.contains("exceeded the budget"),
+            "{report}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

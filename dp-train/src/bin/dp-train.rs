@@ -11,11 +11,14 @@ use dp_train::audit::{self, AuditConfig, CanaryKind, Sabotage};
 use dp_train::bench::{self, BenchConfig, StepMode};
 use dp_train::checkpoint::Checkpointing;
 use dp_train::data::assets_dir;
+use dp_train::fashion_mnist::train_mlp;
 use dp_train::fashion_mnist::{self, FashionMnist, RunConfig};
 use dp_train::models::EncoderShape;
 use dp_train::optimizer::{Optimizer, Schedule};
+use dp_train::plan::TrainConfig;
 use dp_train::tune::{self, TuneConfig};
 use dp_train::TrainError;
+use dp_train::{Batches, DpSgdConfig, PrivacyStatement};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::Device;
 
@@ -33,6 +36,18 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train from a TOML plan into a run folder (resumable): config.resolved.toml, ledger.json,
+    /// metrics.jsonl, privacy_report.txt, checkpoints/.
+    ///
+    /// Example: dp-train train --config examples/fashion_mnist.toml --run-dir runs/fmnist
+    ///          --set privacy.epsilon=1 --set performance.threads=2
+    Train(TrainArgs),
+    /// Reprint a run's privacy report and draw its curves (epsilon, loss and batch accuracy
+    /// against steps) as SVG files in the run folder.
+    Report {
+        /// The run folder.
+        run_dir: PathBuf,
+    },
     /// Train an MLP on Fashion-MNIST privately and report test accuracy and the privacy spent.
     ///
     /// Example: dp-train fashion-mnist --epsilon 3 --delta 1e-5 --epochs 10
@@ -156,6 +171,25 @@ struct AuditArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// TOML plan with [data], [privacy], [training] and optional [performance] sections.
+    #[arg(long)]
+    config: PathBuf,
+    /// Override a value: section.key=value (repeatable).
+    #[arg(long = "set")]
+    set: Vec<String>,
+    /// The run folder (created; resumed if it holds a checkpoint).
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// Folder with the Fashion-MNIST IDX files [default: $DP_ASSETS/fashion-mnist].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print the result as JSON on stdout (no progress bar).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
 struct FashionMnistArgs {
     /// Target epsilon; the noise multiplier is calibrated to meet it.
     #[arg(long, default_value_t = 3.0)]
@@ -231,6 +265,8 @@ struct FashionMnistArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => train_command(args),
+        Command::Report { run_dir } => report_command(&run_dir),
         Command::FashionMnist(args) => fashion_mnist_command(args),
         Command::Audit(args) => audit_command(args),
         Command::Tune(args) => tune_command(args),
@@ -635,5 +671,226 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
             println!("peak resident memory: DP {:.2} GiB, non-private {:.2} GiB, ratio {:.2} (whole process, libtorch included)", d as f64 / 1073741824.0, n as f64 / 1073741824.0, r);
         }
     }
+    Ok(())
+}
+
+fn parse_device(name: &str) -> Result<Device, TrainError> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if !tch::Cuda::is_available() => Err(TrainError::Config(
+            "device cuda: no CUDA device is available".into(),
+        )),
+        "cuda" => Ok(Device::Cuda(0)),
+        "auto" => Ok(Device::cuda_if_available()),
+        other => Err(TrainError::Config(format!(
+            "performance.device: unknown '{other}' (cpu, cuda or auto)"
+        ))),
+    }
+}
+
+fn train_command(args: TrainArgs) -> Result<(), TrainError> {
+    let text = std::fs::read_to_string(&args.config)
+        .map_err(|e| TrainError::Config(format!("--config {}: {e}", args.config.display())))?;
+    let config = TrainConfig::from_toml(&text, &args.set)?;
+    let plan = config.resolve()?;
+    let device = parse_device(&config.performance.device)?;
+    if config.performance.threads > 0 {
+        tch::set_num_threads(config.performance.threads);
+    }
+    let dir = args
+        .data_dir
+        .unwrap_or_else(|| assets_dir().join("fashion-mnist"));
+    let data = FashionMnist::load(&dir)?;
+    let available = data.train_labels.size()[0] as usize;
+    let n = config.data.dataset_size;
+    if n > available {
+        return Err(TrainError::Config(format!(
+            "data.dataset_size {n} exceeds the {available} training images"
+        )));
+    }
+    let run_dir = &args.run_dir;
+    std::fs::create_dir_all(run_dir)?;
+    let resolved = format!(
+        "{}\n# Resolved from [data] and [privacy] only.\n[resolved]\nsampling_rate = {}\nsteps = {}\nnoise_multiplier = {}\nepsilon_budget = {}\n",
+        toml::to_string(&config).map_err(|e| TrainError::Config(e.to_string()))?,
+        plan.sampling_rate,
+        plan.steps,
+        plan.noise_multiplier,
+        if plan.epsilon_budget.is_finite() { plan.epsilon_budget.to_string() } else { "inf".into() }
+    );
+    std::fs::write(run_dir.join("config.resolved.toml"), resolved)?;
+    let dp = DpSgdConfig {
+        expected_batch_size: config.privacy.expected_batch_size,
+        physical_batch_size: config.performance.physical_batch_size.max(1),
+        steps: plan.steps,
+        clip_norm: config.privacy.clip_norm,
+        noise_multiplier: plan.noise_multiplier,
+        learning_rate: config.training.learning_rate,
+        optimizer: config.training.optimizer,
+        schedule: config.training.schedule,
+        delta: config.privacy.delta,
+        epsilon_budget: plan.epsilon_budget,
+    };
+    let mut rng = match config.privacy.seed {
+        Some(seed) => {
+            tch::manual_seed(seed as i64);
+            PrivacyRng::from_seed(seed)
+        }
+        None => PrivacyRng::from_os(),
+    };
+    let subset = |t: &tch::Tensor| t.narrow(0, 0, n as i64).to_device(device);
+    let (images, labels) = (subset(&data.train_images), subset(&data.train_labels));
+    let (test_images, test_labels) = (
+        data.test_images.to_device(device),
+        data.test_labels.to_device(device),
+    );
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.join("metrics.jsonl"))?;
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(plan.steps)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
+            .expect("static template"),
+    );
+    let private = plan.noise_multiplier > 0.0;
+    let started = std::time::Instant::now();
+    let mut write_error = None;
+    let trained = train_mlp(
+        Batches {
+            inputs: &images,
+            labels: &labels,
+        },
+        &[Batches {
+            inputs: &test_images,
+            labels: &test_labels,
+        }],
+        &config.training.hidden,
+        &dp,
+        &mut rng,
+        Some(&Checkpointing {
+            dir: run_dir.clone(),
+            every: config.performance.checkpoint_every.max(1),
+        }),
+        |step| {
+            use std::io::Write as _;
+            if let Err(e) = writeln!(
+                metrics,
+                "{}",
+                serde_json::to_string(step).unwrap_or_default()
+            ) {
+                write_error = Some(e);
+            }
+            bar.set_position(step.step);
+            let samples = step.step as f64 * dp.expected_batch_size
+                / started.elapsed().as_secs_f64().max(1e-9);
+            let eps = if private {
+                format!("{:.3}", step.epsilon)
+            } else {
+                "NOT PRIVATE".into()
+            };
+            bar.set_message(format!(
+                "loss {:.3}  acc {:.3}  epsilon {eps}  {samples:.0} samples/s",
+                step.mean_loss, step.accuracy
+            ));
+        },
+    )?;
+    bar.finish_and_clear();
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    let statement = PrivacyStatement::from_ledger(
+        &trained.summary.ledger,
+        n,
+        config.privacy.clip_norm,
+        config.privacy.seed,
+    )?;
+    let test_accuracy = trained.accuracies[0];
+    let mut header = if private {
+        String::new()
+    } else {
+        "NOT PRIVATE: no noise was added.\n".to_string()
+    };
+    if trained.summary.stopped_by_budget {
+        header.push_str(&format!(
+            "Stopped after {} of {} steps: the next step would have exceeded the budget epsilon {}.\n",
+            trained.summary.ledger.steps(),
+            plan.steps,
+            plan.epsilon_budget
+        ));
+    }
+    let report = format!(
+        "{header}Fashion-MNIST MLP {:?}: test accuracy {:.2}% after {} steps\n{statement}",
+        config.training.hidden,
+        100.0 * test_accuracy,
+        statement.steps
+    );
+    std::fs::write(run_dir.join("privacy_report.txt"), &report)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "test_accuracy": test_accuracy, "privacy": statement, "private": private, "stopped_by_budget": trained.summary.stopped_by_budget, "run_dir": run_dir })
+        );
+    } else {
+        print!("{report}");
+        println!(
+            "Run folder: {} (dp-train report {} draws the curves)",
+            run_dir.display(),
+            run_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn report_command(run_dir: &std::path::Path) -> Result<(), TrainError> {
+    let report = std::fs::read_to_string(run_dir.join("privacy_report.txt")).map_err(|e| {
+        TrainError::Config(format!(
+            "{}: no privacy_report.txt ({e}); is the run finished?",
+            run_dir.display()
+        ))
+    })?;
+    print!("{report}");
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl"))?;
+    // Steps replayed after a resume appear twice with identical values: keep the last.
+    let mut by_step = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+            if let Some(step) = v["step"].as_u64() {
+                by_step.insert(step, v);
+            }
+        }
+    }
+    let series = |key: &str| -> Vec<(f64, f64)> {
+        by_step
+            .iter()
+            .filter_map(|(s, v)| v[key].as_f64().map(|y| (*s as f64, y)))
+            .collect()
+    };
+    for (file, key, label) in [
+        ("epsilon.svg", "epsilon", "epsilon spent"),
+        ("loss.svg", "mean_loss", "training-batch loss"),
+        ("accuracy.svg", "accuracy", "training-batch accuracy"),
+    ] {
+        let points = series(key);
+        let svg = line_chart(
+            &format!("{label} vs steps"),
+            "steps",
+            label,
+            &[Series {
+                name: label,
+                points,
+            }],
+            &[],
+        );
+        std::fs::write(run_dir.join(file), svg)?;
+    }
+    println!(
+        "Curves written to {} (epsilon.svg, loss.svg, accuracy.svg)",
+        run_dir.display()
+    );
     Ok(())
 }

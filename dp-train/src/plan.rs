@@ -1,0 +1,269 @@
+//! A training plan from a TOML file: `[data]` and `[privacy]` decide the mechanism (what is
+//! accounted), `[training]` the optimisation, `[performance]` only how fast and where it runs.
+//! The dataset size is declared, never inferred from a loader; the noise multiplier is
+//! calibrated to the target epsilon (one-sided) unless given. `--set section.key=value`
+//! overrides any value before validation.
+
+use dp_accounting::{calibrate_noise_multiplier, AccountantKind, DpEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+use crate::optimizer::{Optimizer, Schedule};
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// The dataset: "fashion-mnist".
+    pub dataset: String,
+    /// Training examples used (the first N): the N of the sampling rate.
+    pub dataset_size: usize,
+}
+
+/// `[privacy]`: everything that changes the accounted mechanism.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySection {
+    /// Target epsilon (the noise is calibrated to it), or the budget when the noise is given.
+    pub epsilon: f64,
+    /// Delta.
+    pub delta: f64,
+    /// Noise multiplier; calibrated to `epsilon` when absent.
+    #[serde(default)]
+    pub noise_multiplier: Option<f64>,
+    /// Expected batch size B (q = B / N).
+    pub expected_batch_size: f64,
+    /// Passes over the data in expectation (or give `steps`).
+    #[serde(default)]
+    pub epochs: Option<f64>,
+    /// Number of steps (or give `epochs`).
+    #[serde(default)]
+    pub steps: Option<u64>,
+    /// Per-example clip norm C.
+    pub clip_norm: f64,
+    /// "gaussian", or "none" for a NOT PRIVATE baseline.
+    #[serde(default = "gaussian")]
+    pub noise: String,
+    /// The accountant: "rdp".
+    #[serde(default = "rdp")]
+    pub accountant: String,
+    /// How batches are drawn: "poisson".
+    #[serde(default = "poisson")]
+    pub sampling: String,
+    /// Seed of the privacy generator (reproducible, not private); the OS seeds it if absent.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+fn gaussian() -> String {
+    "gaussian".into()
+}
+fn rdp() -> String {
+    "rdp".into()
+}
+fn poisson() -> String {
+    "poisson".into()
+}
+
+/// `[training]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSection {
+    /// Base learning rate.
+    pub learning_rate: f64,
+    /// Optimizer (`{ kind = "sgd", momentum = 0.9, nesterov = false }`, `"adam"`, `"adam_w"`).
+    #[serde(default)]
+    pub optimizer: Optimizer,
+    /// Learning-rate schedule.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Hidden widths of the MLP.
+    #[serde(default = "default_hidden")]
+    pub hidden: Vec<i64>,
+}
+
+fn default_hidden() -> Vec<i64> {
+    vec![256]
+}
+
+/// `[performance]`: cannot change the mechanism.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerformanceSection {
+    /// "cpu", "cuda" or "auto".
+    pub device: String,
+    /// Largest physical batch.
+    pub physical_batch_size: usize,
+    /// libtorch threads (0: libtorch's default).
+    pub threads: i32,
+    /// Steps between checkpoints.
+    pub checkpoint_every: u64,
+}
+
+impl Default for PerformanceSection {
+    fn default() -> Self {
+        Self {
+            device: "auto".into(),
+            physical_batch_size: 512,
+            threads: 0,
+            checkpoint_every: 50,
+        }
+    }
+}
+
+/// A whole training configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The data.
+    pub data: DataSection,
+    /// The privacy plan.
+    pub privacy: PrivacySection,
+    /// The optimisation.
+    pub training: TrainingSection,
+    /// Speed and placement.
+    #[serde(default)]
+    pub performance: PerformanceSection,
+}
+
+/// The mechanism a plan resolves to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResolvedPlan {
+    /// q = B / N.
+    pub sampling_rate: f64,
+    /// Steps.
+    pub steps: u64,
+    /// Noise multiplier (0 without noise).
+    pub noise_multiplier: f64,
+    /// Epsilon no step may exceed (infinite without noise).
+    pub epsilon_budget: f64,
+    /// The accounted event.
+    pub event: DpEvent,
+}
+
+fn config_error(msg: impl Into<String>) -> TrainError {
+    TrainError::Config(msg.into())
+}
+
+impl TrainConfig {
+    /// Parses TOML after applying `section.key=value` overrides.
+    pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self, TrainError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| config_error(e.message().to_string()))?;
+        for o in overrides {
+            let (path, value) = o
+                .split_once('=')
+                .ok_or_else(|| config_error(format!("--set {o}: expected section.key=value")))?;
+            let (section, key) = path
+                .split_once('.')
+                .ok_or_else(|| config_error(format!("--set {o}: expected section.key=value")))?;
+            let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.to_string()));
+            let entry = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(section_table) = entry else {
+                return Err(config_error(format!(
+                    "--set {o}: '{section}' is not a section"
+                )));
+            };
+            section_table.insert(key.to_string(), parsed);
+        }
+        let config: Self = table
+            .try_into()
+            .map_err(|e: toml::de::Error| config_error(e.message().to_string()))?;
+        config.resolve()?;
+        Ok(config)
+    }
+
+    /// Validates and resolves the mechanism from `[data]` and `[privacy]` alone.
+    pub fn resolve(&self) -> Result<ResolvedPlan, TrainError> {
+        let (d, p) = (&self.data, &self.privacy);
+        if d.dataset != "fashion-mnist" {
+            return Err(config_error(format!(
+                "data.dataset: unknown dataset '{}' (fashion-mnist)",
+                d.dataset
+            )));
+        }
+        if d.dataset_size == 0 {
+            return Err(config_error("data.dataset_size must be at least 1"));
+        }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if !(p.delta > 0.0 && p.delta < 1.0) {
+            return Err(config_error("privacy.delta must be in (0, 1)"));
+        }
+        if !positive(p.clip_norm) {
+            return Err(config_error("privacy.clip_norm must be > 0"));
+        }
+        if !(positive(p.expected_batch_size) && p.expected_batch_size <= d.dataset_size as f64) {
+            return Err(config_error(
+                "privacy.expected_batch_size must be in (0, data.dataset_size]",
+            ));
+        }
+        if p.accountant != "rdp" {
+            return Err(config_error(format!(
+                "privacy.accountant: '{}' is not available for training runs (rdp)",
+                p.accountant
+            )));
+        }
+        if p.sampling != "poisson" {
+            return Err(config_error(format!(
+                "privacy.sampling: '{}' is not offered (poisson)",
+                p.sampling
+            )));
+        }
+        let q = p.expected_batch_size / d.dataset_size as f64;
+        let steps = match (p.steps, p.epochs) {
+            (Some(s), None) if s > 0 => s,
+            (None, Some(e)) if positive(e) => (e / q).ceil() as u64,
+            _ => {
+                return Err(config_error(
+                    "privacy: give exactly one of steps (>= 1) or epochs (> 0)",
+                ))
+            }
+        };
+        let (noise_multiplier, epsilon_budget) = match (p.noise.as_str(), p.noise_multiplier) {
+            ("none", None) => (0.0, f64::INFINITY),
+            ("none", Some(_)) => {
+                return Err(config_error(
+                    "privacy.noise_multiplier cannot be set with noise = \"none\"",
+                ))
+            }
+            ("gaussian", Some(sigma)) if positive(sigma) && positive(p.epsilon) => {
+                (sigma, p.epsilon)
+            }
+            ("gaussian", None) if positive(p.epsilon) => (
+                calibrate_noise_multiplier(AccountantKind::Rdp, q, steps, p.epsilon, p.delta)?
+                    .noise_multiplier,
+                p.epsilon,
+            ),
+            ("gaussian", _) => {
+                return Err(config_error(
+                    "privacy.epsilon and privacy.noise_multiplier must be > 0",
+                ))
+            }
+            (other, _) => {
+                return Err(config_error(format!(
+                    "privacy.noise: unknown '{other}' (gaussian or none)"
+                )))
+            }
+        };
+        let event = if noise_multiplier == 0.0 {
+            DpEvent::SelfComposed {
+                event: Box::new(DpEvent::NonPrivate),
+                count: steps,
+            }
+        } else {
+            DpEvent::dp_sgd(q, noise_multiplier, steps)
+        };
+        Ok(ResolvedPlan {
+            sampling_rate: q,
+            steps,
+            noise_multiplier,
+            epsilon_budget,
+            event,
+        })
+    }
+}
