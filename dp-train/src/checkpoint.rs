@@ -1,5 +1,5 @@
 //! Checkpoints that survive a crash at any moment: weights (safetensors), optimizer moments,
-//! the privacy generator's exact state and the ledger, written to a fresh folder, flushed to
+//! the privacy generator's exact state, the ledger and the resolved configuration, written to a fresh folder, flushed to
 //! disk, renamed into place, and only then pointed to by `LATEST` (itself replaced by rename).
 //! A kill leaves either the previous checkpoint or the new one, never a mix.
 //!
@@ -26,6 +26,8 @@ pub struct Checkpointing {
     pub dir: PathBuf,
     /// Save every this many steps (and after the last).
     pub every: u64,
+    /// The resolved configuration, saved inside every checkpoint with the state it produced.
+    pub resolved_config: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -91,6 +93,9 @@ impl Checkpointing {
                 .unwrap_or_default()
                 .as_bytes(),
         )?;
+        if let Some(config) = &self.resolved_config {
+            write_synced(&tmp.join("config.resolved.toml"), config.as_bytes())?;
+        }
         sync(&tmp.join("weights.safetensors"))?;
         sync(&tmp.join("optimizer.safetensors"))?;
         let name = format!("step-{step:09}");

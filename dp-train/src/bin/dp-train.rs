@@ -348,6 +348,7 @@ fn fashion_mnist_command(args: FashionMnistArgs) -> Result<(), TrainError> {
     let checkpointing = args.run_dir.clone().map(|dir| Checkpointing {
         dir,
         every: args.checkpoint_every,
+        resolved_config: None,
     });
     let result = fashion_mnist::run(&data, &config, device, checkpointing.as_ref(), |step| {
         bar.set_position(step.step);
@@ -718,7 +719,7 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
         plan.noise_multiplier,
         if plan.epsilon_budget.is_finite() { plan.epsilon_budget.to_string() } else { "inf".into() }
     );
-    std::fs::write(run_dir.join("config.resolved.toml"), resolved)?;
+    std::fs::write(run_dir.join("config.resolved.toml"), &resolved)?;
     let dp = DpSgdConfig {
         expected_batch_size: config.privacy.expected_batch_size,
         physical_batch_size: config.performance.physical_batch_size.max(1),
@@ -775,6 +776,7 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
         Some(&Checkpointing {
             dir: run_dir.clone(),
             every: config.performance.checkpoint_every.max(1),
+            resolved_config: Some(resolved.clone()),
         }),
         |step| {
             use std::io::Write as _;
