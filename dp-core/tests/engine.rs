@@ -430,3 +430,18 @@ fn broadcast_position_ids_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn parallel_noise_does_not_depend_on_the_thread_count() {
+    let draw = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| PrivacyRng::from_seed(4).standard_normals_f32(300_001))
+    };
+    let (one, two) = (draw(1), draw(2));
+    assert_eq!(one, two);
+    // Blocks are independent streams: neighbouring blocks are not copies of each other.
+    assert_ne!(one[..1000], one[65_536..66_536]);
+}

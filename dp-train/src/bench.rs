@@ -111,22 +111,47 @@ impl Bench {
     }
 }
 
-/// Median seconds per step of `mode`.
+/// Median seconds per step of `mode` (used alone in the memory-measuring child).
 pub fn time_mode(config: &BenchConfig, mode: StepMode) -> Result<f64, TrainError> {
     let bench = Bench::new(config);
     let engine = ClippingEngine::new(&bench.vs, 1.0)?;
     let mut rng = PrivacyRng::from_seed(0);
     bench.step(mode, &engine, &mut rng)?;
-    let mut times: Vec<f64> = (0..config.steps.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            bench
-                .step(mode, &engine, &mut rng)
-                .map(|()| start.elapsed().as_secs_f64())
-        })
-        .collect::<Result<_, _>>()?;
+    let mut times = Vec::new();
+    for _ in 0..config.steps.max(1) {
+        let start = Instant::now();
+        bench.step(mode, &engine, &mut rng)?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+/// Median seconds per DP step and per non-private step, the two interleaved step by step so
+/// that drifts in the machine's speed affect both alike.
+pub fn time_both(config: &BenchConfig) -> Result<(f64, f64), TrainError> {
+    let (dp, plain) = (Bench::new(config), Bench::new(config));
+    let (dp_engine, plain_engine) = (
+        ClippingEngine::new(&dp.vs, 1.0)?,
+        ClippingEngine::new(&plain.vs, 1.0)?,
+    );
+    let mut rng = PrivacyRng::from_seed(0);
+    dp.step(StepMode::Dp, &dp_engine, &mut rng)?;
+    plain.step(StepMode::NonPrivate, &plain_engine, &mut rng)?;
+    let (mut dp_times, mut plain_times) = (Vec::new(), Vec::new());
+    for _ in 0..config.steps.max(1) {
+        let start = Instant::now();
+        dp.step(StepMode::Dp, &dp_engine, &mut rng)?;
+        dp_times.push(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        plain.step(StepMode::NonPrivate, &plain_engine, &mut rng)?;
+        plain_times.push(start.elapsed().as_secs_f64());
+    }
+    Ok((median(dp_times), median(plain_times)))
+}
+
+fn median(mut times: Vec<f64>) -> f64 {
     times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    times[times.len() / 2]
 }
 
 /// The process's peak resident memory in bytes (Linux `VmHWM`), if known.

@@ -83,8 +83,8 @@ struct BenchArgs {
     /// Tokens per example.
     #[arg(long, default_value_t = 64)]
     seq: i64,
-    /// Timed steps per mode (median reported, after one warm-up step).
-    #[arg(long, default_value_t = 3)]
+    /// Timed steps per mode, interleaved (median reported, after one warm-up step each).
+    #[arg(long, default_value_t = 5)]
     steps: usize,
     /// cpu, cuda, or auto.
     #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
@@ -629,8 +629,7 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
         );
         return Ok(());
     }
-    let dp = bench::time_mode(&config, StepMode::Dp)?;
-    let nonprivate = bench::time_mode(&config, StepMode::NonPrivate)?;
+    let (dp, nonprivate) = bench::time_both(&config)?;
     let peak = |mode: &str| -> Option<u64> {
         let exe = std::env::current_exe().ok()?;
         let out = std::process::Command::new(exe)
