@@ -335,16 +335,7 @@ fn fashion_mnist_command(args: FashionMnistArgs) -> Result<(), TrainError> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
             .expect("static template"),
     );
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" if !tch::Cuda::is_available() => {
-            return Err(TrainError::Config(
-                "--device cuda: no CUDA device is available".into(),
-            ))
-        }
-        "cuda" => Device::Cuda(0),
-        _ => Device::cuda_if_available(),
-    };
+    let device = parse_device(&args.device)?;
     let checkpointing = args.run_dir.clone().map(|dir| Checkpointing {
         dir,
         every: args.checkpoint_every,
@@ -589,16 +580,7 @@ fn tune_command(args: TuneArgs) -> Result<(), TrainError> {
 }
 
 fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" if !tch::Cuda::is_available() => {
-            return Err(TrainError::Config(
-                "--device cuda: no CUDA device is available".into(),
-            ))
-        }
-        "cuda" => Device::Cuda(0),
-        _ => Device::cuda_if_available(),
-    };
+    let device = parse_device(&args.device)?;
     if args.batch < 1 || args.seq < 1 || args.seq > 512 {
         return Err(TrainError::Config(
             "--batch must be >= 1 and --seq in 1..=512".into(),
