@@ -15,6 +15,16 @@ fn load_fashion_mnist() -> FashionMnist {
     FashionMnist::load(&dir).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Runs the `dp-train` binary with `args` and the assets' Fashion-MNIST folder.
+fn dp_train(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_dp-train"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(assets_dir().join("fashion-mnist"))
+        .output()
+        .unwrap()
+}
+
 fn short_run(epsilon: f64) -> RunConfig {
     RunConfig {
         epsilon,
@@ -116,11 +126,7 @@ fn empty_batches_still_add_noise_and_count_as_steps() {
 
 #[test]
 fn bad_command_line_values_give_one_line_and_exit_code_2() {
-    let out = Command::new(env!("CARGO_BIN_EXE_dp-train"))
-        .args(["fashion-mnist", "--batch-size", "0", "--data-dir"])
-        .arg(assets_dir().join("fashion-mnist"))
-        .output()
-        .unwrap();
+    let out = dp_train(&["fashion-mnist", "--batch-size", "0"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -415,19 +421,14 @@ mod optimizers {
 
 #[test]
 fn a_run_without_noise_says_not_private_everywhere() {
-    let out = Command::new(env!("CARGO_BIN_EXE_dp-train"))
-        .args([
-            "fashion-mnist",
-            "--no-noise",
-            "--epochs",
-            "0.2",
-            "--seed",
-            "1",
-            "--data-dir",
-        ])
-        .arg(assets_dir().join("fashion-mnist"))
-        .output()
-        .unwrap();
+    let out = dp_train(&[
+        "fashion-mnist",
+        "--no-noise",
+        "--epochs",
+        "0.2",
+        "--seed",
+        "1",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -590,38 +591,31 @@ mod plans {
     fn a_run_stops_before_its_budget_and_says_so() {
         let dir = std::env::temp_dir().join(format!("dp-train-budget-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let out = Command::new(env!("CARGO_BIN_EXE_dp-train"))
-            .args([
-                "train",
-                "--config",
-                concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/../examples/fashion_mnist.toml"
-                ),
-                "--run-dir",
-            ])
-            .arg(&dir)
-            .args([
-                "--set",
-                "privacy.epsilon=1",
-                "--set",
-                "privacy.noise_multiplier=1.5",
-                "--set",
-                "data.dataset_size=5000",
-            ])
-            .args([
-                "--set",
-                "privacy.expected_batch_size=256",
-                "--set",
-                "privacy.epochs=5",
-                "--set",
-                "privacy.seed=2",
-                "--json",
-                "--data-dir",
-            ])
-            .arg(assets_dir().join("fashion-mnist"))
-            .output()
-            .unwrap();
+        let config = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/fashion_mnist.toml"
+        );
+        let run_dir = dir.display().to_string();
+        let out = dp_train(&[
+            "train",
+            "--config",
+            config,
+            "--run-dir",
+            &run_dir,
+            "--set",
+            "privacy.epsilon=1",
+            "--set",
+            "privacy.noise_multiplier=1.5",
+            "--set",
+            "data.dataset_size=5000",
+            "--set",
+            "privacy.expected_batch_size=256",
+            "--set",
+            "privacy.epochs=5",
+            "--set",
+            "privacy.seed=2",
+            "--json",
+        ]);
         assert!(
             out.status.success(),
             "{}",

@@ -326,15 +326,7 @@ fn fashion_mnist_command(args: FashionMnistArgs) -> Result<(), TrainError> {
     let data = FashionMnist::load(&dir)?;
     let n = config.train_subset.unwrap_or(60_000).min(60_000) as f64;
     let planned = (config.epochs * n / config.expected_batch_size).ceil() as u64;
-    let bar = if args.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(planned)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
-            .expect("static template"),
-    );
+    let bar = step_bar(planned, args.json);
     let device = parse_device(&args.device)?;
     let checkpointing = args.run_dir.clone().map(|dir| Checkpointing {
         dir,
@@ -656,6 +648,20 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// A progress bar over `steps` training steps (hidden when the output is JSON).
+fn step_bar(steps: u64, hidden: bool) -> ProgressBar {
+    let bar = if hidden {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(steps)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
+            .expect("static template"),
+    );
+    bar
+}
+
 fn parse_device(name: &str) -> Result<Device, TrainError> {
     match name {
         "cpu" => Ok(Device::Cpu),
@@ -730,15 +736,7 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
         .create(true)
         .append(true)
         .open(run_dir.join("metrics.jsonl"))?;
-    let bar = if args.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(plan.steps)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
-            .expect("static template"),
-    );
+    let bar = step_bar(plan.steps, args.json);
     let private = plan.noise_multiplier > 0.0;
     let started = std::time::Instant::now();
     let mut write_error = None;
