@@ -5,7 +5,8 @@
 //! summed and `N(0, sigma^2 C^2 I)` is added. What a computation did is described by a
 //! [`DpEvent`]; an [`Accountant`] composes events and answers epsilon or delta. The
 //! [`RdpAccountant`] tracks Rényi differential privacy (Mironov 2017; Mironov, Talwar and
-//! Zhang 2019) and converts it to (epsilon, delta).
+//! Zhang 2019) and converts it to (epsilon, delta). [`mf`] designs and accounts for correlated
+//! noise (matrix-factorization mechanisms) instead of DP-SGD's independent noise.
 //!
 //! ```
 //! use dp_accounting::{Accountant, DpEvent, RdpAccountant};
@@ -20,6 +21,7 @@ pub mod audit;
 mod calibrate;
 mod error;
 mod event;
+pub mod mf;
 pub mod plot;
 mod prv;
 mod rdp;

@@ -581,3 +581,185 @@ fn audit_estimates_match_the_reference_values() {
         assert!(seconds < 5.0, "{id} took {seconds} s");
     }
 }
+
+// Matrix factorization: `tests/golden/mf_public.json` (numpy/scipy float64 reference,
+// cross-checked against jax_privacy).
+
+mod matrix_factorization {
+    use super::*;
+    use dp_accounting::mf::{
+        mean_loss_lower_bound, Blt, Evaluation, Participation, Strategy, Workload,
+    };
+
+    fn golden() -> Value {
+        serde_json::from_str(include_str!("golden/mf_public.json")).expect("mf golden parses")
+    }
+
+    struct Case {
+        id: String,
+        n: usize,
+        participation: Participation,
+        workload: Workload,
+        strategies: Vec<Value>,
+    }
+
+    fn cases() -> Vec<Case> {
+        golden()["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let n = c["n"].as_u64().unwrap() as usize;
+                let (k, b) = (c["k"].as_u64().unwrap(), c["b"].as_u64().unwrap());
+                assert_eq!(n as u64, k * b);
+                let name = c["workload"].as_str().unwrap();
+                let workload = match name.strip_prefix("momentum_prefix(beta=") {
+                    Some(rest) => {
+                        Workload::momentum(rest.trim_end_matches(')').parse().unwrap()).unwrap()
+                    }
+                    None => {
+                        assert_eq!(name, "prefix");
+                        Workload::prefix()
+                    }
+                };
+                Case {
+                    id: format!("{name} n={n} k={k}"),
+                    n,
+                    participation: Participation::min_separation(k, b).unwrap(),
+                    workload,
+                    strategies: c["strategies"].as_array().unwrap().clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Compares every metric the entry lists.
+    fn check(got: &Evaluation, want: &Value, tolerance: f64, label: &str) {
+        let pairs = [
+            ("sens2", got.sensitivity.squared),
+            ("mean_err", got.mean_error),
+            ("max_err", got.max_error),
+            ("loss_mean", got.loss_mean()),
+            ("loss_max", got.loss_max()),
+            ("rmse", got.rmse()),
+            ("max_rmse", got.max_rmse()),
+        ];
+        for (key, value) in pairs {
+            let w = num(&want[key]);
+            assert!(
+                rel_err(value, w) <= tolerance,
+                "{label}: {key} {value} vs {w} (relative {:e})",
+                rel_err(value, w)
+            );
+        }
+        assert!(
+            got.sensitivity.exact,
+            "{label}: sensitivity should be exact"
+        );
+    }
+
+    #[test]
+    fn closed_form_strategies_match_to_1e_9() {
+        let prefix = Workload::prefix();
+        let mut checked = 0;
+        for case in cases() {
+            let n = case.n;
+            let dpsgd_rmse = Strategy::identity(n)
+                .unwrap()
+                .evaluate(&case.workload, &case.participation)
+                .rmse();
+            for entry in &case.strategies {
+                let name = entry["strategy"].as_str().unwrap();
+                let bands = entry["bands"].as_u64().map(|b| b as usize);
+                let strategy = match name {
+                    "dpsgd" => Strategy::identity(n),
+                    "sqrt_toeplitz" | "sqrt_prefix_toeplitz" => Strategy::square_root(n, &prefix),
+                    "sqrt_workload_toeplitz" => Strategy::square_root(n, &case.workload),
+                    "nu_dpftrl" => Strategy::nu_dp_ftrl(n, num(&entry["nu"])),
+                    "bsr" => Strategy::banded_square_root(n, bands.unwrap(), &case.workload),
+                    "bisr" => {
+                        Strategy::banded_inverse_square_root(n, bands.unwrap(), &case.workload)
+                    }
+                    "svd_lower_bound" => {
+                        let loss =
+                            mean_loss_lower_bound(n, &case.workload, &case.participation).unwrap();
+                        assert!(
+                            rel_err(loss, num(&entry["loss_mean"])) <= 1e-9,
+                            "{}",
+                            case.id
+                        );
+                        assert!(rel_err(loss.sqrt(), num(&entry["rmse"])) <= 1e-9);
+                        checked += 1;
+                        continue;
+                    }
+                    _ => continue,
+                }
+                .unwrap();
+                let label = format!("{} {name}", case.id);
+                let got = strategy.evaluate(&case.workload, &case.participation);
+                check(&got, entry, 1e-9, &label);
+                let ratio = got.rmse() / dpsgd_rmse;
+                assert!(
+                    rel_err(ratio, num(&entry["rmse_ratio_vs_dpsgd"])) <= 1e-9,
+                    "{label}"
+                );
+                if let Some(memory) = entry["memory_vectors"].as_u64() {
+                    assert_eq!(
+                        strategy.recurrence().memory_vectors() as u64,
+                        memory,
+                        "{label}"
+                    );
+                }
+                if let Some(head) = entry["c_head"].as_array() {
+                    for (c, want) in strategy.coefs().iter().zip(head) {
+                        assert!(rel_err(*c, num(want)) <= 1e-12, "{label}: c_head");
+                    }
+                }
+                checked += 1;
+            }
+        }
+        // 9 prefix cases x 6 closed forms, 2 momentum cases x 3.
+        assert_eq!(checked, 60);
+    }
+
+    #[test]
+    fn blt_metrics_recomputed_from_the_listed_decays_match_to_1e_6() {
+        let mut checked = 0;
+        for case in cases() {
+            for entry in case
+                .strategies
+                .iter()
+                .filter(|e| e["strategy"] == "blt_opt")
+            {
+                let list = |key: &str| -> Vec<f64> {
+                    entry[key].as_array().unwrap().iter().map(num).collect()
+                };
+                let blt = Blt::from_decays(list("buf_decay"), list("inv_buf_decay")).unwrap();
+                let label = format!("{} blt {}", case.id, blt.buffers());
+                for (got, key) in [
+                    (blt.output_scale(), "output_scale"),
+                    (blt.inv_output_scale(), "inv_output_scale"),
+                ] {
+                    let want = list(key);
+                    let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!((g - w).abs() <= 1e-6 * scale, "{label}: {key} {g} vs {w}");
+                    }
+                }
+                let strategy = Strategy::blt(case.n, &blt).unwrap();
+                assert_eq!(
+                    strategy.recurrence().memory_vectors() as u64,
+                    entry["memory_vectors"].as_u64().unwrap()
+                );
+                check(
+                    &strategy.evaluate(&case.workload, &case.participation),
+                    entry,
+                    1e-6,
+                    &label,
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 42);
+    }
+}

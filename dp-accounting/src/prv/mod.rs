@@ -170,7 +170,7 @@ impl PrvAccountant {
 }
 
 /// The smallest even `2^a 3^b 5^c` at or above `n`.
-fn fast_fft_size(n: usize) -> usize {
+pub(crate) fn fast_fft_size(n: usize) -> usize {
     let mut best = n.next_power_of_two().max(2);
     let mut p5 = 1;
     while p5 < best {
