@@ -588,8 +588,10 @@ fn audit_estimates_match_the_reference_values() {
 mod matrix_factorization {
     use super::*;
     use dp_accounting::mf::{
-        mean_loss_lower_bound, Blt, Evaluation, Participation, Strategy, Workload,
+        mean_loss_lower_bound, optimize_banded, optimize_blt, optimize_nu, Blt, Evaluation,
+        Objective, Participation, Strategy, Workload,
     };
+    use std::time::Instant;
 
     fn golden() -> Value {
         serde_json::from_str(include_str!("golden/mf_public.json")).expect("mf golden parses")
@@ -761,5 +763,101 @@ mod matrix_factorization {
             }
         }
         assert_eq!(checked, 42);
+    }
+
+    #[test]
+    fn optimizers_reach_the_reference_within_0_2_percent() {
+        let mut worst: f64 = 0.0;
+        for case in cases() {
+            let (n, w, p) = (case.n, &case.workload, &case.participation);
+            for entry in &case.strategies {
+                let name = entry["strategy"].as_str().unwrap();
+                let start = Instant::now();
+                let got = match name {
+                    "banded_toeplitz_opt" => {
+                        let bands = entry["bands"].as_u64().unwrap() as usize;
+                        optimize_banded(n, bands, w, p, Objective::Mean).unwrap()
+                    }
+                    "nu_dpftrl" => optimize_nu(n, w, p, Objective::Mean).unwrap(),
+                    "blt_opt" => {
+                        let m = entry["num_buffers"].as_u64().unwrap() as usize;
+                        let blt = optimize_blt(n, m, w, p, Objective::Mean).unwrap();
+                        Strategy::blt(n, &blt).unwrap()
+                    }
+                    _ => continue,
+                };
+                let e = got.evaluate(w, p);
+                assert!(e.sensitivity.exact);
+                let ratio = e.rmse() / num(&entry["rmse"]);
+                println!(
+                    "{} {name} {:?}: rmse {:.9} = {ratio:.9} x reference ({:.2} s)",
+                    case.id,
+                    got.kind(),
+                    e.rmse(),
+                    start.elapsed().as_secs_f64()
+                );
+                assert!(ratio <= 1.002, "{} {name}: {ratio}", case.id);
+                worst = worst.max(ratio);
+            }
+        }
+        println!("worst ratio {worst:.6}");
+    }
+
+    #[test]
+    fn optimizing_10000_steps_takes_under_10_seconds() {
+        let (n, w) = (10_000, Workload::prefix());
+        let sgd = |p: &Participation| Strategy::identity(n).unwrap().evaluate(&w, p).rmse();
+        for epochs in [1, 4, 16] {
+            let p = Participation::epochs(n, epochs).unwrap();
+            let start = Instant::now();
+            let banded = optimize_banded(n, n / epochs as usize, &w, &p, Objective::Mean).unwrap();
+            let banded_seconds = start.elapsed().as_secs_f64();
+            let start = Instant::now();
+            let blt = optimize_blt(n, 4, &w, &p, Objective::Mean).unwrap();
+            let blt_seconds = start.elapsed().as_secs_f64();
+            let banded_rmse = banded.evaluate(&w, &p).rmse();
+            let blt_rmse = Strategy::blt(n, &blt).unwrap().evaluate(&w, &p).rmse();
+            println!(
+                "n = {n}, {epochs} epochs: banded rmse {banded_rmse:.4} ({:.4} x DP-SGD) in {banded_seconds:.2} s; \
+                 BLT-4 rmse {blt_rmse:.4} ({:.4} x DP-SGD) in {blt_seconds:.2} s",
+                banded_rmse / sgd(&p),
+                blt_rmse / sgd(&p)
+            );
+            assert!(banded_seconds < 10.0 && blt_seconds < 10.0);
+        }
+    }
+
+    #[test]
+    fn blt_optimizer_reproduces_jax_privacy_single_participation_golden() {
+        let g = golden();
+        let check = &g["reference_checks"][0];
+        let n = check["n"].as_u64().unwrap() as usize;
+        let blt = optimize_blt(
+            n,
+            2,
+            &Workload::prefix(),
+            &Participation::single(),
+            Objective::Max,
+        )
+        .unwrap();
+        let expected =
+            |key: &str| -> Vec<f64> { check[key].as_array().unwrap().iter().map(num).collect() };
+        for (got, key) in [
+            (blt.buf_decay(), "expected_buf_decay"),
+            (blt.output_scale(), "expected_output_scale"),
+        ] {
+            for (g, w) in got.iter().zip(expected(key)) {
+                assert!(rel_err(*g, w) <= 1e-5, "{key}: {g} vs {w}");
+            }
+        }
+        let e = Strategy::blt(n, &blt)
+            .unwrap()
+            .evaluate(&Workload::prefix(), &Participation::single());
+        assert!(
+            e.max_rmse() <= num(&check["max_rmse"]) * (1.0 + 1e-9),
+            "{} vs {}",
+            e.max_rmse(),
+            check["max_rmse"]
+        );
     }
 }

@@ -28,6 +28,16 @@ pub enum Objective {
     Max,
 }
 
+impl Objective {
+    /// The weight of `beta_j^2` in the objective: `(n - j) / n` (mean) or 1 (max).
+    pub(crate) fn weights(self, n: usize) -> Vec<f64> {
+        match self {
+            Objective::Mean => (0..n).map(|j| (n - j) as f64 / n as f64).collect(),
+            Objective::Max => vec![1.0; n],
+        }
+    }
+}
+
 /// Sensitivity and error of a strategy for a workload.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {

@@ -11,23 +11,29 @@
 //! adaptively chosen gradients safe.
 //!
 //! **Sensitivity** of C under b-min-sep participation ([`Participation`],
-//! [`Strategy::sensitivity`]) and **error** ([`Strategy::evaluate`], RMSE in units of noise
-//! multiplier x clip norm).
+//! [`Strategy::sensitivity`]), **error** ([`Strategy::evaluate`], RMSE in units of noise
+//! multiplier x clip norm) and **optimized strategies** ([`optimize_banded`], [`optimize_blt`],
+//! [`optimize_nu`]).
 //!
 //! ```
-//! use dp_accounting::mf::{Participation, Strategy, Workload};
+//! use dp_accounting::mf::{optimize_banded, Objective, Participation, Strategy, Workload};
 //! let (n, epochs) = (1024, 4);
 //! let p = Participation::epochs(n, epochs).unwrap();
 //! let w = Workload::prefix();
 //! let dp_sgd = Strategy::identity(n).unwrap().evaluate(&w, &p);
-//! let bsr = Strategy::banded_square_root(n, 256, &w).unwrap().evaluate(&w, &p);
+//! let banded = optimize_banded(n, 256, &w, &p, Objective::Mean).unwrap();
+//! let e = banded.evaluate(&w, &p);
 //! assert!((dp_sgd.rmse() - 45.2769).abs() < 1e-4);
-//! assert!((bsr.rmse() - 6.4859).abs() < 1e-4);
+//! assert!(e.rmse() < 6.4442 * 1.002);
 //! ```
 
 mod blt;
+mod lbfgs;
 mod lower_bound;
 mod metrics;
+mod optimal_banded;
+mod optimal_blt;
+mod optimal_nu;
 mod sensitivity;
 mod series;
 mod strategy;
@@ -36,6 +42,9 @@ mod workload;
 pub use blt::Blt;
 pub use lower_bound::mean_loss_lower_bound;
 pub use metrics::{Evaluation, Objective};
+pub use optimal_banded::optimize_banded;
+pub use optimal_blt::optimize_blt;
+pub use optimal_nu::optimize_nu;
 pub use sensitivity::{Participation, Sensitivity};
 pub use strategy::{NoiseRecurrence, Strategy, StrategyKind};
 pub use workload::Workload;

@@ -183,6 +183,25 @@ pub(crate) fn window_sums(c: &[f64], n: usize, b: usize, k: usize) -> Vec<f64> {
     s
 }
 
+/// The gradient of `sum_i s_i^2` with respect to `c_m`, `m < len`:
+/// `2 sum_{j<k, m + j b < n} s_{m + j b}`.
+pub(crate) fn window_sums_gradient(s: &[f64], len: usize, b: usize, k: usize) -> Vec<f64> {
+    let n = s.len();
+    let mut g = vec![0.0; n];
+    for m in (0..n).rev() {
+        let mut v = 2.0 * s[m];
+        if m + b < n {
+            v += g[m + b];
+        }
+        if m + k * b < n {
+            v -= 2.0 * s[m + k * b];
+        }
+        g[m] = v;
+    }
+    g.truncate(len);
+    g
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +274,22 @@ mod tests {
         let s = toeplitz_sensitivity(&c, 4, &p);
         assert!(!s.exact);
         assert!(s.squared >= brute_force(&c, 4, 1, 2));
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let c = vec![1.0, 0.7, 0.4, 0.35, 0.1];
+        let (n, b, k) = (11, 2, 4);
+        let f = |c: &[f64]| window_sums(c, n, b, k).iter().map(|s| s * s).sum::<f64>();
+        let g = window_sums_gradient(&window_sums(&c, n, b, k), c.len(), b, k);
+        for m in 0..c.len() {
+            let mut up = c.clone();
+            up[m] += 1e-6;
+            let mut down = c.clone();
+            down[m] -= 1e-6;
+            let fd = (f(&up) - f(&down)) / 2e-6;
+            assert!((fd - g[m]).abs() < 1e-6, "{m}: {fd} vs {}", g[m]);
+        }
     }
 
     #[test]

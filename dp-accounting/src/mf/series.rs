@@ -5,6 +5,8 @@
 //!   size at least `len(a) + len(b) - 1` (no wrap-around), O(n log n).
 //! - Inverse: Newton's iteration `g <- g - g (c g - 1)`, doubling the number of correct
 //!   coefficients each round, so it costs a few products of size n (O(n log n)).
+//! - Correlation `out_l = sum_{m>=l} h_m v_{m-l}`: the transpose of multiplying by `v`, which
+//!   is how gradients flow back through a product.
 
 use realfft::num_complex::Complex64;
 use realfft::RealFftPlanner;
@@ -89,6 +91,15 @@ impl Series {
         g.truncate(n);
         g
     }
+
+    /// `out_l = sum_{m >= l} h_m v_{m - l}` for `l < h.len()`: `v`'s product transposed.
+    pub(crate) fn correlate(&mut self, h: &[f64], v: &[f64]) -> Vec<f64> {
+        let n = h.len();
+        let reversed: Vec<f64> = h.iter().rev().copied().collect();
+        let mut out = self.mul(&reversed, v, n);
+        out.reverse();
+        out
+    }
 }
 
 #[cfg(test)]
@@ -126,5 +137,17 @@ mod tests {
             assert_eq!(g.len(), n);
             assert!(g.iter().all(|x| (x - 1.0).abs() < 1e-12), "n = {n}");
         }
+    }
+
+    #[test]
+    fn correlation_is_the_transpose_of_the_product() {
+        let mut s = Series::new();
+        let v: Vec<f64> = (0..40).map(|i| (i as f64 * 0.3).sin()).collect();
+        let h: Vec<f64> = (0..40).map(|i| (i as f64 * 0.7).cos()).collect();
+        let x: Vec<f64> = (0..40).map(|i| 1.0 / (1.0 + i as f64)).collect();
+        // <h, v * x> = <correlate(h, v), x>
+        let lhs: f64 = h.iter().zip(s.mul(&v, &x, 40)).map(|(a, b)| a * b).sum();
+        let rhs: f64 = s.correlate(&h, &v).iter().zip(&x).map(|(a, b)| a * b).sum();
+        assert!((lhs - rhs).abs() < 1e-12);
     }
 }
