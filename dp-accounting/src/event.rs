@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{check_range, AccountingError};
 use crate::rdp::RunCount;
 
 /// A differentially private computation, built from mechanisms and how they were combined.
@@ -60,6 +61,65 @@ pub enum DpEvent {
         /// The events, in order.
         events: Vec<DpEvent>,
     },
+    /// A whole run of the matrix-factorization (correlated-noise) Gaussian mechanism: over
+    /// `steps` steps the trainer adds `(C^{-1} Z)_t` to the sum of clipped gradients, with
+    /// `Z`'s entries of standard deviation `noise_multiplier x clip x sens(C)` (see
+    /// [`crate::mf`]). Record it once per run, not per step.
+    ///
+    /// Unamplified (`amplification: None`, `sens` under the run's participation pattern) it
+    /// is one Gaussian mechanism with `noise_multiplier` (mu-GDP, mu = 1/sigma), whatever C and
+    /// the number of steps. With cyclic Poisson sampling of a banded C (`sens` the largest
+    /// column norm) it is DP-SGD with the same noise multiplier for `ceil(steps / bands)`
+    /// steps (Choquette-Choo et al. 2023, Thm 4).
+    MatrixFactorization {
+        /// Noise standard deviation over `clip x sens(C)`.
+        noise_multiplier: f64,
+        /// Steps of the run (n).
+        steps: u64,
+        /// Amplification by cyclic Poisson sampling, for banded C only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        amplification: Option<CyclicPoisson>,
+    },
+}
+
+/// Cyclic Poisson sampling for a banded strategy (BandMF): the data is split into `bands`
+/// fixed groups, and step `t` includes each example of group `t mod bands` independently with
+/// probability `sampling_probability`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CyclicPoisson {
+    /// The number of bands p of C, which is also the number of groups.
+    pub bands: u64,
+    /// The inclusion probability q within the sampled group.
+    pub sampling_probability: f64,
+}
+
+/// The event a matrix-factorization run is exactly as private as: one Gaussian with the same
+/// noise multiplier, or DP-SGD for `ceil(steps / bands)` steps under cyclic Poisson sampling.
+pub(crate) fn matrix_factorization_equivalent(
+    noise_multiplier: f64,
+    steps: u64,
+    amplification: Option<&CyclicPoisson>,
+) -> Result<DpEvent, AccountingError> {
+    check_range(
+        "noise_multiplier",
+        noise_multiplier,
+        noise_multiplier > 0.0,
+        "sigma > 0",
+    )?;
+    check_range("steps", steps as f64, steps >= 1, "at least 1 step")?;
+    match amplification {
+        None => Ok(DpEvent::Gaussian { noise_multiplier }),
+        Some(c) => {
+            check_range("bands", c.bands as f64, c.bands >= 1, "at least 1 band")?;
+            let q = c.sampling_probability;
+            check_range("sampling_rate", q, q > 0.0 && q <= 1.0, "0 < q <= 1")?;
+            Ok(DpEvent::dp_sgd(
+                q,
+                noise_multiplier,
+                steps.div_ceil(c.bands),
+            ))
+        }
+    }
 }
 
 impl DpEvent {
@@ -86,6 +146,7 @@ impl DpEvent {
             DpEvent::RepeatAndSelect { .. } => "RepeatAndSelect",
             DpEvent::SelfComposed { .. } => "SelfComposed",
             DpEvent::Composed { .. } => "Composed",
+            DpEvent::MatrixFactorization { .. } => "MatrixFactorization",
         }
     }
 
@@ -105,6 +166,11 @@ impl DpEvent {
                     .sum();
                 inv_sq.map(|v| v.powf(-0.5))
             }
+            DpEvent::MatrixFactorization {
+                noise_multiplier,
+                amplification: None,
+                ..
+            } => Some(*noise_multiplier),
             _ => None,
         }
     }

@@ -32,7 +32,7 @@ mod tan;
 pub use accountant::{Accountant, AccountantKind};
 pub use calibrate::{calibrate_noise_multiplier, dp_sgd_epsilon, max_steps, Calibration};
 pub use error::AccountingError;
-pub use event::{DpEvent, NeighbouringRelation};
+pub use event::{CyclicPoisson, DpEvent, NeighbouringRelation};
 pub use prv::{EpsilonBounds, PrvAccountant};
 pub use rdp::{
     delta_from_rdp, epsilon_from_rdp, repeat_and_select_rdp,

@@ -860,4 +860,107 @@ mod matrix_factorization {
             check["max_rmse"]
         );
     }
+
+    #[test]
+    fn accountants_treat_a_run_as_one_gaussian_or_as_dp_sgd_when_banded_and_sampled() {
+        use dp_accounting::mf::gaussian_epsilon;
+        use dp_accounting::PrvAccountant;
+        let n = 1000;
+        let sqrt = Strategy::square_root(n, &Workload::prefix()).unwrap();
+        let event = sqrt.dp_event(0.8, None).unwrap();
+        let exact = gaussian_epsilon(0.8, 1e-5).unwrap();
+        let mut rdp = RdpAccountant::default();
+        rdp.compose(&event).unwrap();
+        let rdp_eps = rdp.epsilon(1e-5).unwrap();
+        let mut prv = PrvAccountant::new(0.01).unwrap();
+        prv.compose(&event).unwrap();
+        let bracket = prv.epsilon_bounds(1e-5).unwrap();
+        assert!(
+            bracket.lower <= exact && exact <= bracket.upper,
+            "{bracket:?} vs {exact}"
+        );
+        assert!(
+            exact < rdp_eps && rdp_eps < exact * 1.2,
+            "{rdp_eps} vs {exact}"
+        );
+        // Amplification is for banded strategies only.
+        assert!(sqrt.dp_event(0.8, Some(0.01)).is_err());
+        let blt = Blt::from_decays(vec![0.99], vec![0.8]).unwrap();
+        assert!(Strategy::blt(n, &blt)
+            .unwrap()
+            .dp_event(0.8, Some(0.01))
+            .is_err());
+        let banded = Strategy::banded_square_root(n, 10, &Workload::prefix()).unwrap();
+        let DpEvent::MatrixFactorization {
+            amplification: Some(a),
+            ..
+        } = banded.dp_event(0.8, Some(0.01)).unwrap()
+        else {
+            panic!("banded strategies are amplified")
+        };
+        assert_eq!((a.bands, a.sampling_probability), (10, 0.01));
+        // The event round-trips through JSON.
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(json.contains("\"type\":\"matrix_factorization\""), "{json}");
+        assert_eq!(serde_json::from_str::<DpEvent>(&json).unwrap(), event);
+    }
+
+    mod properties {
+        use super::*;
+        use dp_accounting::mf::{Participation, Strategy, Workload};
+        use proptest::prelude::*;
+
+        fn rdp_of(event: &DpEvent) -> Vec<f64> {
+            let mut acc = RdpAccountant::default();
+            acc.compose(event).unwrap();
+            acc.rdp().to_vec()
+        }
+
+        fn same(a: &[f64], b: &[f64]) -> bool {
+            a.iter()
+                .zip(b)
+                .all(|(x, y)| (x - y).abs() <= 1e-10 * x.abs().max(1.0))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(32))]
+
+            #[test]
+            fn identity_strategy_is_dp_sgd(sigma in 0.5f64..10.0, epochs in 1u64..20, per_epoch in 1usize..200, q in 1e-3f64..1.0) {
+                let n = per_epoch * epochs as usize;
+                let identity = Strategy::identity(n).unwrap();
+                let p = Participation::epochs(n, epochs).unwrap();
+                // sens(I) = sqrt(k): the noise per step is sigma sqrt(k), k full-batch steps.
+                prop_assert!((identity.sensitivity(&p).squared - epochs as f64).abs() < 1e-12);
+                let unamplified = rdp_of(&identity.dp_event(sigma, None).unwrap());
+                let k_steps = DpEvent::dp_sgd(1.0, sigma * (epochs as f64).sqrt(), epochs);
+                prop_assert!(same(&unamplified, &rdp_of(&k_steps)));
+                // Sampled, C = I is one band: exactly DP-SGD for n steps.
+                let amplified = rdp_of(&identity.dp_event(sigma, Some(q)).unwrap());
+                prop_assert!(same(&amplified, &rdp_of(&DpEvent::dp_sgd(q, sigma, n as u64))));
+            }
+
+            #[test]
+            fn banded_sensitivity_is_k_times_the_squared_norm(epochs in 1u64..12, b in 1usize..64, bands_frac in 0.0f64..1.0) {
+                let n = b * epochs as usize;
+                let bands = 1 + (bands_frac * (b - 1) as f64) as usize;
+                let s = Strategy::banded_square_root(n, bands, &Workload::prefix()).unwrap();
+                let p = Participation::epochs(n, epochs).unwrap();
+                let norm2: f64 = s.coefs()[..bands].iter().map(|c| c * c).sum();
+                let sens = s.sensitivity(&p);
+                prop_assert!(sens.exact);
+                prop_assert!((sens.squared - epochs as f64 * norm2).abs() < 1e-10 * sens.squared);
+            }
+
+            #[test]
+            fn noise_multiplier_calibration_meets_the_target(epsilon in 0.05f64..20.0, log_delta in -12f64..-3.0) {
+                use dp_accounting::mf::{gaussian_epsilon, gaussian_noise_multiplier};
+                let delta = 10f64.powf(log_delta);
+                let sigma = gaussian_noise_multiplier(epsilon, delta).unwrap();
+                let achieved = gaussian_epsilon(sigma, delta).unwrap();
+                prop_assert!(achieved <= epsilon * (1.0 + 1e-9));
+                prop_assert!(achieved >= epsilon * (1.0 - 1e-6));
+            }
+        }
+    }
 }

@@ -12,8 +12,9 @@
 //!
 //! **Sensitivity** of C under b-min-sep participation ([`Participation`],
 //! [`Strategy::sensitivity`]), **error** ([`Strategy::evaluate`], RMSE in units of noise
-//! multiplier x clip norm) and **optimized strategies** ([`optimize_banded`], [`optimize_blt`],
-//! [`optimize_nu`]).
+//! multiplier x clip norm), **optimized strategies** ([`optimize_banded`], [`optimize_blt`],
+//! [`optimize_nu`]) and **accounting** ([`Strategy::dp_event`], [`gaussian_epsilon`]): an
+//! unamplified run is one Gaussian mechanism with the noise multiplier, whatever C.
 //!
 //! ```
 //! use dp_accounting::mf::{optimize_banded, Objective, Participation, Strategy, Workload};
@@ -27,6 +28,7 @@
 //! assert!(e.rmse() < 6.4442 * 1.002);
 //! ```
 
+mod accounting;
 mod blt;
 mod lbfgs;
 mod lower_bound;
@@ -39,6 +41,7 @@ mod series;
 mod strategy;
 mod workload;
 
+pub use accounting::{gaussian_delta, gaussian_epsilon, gaussian_noise_multiplier};
 pub use blt::Blt;
 pub use lower_bound::mean_loss_lower_bound;
 pub use metrics::{Evaluation, Objective};

@@ -23,7 +23,7 @@ use realfft::RealFftPlanner;
 
 use crate::accountant::Accountant;
 use crate::error::{check_range, AccountingError};
-use crate::event::DpEvent;
+use crate::event::{matrix_factorization_equivalent, DpEvent};
 use crate::rdp::RdpAccountant;
 use subsampled_gaussian::SubsampledGaussianPrv;
 
@@ -436,5 +436,15 @@ fn collect_steps(
         DpEvent::Composed { events } => events
             .iter()
             .try_for_each(|e| collect_steps(e, count, steps, non_private)),
+        DpEvent::MatrixFactorization {
+            noise_multiplier,
+            steps: run,
+            amplification,
+        } => collect_steps(
+            &matrix_factorization_equivalent(*noise_multiplier, *run, amplification.as_ref())?,
+            count,
+            steps,
+            non_private,
+        ),
     }
 }

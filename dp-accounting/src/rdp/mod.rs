@@ -23,7 +23,7 @@ pub use subsampled_gaussian::{
 
 use crate::accountant::Accountant;
 use crate::error::{check_range, AccountingError};
-use crate::event::{DpEvent, NeighbouringRelation};
+use crate::event::{matrix_factorization_equivalent, DpEvent, NeighbouringRelation};
 
 /// dp_accounting's default order grid: 1.1 to 10.9 in steps of 0.1, 11 to 63, then 128 to 1024.
 /// The large orders matter for small epsilon (the optimum reaches 128-1024 when epsilon < 0.1).
@@ -261,6 +261,15 @@ impl RdpAccountant {
                     .map(|r| if *count == 0 { 0.0 } else { r * *count as f64 })
                     .collect())
             }
+            DpEvent::MatrixFactorization {
+                noise_multiplier,
+                steps,
+                amplification,
+            } => self.event_rdp(&matrix_factorization_equivalent(
+                *noise_multiplier,
+                *steps,
+                amplification.as_ref(),
+            )?),
             DpEvent::Composed { events } => {
                 let mut total = vec![0.0; self.orders.len()];
                 for e in events {
