@@ -468,3 +468,239 @@ fn audit_json_uses_the_golden_field_names() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--fp"));
 }
+
+/// `dp-accounting mf ARGS --json`.
+fn mf(args: &[&str]) -> Value {
+    let mut all = vec!["mf"];
+    all.extend_from_slice(args);
+    json(&all)
+}
+
+#[test]
+fn mf_reports_the_golden_error_and_the_gaussian_epsilon() {
+    // tests/golden/mf_public.json, prefix n = 1024, k = 4.
+    let plan = ["--steps", "1024", "--epochs", "4"];
+    let with = |extra: &[&str]| {
+        let mut args = plan.to_vec();
+        args.extend_from_slice(extra);
+        mf(&args)
+    };
+    for (strategy, rmse) in [
+        ("identity", 45.2769256907),
+        ("sqrt", 7.54288287831),
+        ("bsr", 6.48593913479),
+        ("bisr", 7.06330373707),
+    ] {
+        let v = with(&["--strategy", strategy]);
+        let got = v["rmse"].as_f64().unwrap();
+        assert!(
+            (got / rmse - 1.0).abs() < 1e-9,
+            "{strategy}: {got} vs {rmse}"
+        );
+        for field in [
+            "sensitivity",
+            "sensitivity_squared",
+            "sensitivity_exact",
+            "rmse",
+            "max_rmse",
+            "dpsgd_rmse",
+            "rmse_ratio_vs_dpsgd",
+            "memory_vectors",
+            "recurrence",
+            "lower_bound_rmse",
+        ] {
+            assert!(v.get(field).is_some(), "{strategy}: missing {field} in {v}");
+        }
+        assert_eq!(v["strategy"], strategy);
+    }
+    let nu = with(&["--strategy", "nu", "--nu", "0.997563524438"]);
+    assert!((nu["rmse"].as_f64().unwrap() / 6.85645454616 - 1.0).abs() < 1e-6);
+    for (strategy, rmse) in [("banded", 6.44414336823), ("blt", 6.66893460003)] {
+        let v = with(&["--strategy", strategy]);
+        let ratio = v["rmse"].as_f64().unwrap() / rmse;
+        assert!(ratio <= 1.002, "{strategy}: {ratio}");
+    }
+    let blt = with(&["--strategy", "blt", "--buffers", "2"]);
+    assert_eq!(blt["memory_vectors"], 2);
+    assert_eq!(blt["recurrence"]["form"], "buffered");
+    assert_eq!(blt["blt"]["buf_decay"].as_array().unwrap().len(), 2);
+
+    // Unamplified: one Gaussian mechanism, whatever the strategy. Reference: bisection of
+    // the analytic Gaussian profile with Python's math.erfc.
+    for strategy in ["identity", "sqrt", "banded"] {
+        let v = with(&[
+            "--strategy",
+            strategy,
+            "--noise-multiplier",
+            "1",
+            "--delta",
+            "1e-5",
+        ]);
+        let eps = v["epsilon"].as_f64().unwrap();
+        assert!((eps - 4.3771780956812245).abs() < 1e-9, "{strategy}: {eps}");
+        assert_eq!(v["event"]["type"], "matrix_factorization");
+    }
+}
+
+#[test]
+fn mf_amplified_identity_is_dp_sgd() {
+    let v = mf(&[
+        "--steps",
+        "2000",
+        "--strategy",
+        "identity",
+        "--sampling-rate",
+        "0.01",
+        "--noise-multiplier",
+        "1",
+        "--delta",
+        "1e-5",
+        "--accountant",
+        "rdp",
+    ]);
+    let sgd = json(&[
+        "epsilon",
+        "--sampling-rate",
+        "0.01",
+        "--steps",
+        "2000",
+        "--noise-multiplier",
+        "1",
+        "--delta",
+        "1e-5",
+        "--accountant",
+        "rdp",
+    ]);
+    assert_eq!(v["epsilon"], sgd["epsilon"]);
+    assert_eq!(v["event"]["amplification"]["bands"], 1);
+    // Ten bands: as private as DP-SGD for a tenth of the steps.
+    let banded = mf(&[
+        "--steps",
+        "2000",
+        "--strategy",
+        "banded",
+        "--bands",
+        "10",
+        "--sampling-rate",
+        "0.01",
+        "--noise-multiplier",
+        "1",
+        "--delta",
+        "1e-5",
+        "--accountant",
+        "rdp",
+    ]);
+    let tenth = json(&[
+        "epsilon",
+        "--sampling-rate",
+        "0.01",
+        "--steps",
+        "200",
+        "--noise-multiplier",
+        "1",
+        "--delta",
+        "1e-5",
+        "--accountant",
+        "rdp",
+    ]);
+    assert_eq!(banded["epsilon"], tenth["epsilon"]);
+    // The noise is scaled by one participation's sensitivity (the largest column norm).
+    assert_eq!(banded["max_participations"], 1);
+}
+
+#[test]
+fn mf_bad_input_is_one_line_naming_the_flag_and_help_teaches_the_strategies() {
+    let cases: [(&[&str], &str); 10] = [
+        (&["--steps", "0", "--strategy", "sqrt"], "--steps"),
+        (
+            &["--steps", "10", "--epochs", "11", "--strategy", "sqrt"],
+            "--epochs",
+        ),
+        (
+            &["--steps", "10", "--strategy", "sqrt", "--bands", "3"],
+            "--bands",
+        ),
+        (
+            &[
+                "--steps",
+                "12",
+                "--epochs",
+                "4",
+                "--strategy",
+                "banded",
+                "--bands",
+                "4",
+            ],
+            "--bands",
+        ),
+        (
+            &["--steps", "10", "--strategy", "blt", "--buffers", "0"],
+            "--buffers",
+        ),
+        (
+            &["--steps", "10", "--strategy", "nu", "--nu", "1.5"],
+            "--nu",
+        ),
+        (
+            &[
+                "--steps",
+                "10",
+                "--strategy",
+                "sqrt",
+                "--workload",
+                "momentum",
+            ],
+            "--momentum",
+        ),
+        (
+            &[
+                "--steps",
+                "10",
+                "--strategy",
+                "sqrt",
+                "--noise-multiplier",
+                "1",
+            ],
+            "--delta",
+        ),
+        (
+            &[
+                "--steps",
+                "10",
+                "--strategy",
+                "blt",
+                "--sampling-rate",
+                "0.1",
+            ],
+            "--sampling-rate",
+        ),
+        (&["--steps", "10", "--strategy", "dense"], "--strategy"),
+    ];
+    for (args, flag) in cases {
+        let mut all = vec!["mf"];
+        all.extend_from_slice(args);
+        let out = run(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(flag),
+            "{args:?} should name {flag}: {stderr}"
+        );
+    }
+    let help = run(&["mf", "--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for word in [
+        "identity",
+        "sqrt",
+        "nu-DP-FTRL",
+        "bsr",
+        "bisr",
+        "banded",
+        "blt",
+        "sens(C)",
+    ] {
+        assert!(text.contains(word), "help lacks {word}");
+    }
+}

@@ -1,5 +1,7 @@
 //! `dp-accounting`: privacy budgets for DP-SGD from the command line (no libtorch needed).
 
+mod mf;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,7 +16,8 @@ use serde_json::{json, Map, Value};
 
 /// Privacy accounting for DP-SGD: epsilon for a training plan, the noise for a target, the
 /// steps a budget allows, epsilon-versus-steps curves, the cost of private hyperparameter
-/// tuning, TAN-equivalent configurations, and epsilon estimates from privacy audits.
+/// tuning, TAN-equivalent configurations, correlated-noise (matrix factorization) strategies,
+/// and epsilon estimates from privacy audits.
 ///
 /// The mechanism is the Poisson-subsampled Gaussian: each step includes every record
 /// independently with probability q (the sampling rate), clips each record's gradient to norm C
@@ -28,6 +31,7 @@ use serde_json::{json, Map, Value};
 ///   dp-accounting curve --sampling-rate 0.01 --noise-multiplier 1 --steps 10000 --delta 1e-5 --svg eps.svg
 ///   dp-accounting tune --sampling-rate 0.01 --noise-multiplier 1 --steps 1000 --delta 1e-5 --runs poisson --mean 10
 ///   dp-accounting tan --dataset-size 50000 --batch-size 4096 --noise-multiplier 3 --steps 2500 --delta 1e-5
+///   dp-accounting mf --steps 1024 --epochs 4 --strategy banded --noise-multiplier 1 --delta 1e-5
 ///   dp-accounting audit --fp 50 --fn 400 --positives 1000 --negatives 1000 --delta 1e-5 --level 0.95
 #[derive(Parser, Debug)]
 #[command(name = "dp-accounting", version, verbatim_doc_comment)]
@@ -154,6 +158,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Correlated noise by matrix factorization: the sensitivity, error (rmse) and epsilon of a
+    /// noise strategy, next to DP-SGD's.
+    ///
+    /// Training computes linear functions A X of the gradient sums (prefix sums for SGD). A
+    /// strategy factors A = B C with C lower-triangular; the optimizer then sees
+    /// x_t + (C^{-1} z)_t, where every z_t has standard deviation
+    /// noise multiplier x clip x sens(C). C = I is DP-SGD; other strategies correlate the noise
+    /// across steps so that it cancels in the sums, lowering the error at the same privacy.
+    ///
+    /// sens(C) covers each example taking part at most K = --epochs times, at least
+    /// b = floor(n / K) steps apart (one fixed data order for all epochs). Unamplified, the
+    /// whole run is one Gaussian mechanism with the noise multiplier, whatever C: epsilon
+    /// depends only on sigma and delta; the strategy changes the error. Banded strategies may
+    /// also be amplified by cyclic Poisson sampling (--sampling-rate).
+    ///
+    /// Examples:
+    ///   dp-accounting mf --steps 1024 --epochs 4 --strategy banded
+    ///   dp-accounting mf --steps 10000 --strategy blt --buffers 4 --noise-multiplier 1 --delta 1e-5
+    ///   dp-accounting mf --steps 1000 --strategy banded --bands 10 --sampling-rate 0.01 --noise-multiplier 1 --delta 1e-5
+    #[command(verbatim_doc_comment)]
+    Mf(mf::MfArgs),
     /// Epsilon versus steps for one or more accountants, as CSV or JSON and an SVG plot.
     Curve {
         #[command(flatten)]
@@ -669,6 +694,7 @@ fn run(command: Command) -> Result<(), Failure> {
                 print_audit(&e);
             }
         }
+        Command::Mf(args) => mf::run(args)?,
         Command::Curve {
             common,
             length,
