@@ -7,7 +7,7 @@ export DP_ASSETS ?= $(CURDIR)/assets
 
 CARGO ?= cargo
 
-.PHONY: setup build demo test check clean-assets
+.PHONY: setup build demo demo-fashion-mnist test check clean-assets
 
 setup:
 	@scripts/setup.sh all
@@ -15,8 +15,15 @@ setup:
 build: setup
 	$(CARGO) build --release --workspace --bins
 
+# The main job: private fine-tuning of all-MiniLM-L6-v2 on Rotten Tomatoes at epsilon 8
+# (a fresh run folder each time: a folder holding a checkpoint would be resumed).
 demo: build
-	$(CARGO) run --release -p dp-train --bin dp-train -- fashion-mnist
+	rm -rf runs/demo-minilm
+	target/release/dp-train train --config examples/minilm_rotten_tomatoes.toml --run-dir runs/demo-minilm
+
+# The quick one: an MLP on Fashion-MNIST at epsilon 3.
+demo-fashion-mnist: build
+	target/release/dp-train fashion-mnist
 
 test: setup
 	$(CARGO) test --workspace

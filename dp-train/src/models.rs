@@ -1,8 +1,21 @@
-//! Small models built from DP layers, for fast private runs.
+//! Models built from DP layers: an MLP for fast private runs, and a BERT-style encoder that
+//! loads pretrained Hugging Face checkpoints (all-MiniLM-L6-v2) for private fine-tuning, fully
+//! or through LoRA adapters.
 
-use dp_core::layers::{DpEmbedding, DpLinear, DpNorm};
+use std::path::Path;
+
+use dp_core::layers::{DpEmbedding, DpLinear, DpNorm, LoraAdapter};
 use dp_core::Tape;
+use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
+
+use crate::error::TrainError;
+
+/// A model that maps a batch of inputs to class logits, recording its DP layers on the tape.
+pub trait Classifier {
+    /// Logits (B, classes) for a batch of inputs.
+    fn logits(&self, inputs: &Tensor, tape: &mut Tape) -> Tensor;
+}
 
 /// A multi-layer perceptron with tanh activations (bounded activations suit DP-SGD:
 /// Papernot et al. 2021, "Tempered sigmoid activations for deep learning with DP").
@@ -36,6 +49,12 @@ impl Mlp {
                     z
                 }
             })
+    }
+}
+
+impl Classifier for Mlp {
+    fn logits(&self, inputs: &Tensor, tape: &mut Tape) -> Tensor {
+        self.forward(inputs, tape)
     }
 }
 
@@ -80,38 +99,163 @@ impl EncoderShape {
         max_positions: 512,
         type_vocab: 2,
     };
+
+    /// The shape in a Hugging Face BERT `config.json`. Only what this encoder implements is
+    /// accepted: post-LayerNorm blocks with eps 1e-12, exact GELU, absolute positions.
+    pub fn from_config_json(path: &Path) -> Result<Self, TrainError> {
+        let bad = |reason: String| TrainError::Data {
+            what: "a BERT config.json",
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let int = |key: &str| {
+            v[key]
+                .as_i64()
+                .filter(|x| *x > 0)
+                .ok_or_else(|| bad(format!("'{key}' is missing or not a positive integer")))
+        };
+        let expect = |key: &str, want: serde_json::Value| {
+            if v.get(key).is_some_and(|x| *x != want) {
+                Err(bad(format!(
+                    "{key} = {} is not supported (only {want})",
+                    v[key]
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        expect("hidden_act", "gelu".into())?;
+        expect("layer_norm_eps", 1e-12.into())?;
+        expect("position_embedding_type", "absolute".into())?;
+        let shape = Self {
+            vocab: int("vocab_size")?,
+            hidden: int("hidden_size")?,
+            layers: int("num_hidden_layers")?,
+            heads: int("num_attention_heads")?,
+            intermediate: int("intermediate_size")?,
+            max_positions: int("max_position_embeddings")?,
+            type_vocab: int("type_vocab_size")?,
+        };
+        if shape.hidden % shape.heads != 0 {
+            return Err(bad(
+                "hidden_size is not a multiple of num_attention_heads".into()
+            ));
+        }
+        Ok(shape)
+    }
+}
+
+/// Which weights of a pretrained encoder are trained; the rest are frozen
+/// (`requires_grad = false`), which also keeps them out of clipping and noise.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Finetune {
+    /// Every weight.
+    All,
+    /// The top `blocks` transformer blocks and the classification head.
+    Top {
+        /// How many blocks from the top.
+        blocks: i64,
+    },
+    /// LoRA adapters of rank `rank` and scale `alpha / rank` on every attention and
+    /// feed-forward linear map, and the classification head.
+    Lora {
+        /// Adapter rank r.
+        rank: i64,
+        /// LoRA alpha.
+        alpha: f64,
+    },
+}
+
+impl Finetune {
+    /// Whether the variable `name` of an [`EncoderClassifier`] is trained.
+    pub fn trains(&self, name: &str, layers: i64) -> bool {
+        if name.starts_with("classifier.") {
+            return true;
+        }
+        match *self {
+            Finetune::All => true,
+            Finetune::Top { blocks } => name
+                .strip_prefix("encoder.layer.")
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|i| i.parse::<i64>().ok())
+                .is_some_and(|i| i >= layers - blocks),
+            Finetune::Lora { .. } => name.contains(".lora_"),
+        }
+    }
+
+    /// One line for reports.
+    pub fn describe(&self, layers: i64) -> String {
+        match *self {
+            Finetune::All => "all weights".into(),
+            Finetune::Top { blocks } => {
+                format!("top {} of {layers} blocks and the head", blocks.min(layers))
+            }
+            Finetune::Lora { rank, alpha } => {
+                format!("LoRA adapters (rank {rank}, alpha {alpha}) and the head")
+            }
+        }
+    }
+}
+
+/// A linear map with an optional LoRA adapter: `a W^T + b (+ s (a A^T) B^T)`.
+#[derive(Debug)]
+struct AdaptedLinear {
+    base: DpLinear,
+    lora: Option<LoraAdapter>,
+}
+
+impl AdaptedLinear {
+    fn new(path: &nn::Path, in_dim: i64, out_dim: i64, lora: Option<(i64, f64)>) -> Self {
+        Self {
+            base: DpLinear::new(path, in_dim, out_dim, true),
+            lora: lora.map(|(rank, alpha)| LoraAdapter::new(path, in_dim, out_dim, rank, alpha)),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, tape: &mut Tape) -> Tensor {
+        let z = self.base.forward(x, tape);
+        match &self.lora {
+            Some(adapter) => z + adapter.forward(x, tape),
+            None => z,
+        }
+    }
 }
 
 /// One transformer block: self-attention and feed-forward, each with a residual and a
 /// post-LayerNorm, as in BERT.
 #[derive(Debug)]
 struct EncoderBlock {
-    query: DpLinear,
-    key: DpLinear,
-    value: DpLinear,
-    attention_out: DpLinear,
+    query: AdaptedLinear,
+    key: AdaptedLinear,
+    value: AdaptedLinear,
+    attention_out: AdaptedLinear,
     attention_norm: DpNorm,
-    intermediate: DpLinear,
-    output: DpLinear,
+    intermediate: AdaptedLinear,
+    output: AdaptedLinear,
     output_norm: DpNorm,
     heads: i64,
 }
 
 impl EncoderBlock {
-    fn new(path: &nn::Path, s: EncoderShape) -> Self {
+    fn new(path: &nn::Path, s: EncoderShape, lora: Option<(i64, f64)>) -> Self {
         let (h, i) = (s.hidden, s.intermediate);
+        let linear = |p: &nn::Path, d, o| AdaptedLinear::new(p, d, o, lora);
+        let attention = path / "attention";
         Self {
-            query: DpLinear::new(&(path / "attention" / "self" / "query"), h, h, true),
-            key: DpLinear::new(&(path / "attention" / "self" / "key"), h, h, true),
-            value: DpLinear::new(&(path / "attention" / "self" / "value"), h, h, true),
-            attention_out: DpLinear::new(&(path / "attention" / "output" / "dense"), h, h, true),
+            query: linear(&(&attention / "self" / "query"), h, h),
+            key: linear(&(&attention / "self" / "key"), h, h),
+            value: linear(&(&attention / "self" / "value"), h, h),
+            attention_out: linear(&(&attention / "output" / "dense"), h, h),
             attention_norm: DpNorm::layer_norm(
                 &(path / "attention" / "output" / "LayerNorm"),
                 h,
                 1e-12,
             ),
-            intermediate: DpLinear::new(&(path / "intermediate" / "dense"), h, i, true),
-            output: DpLinear::new(&(path / "output" / "dense"), i, h, true),
+            intermediate: linear(&(path / "intermediate" / "dense"), h, i),
+            output: linear(&(path / "output" / "dense"), i, h),
             output_norm: DpNorm::layer_norm(&(path / "output" / "LayerNorm"), h, 1e-12),
             heads: s.heads,
         }
@@ -153,15 +297,20 @@ pub struct EncoderClassifier {
 }
 
 impl EncoderClassifier {
-    /// A randomly initialised encoder of `shape` with `classes` outputs, under `path`.
-    pub fn new(path: &nn::Path, shape: EncoderShape, classes: i64) -> Self {
+    /// A randomly initialised encoder of `shape` with `classes` outputs, under `path`; with
+    /// [`Finetune::Lora`], every attention and feed-forward linear map gets an adapter.
+    pub fn new(path: &nn::Path, shape: EncoderShape, classes: i64, finetune: Finetune) -> Self {
+        let lora = match finetune {
+            Finetune::Lora { rank, alpha } => Some((rank, alpha)),
+            _ => None,
+        };
         let e = path / "embeddings";
         Self {
             words: DpEmbedding::new(
                 &(&e / "word_embeddings"),
                 shape.vocab,
                 shape.hidden,
-                Some(0),
+                Some(PAD_ID),
             ),
             positions: DpEmbedding::new(
                 &(&e / "position_embeddings"),
@@ -177,15 +326,104 @@ impl EncoderClassifier {
             ),
             embedding_norm: DpNorm::layer_norm(&(&e / "LayerNorm"), shape.hidden, 1e-12),
             blocks: (0..shape.layers)
-                .map(|i| EncoderBlock::new(&(path / "encoder" / "layer" / i), shape))
+                .map(|i| EncoderBlock::new(&(path / "encoder" / "layer" / i), shape, lora))
                 .collect(),
             head: DpLinear::new(&(path / "classifier"), shape.hidden, classes, true),
         }
     }
 
+    /// The pretrained encoder in `dir` (Hugging Face layout: `config.json` and
+    /// `model.safetensors` with BERT names, with or without a `bert.` prefix) with a fresh
+    /// `classes`-way head, built in `vs` with everything that `finetune` does not train frozen.
+    ///
+    /// Strict: every encoder weight must be in the file with its shape, and every tensor of the
+    /// file must be used, except the pooler and the position-id buffer (mean pooling replaces
+    /// the pooler, as in sentence-transformers).
+    pub fn pretrained(
+        vs: &nn::VarStore,
+        dir: &Path,
+        classes: i64,
+        finetune: Finetune,
+    ) -> Result<Self, TrainError> {
+        let shape = EncoderShape::from_config_json(&dir.join("config.json"))?;
+        if let Finetune::Top { blocks } = finetune {
+            if !(1..=shape.layers).contains(&blocks) {
+                return Err(TrainError::Config(format!(
+                    "model.finetune: top blocks {blocks} must be in 1..={}",
+                    shape.layers
+                )));
+            }
+        }
+        if let Finetune::Lora { rank, alpha } = finetune {
+            if rank < 1 || !(alpha.is_finite() && alpha > 0.0) {
+                return Err(TrainError::Config(
+                    "model.finetune: LoRA rank must be >= 1 and alpha > 0".into(),
+                ));
+            }
+        }
+        let model = Self::new(&vs.root(), shape, classes, finetune);
+        let path = dir.join("model.safetensors");
+        let bad = |reason: String| TrainError::Data {
+            what: "pretrained weights",
+            path: path.display().to_string(),
+            reason,
+        };
+        let mut file: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&path)
+            .map_err(|e| bad(e.to_string()))?
+            .into_iter()
+            .map(|(name, t)| (name.strip_prefix("bert.").unwrap_or(&name).to_string(), t))
+            .collect();
+        let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, var) in &variables {
+            let fresh = name.starts_with("classifier.") || name.contains(".lora_");
+            match file.remove(name) {
+                Some(t) if t.size() == var.size() => tch::no_grad(|| {
+                    var.shallow_clone().copy_(&t);
+                }),
+                Some(t) => {
+                    return Err(bad(format!(
+                        "{name} has shape {:?} in the file, {:?} in the model",
+                        t.size(),
+                        var.size()
+                    )))
+                }
+                None if fresh => {}
+                None => return Err(bad(format!("{name} is missing"))),
+            }
+            if !finetune.trains(name, shape.layers) {
+                let _ = var.set_requires_grad(false);
+            }
+        }
+        let mut unused: Vec<&String> = file
+            .keys()
+            .filter(|n| !n.starts_with("pooler.") && n.as_str() != "embeddings.position_ids")
+            .collect();
+        unused.sort();
+        if let Some(first) = unused.first() {
+            return Err(bad(format!(
+                "{} tensors the model does not use, e.g. {first}",
+                unused.len()
+            )));
+        }
+        Ok(model)
+    }
+
+    /// Number of transformer blocks.
+    pub fn layers(&self) -> i64 {
+        self.blocks.len() as i64
+    }
+
     /// Logits (B, classes) for token ids (B, T) with `attention_mask` (B, T) of 1 for tokens and
-    /// 0 for padding. Position and token-type ids are per example (B, T).
+    /// 0 for padding. Position and token-type ids are per example (B, T). The sentence is the
+    /// mean of its tokens' last hidden states (mean pooling, as all-MiniLM-L6-v2 was trained).
     pub fn forward(&self, ids: &Tensor, attention_mask: &Tensor, tape: &mut Tape) -> Tensor {
+        self.head
+            .forward(&self.mean_pooled(ids, attention_mask, tape), tape)
+    }
+
+    /// Mean over real tokens of the last hidden states, (B, hidden).
+    pub fn mean_pooled(&self, ids: &Tensor, attention_mask: &Tensor, tape: &mut Tape) -> Tensor {
         let (b, t) = (ids.size()[0], ids.size()[1]);
         let positions = Tensor::arange(t, (Kind::Int64, ids.device()))
             .unsqueeze(0)
@@ -202,8 +440,25 @@ impl EncoderClassifier {
             x = block.forward(&x, &mask_bias, tape);
         }
         let m = mask.unsqueeze(2);
-        let pooled = (&x * &m).sum_dim_intlist(1, false, x.kind())
-            / m.sum_dim_intlist(1, false, x.kind()).clamp_min(1.0);
-        self.head.forward(&pooled, tape)
+        (&x * &m).sum_dim_intlist(1, false, x.kind())
+            / m.sum_dim_intlist(1, false, x.kind()).clamp_min(1.0)
+    }
+}
+
+/// The id of `[PAD]` in BERT vocabularies.
+pub const PAD_ID: i64 = 0;
+
+impl Classifier for EncoderClassifier {
+    /// `inputs`: token ids (B, L) padded with [`PAD_ID`]; the batch is cut to its longest
+    /// example before the forward pass (per-batch padding).
+    fn logits(&self, inputs: &Tensor, tape: &mut Tape) -> Tensor {
+        let mask = inputs.ne(PAD_ID);
+        let longest = mask
+            .sum_dim_intlist(1, false, Kind::Int64)
+            .max()
+            .int64_value(&[])
+            .max(1);
+        let ids = inputs.narrow(1, 0, longest);
+        self.forward(&ids, &mask.narrow(1, 0, longest), tape)
     }
 }

@@ -8,16 +8,54 @@ use dp_accounting::{calibrate_noise_multiplier, AccountantKind, DpEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
+use crate::models::Finetune;
 use crate::optimizer::{Optimizer, Schedule};
+
+/// The datasets a plan can name.
+pub const DATASETS: &str = "fashion-mnist or rotten-tomatoes";
 
 /// `[data]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// The dataset: "fashion-mnist".
+    /// The dataset: "fashion-mnist" (images) or "rotten-tomatoes" (text).
     pub dataset: String,
     /// Training examples used (the first N): the N of the sampling rate.
     pub dataset_size: usize,
+    /// Text datasets: tokens kept per example (longer ones are truncated).
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+}
+
+fn default_max_length() -> usize {
+    64
+}
+
+/// `[model]`: what is trained. Cannot change the mechanism.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// "mlp" (Fashion-MNIST) or "encoder" (a pretrained BERT-style encoder, text datasets).
+    pub kind: String,
+    /// MLP hidden widths.
+    pub hidden: Vec<i64>,
+    /// Encoder: the folder with `config.json` and `model.safetensors` [default:
+    /// $DP_ASSETS/minilm].
+    pub pretrained: Option<std::path::PathBuf>,
+    /// Encoder: which weights are trained (`{ kind = "all" }`, `{ kind = "top", blocks = 2 }`,
+    /// `{ kind = "lora", rank = 8, alpha = 16 }`).
+    pub finetune: Finetune,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            kind: "mlp".into(),
+            hidden: vec![256],
+            pretrained: None,
+            finetune: Finetune::All,
+        }
+    }
 }
 
 /// `[privacy]`: everything that changes the accounted mechanism.
@@ -77,13 +115,6 @@ pub struct TrainingSection {
     /// Learning-rate schedule.
     #[serde(default)]
     pub schedule: Schedule,
-    /// Hidden widths of the MLP.
-    #[serde(default = "default_hidden")]
-    pub hidden: Vec<i64>,
-}
-
-fn default_hidden() -> Vec<i64> {
-    vec![256]
 }
 
 /// `[performance]`: cannot change the mechanism.
@@ -119,6 +150,9 @@ pub struct TrainConfig {
     pub data: DataSection,
     /// The privacy plan.
     pub privacy: PrivacySection,
+    /// The model.
+    #[serde(default)]
+    pub model: ModelSection,
     /// The optimisation.
     pub training: TrainingSection,
     /// Speed and placement.
@@ -181,12 +215,21 @@ impl TrainConfig {
     /// Validates and resolves the mechanism from `[data]` and `[privacy]` alone.
     pub fn resolve(&self) -> Result<ResolvedPlan, TrainError> {
         let (d, p) = (&self.data, &self.privacy);
-        if d.dataset != "fashion-mnist" {
-            return Err(config_error(format!(
-                "data.dataset: unknown dataset '{}' (fashion-mnist)",
-                d.dataset
-            )));
+        match (d.dataset.as_str(), self.model.kind.as_str()) {
+            ("fashion-mnist", "mlp") | ("rotten-tomatoes", "encoder") => {}
+            ("fashion-mnist" | "rotten-tomatoes", kind) => {
+                return Err(config_error(format!(
+                    "model.kind: '{kind}' does not fit data.dataset '{}' (fashion-mnist: mlp; rotten-tomatoes: encoder)",
+                    d.dataset
+                )))
+            }
+            (other, _) => {
+                return Err(config_error(format!(
+                    "data.dataset: unknown dataset '{other}' ({DATASETS})"
+                )))
+            }
         }
+
         if d.dataset_size == 0 {
             return Err(config_error("data.dataset_size must be at least 1"));
         }

@@ -254,12 +254,10 @@ mod tuning {
 }
 
 #[test]
-fn the_encoder_classifier_clips_exactly_on_padded_batches() {
+fn the_encoder_classifier_clips_exactly_on_padded_batches_full_and_lora() {
     use dp_core::reference::batch_size_one_reference;
     use dp_core::ClippingEngine;
-    use dp_train::models::{EncoderClassifier, EncoderShape};
-    tch::manual_seed(9);
-    let mut vs = nn::VarStore::new(Device::Cpu);
+    use dp_train::models::{EncoderClassifier, EncoderShape, Finetune};
     let shape = EncoderShape {
         vocab: 40,
         hidden: 8,
@@ -269,53 +267,182 @@ fn the_encoder_classifier_clips_exactly_on_padded_batches() {
         max_positions: 12,
         type_vocab: 2,
     };
-    let model = EncoderClassifier::new(&vs.root(), shape, 3);
-    vs.double();
-    let ids =
-        Tensor::from_slice(&[5i64, 9, 9, 2, 0, 0, 7, 3, 3, 3, 3, 1, 4, 0, 0, 0, 0, 0]).view([3, 6]);
-    let mask = ids.ne(0).to_kind(Kind::Int64);
-    let labels = Tensor::from_slice(&[0i64, 2, 1]);
-    let losses = |range: (i64, i64), tape: &mut Tape| {
-        let (start, len) = range;
-        model
-            .forward(
-                &ids.narrow(0, start, len),
-                &mask.narrow(0, start, len),
-                tape,
-            )
-            .cross_entropy_loss::<Tensor>(
-                &labels.narrow(0, start, len),
-                None,
-                tch::Reduction::None,
-                -100,
-                0.0,
-            )
+    let lora = Finetune::Lora {
+        rank: 2,
+        alpha: 4.0,
     };
-    let engine = ClippingEngine::new(&vs, 0.1).unwrap();
-    let mut tape = Tape::recording();
-    let batch_losses = losses((0, 3), &mut tape);
-    let clipped = engine.clip(tape.take(), &batch_losses).unwrap();
-    let (norms, sums) = batch_size_one_reference(
-        &vs,
-        3,
-        |i| losses((i, 1), &mut Tape::off()).sum(Kind::Double),
-        0.1,
-    );
-    assert!(
-        norms.iter().all(|&n| n > 0.1),
-        "every example is clipped: {norms:?}"
-    );
-    for (i, n) in norms.iter().enumerate() {
+    for finetune in [Finetune::All, lora] {
+        tch::manual_seed(9);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let model = EncoderClassifier::new(&vs.root(), shape, 3, finetune);
+        vs.double();
+        for (name, t) in vs.variables() {
+            if name.contains(".lora_up.") {
+                // B starts at zero; perturb it so that A's gradients are not trivially zero.
+                tch::no_grad(|| t.shallow_clone().copy_(&(t.randn_like() * 0.5)));
+            }
+            if !finetune.trains(&name, shape.layers) {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+        let trained: Vec<String> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .map(|(n, _)| n)
+            .collect();
+        if finetune == lora {
+            assert_eq!(
+                trained.len(),
+                2 * 6 * 2 + 2,
+                "adapters and head: {trained:?}"
+            );
+        }
+        let ids = Tensor::from_slice(&[5i64, 9, 9, 2, 0, 0, 7, 3, 3, 3, 3, 1, 4, 0, 0, 0, 0, 0])
+            .view([3, 6]);
+        let mask = ids.ne(0).to_kind(Kind::Int64);
+        let labels = Tensor::from_slice(&[0i64, 2, 1]);
+        let losses = |range: (i64, i64), tape: &mut Tape| {
+            let (start, len) = range;
+            model
+                .forward(
+                    &ids.narrow(0, start, len),
+                    &mask.narrow(0, start, len),
+                    tape,
+                )
+                .cross_entropy_loss::<Tensor>(
+                    &labels.narrow(0, start, len),
+                    None,
+                    tch::Reduction::None,
+                    -100,
+                    0.0,
+                )
+        };
+        let engine = ClippingEngine::new(&vs, 0.1).unwrap();
+        let mut tape = Tape::recording();
+        let batch_losses = losses((0, 3), &mut tape);
+        let clipped = engine.clip(tape.take(), &batch_losses).unwrap();
+        let (norms, sums) = batch_size_one_reference(
+            &vs,
+            3,
+            |i| losses((i, 1), &mut Tape::off()).sum(Kind::Double),
+            0.1,
+        );
         assert!(
-            (clipped.norms.double_value(&[i as i64]) - n).abs() < 1e-10 * n.max(1.0),
-            "norm {i}"
+            norms.iter().all(|&n| n > 0.1),
+            "{finetune:?}: every example is clipped: {norms:?}"
+        );
+        for (i, n) in norms.iter().enumerate() {
+            assert!(
+                (clipped.norms.double_value(&[i as i64]) - n).abs() < 1e-10 * n.max(1.0),
+                "{finetune:?}: norm {i}"
+            );
+        }
+        assert_eq!(
+            clipped.sums.len(),
+            trained.len(),
+            "every trained parameter is covered"
+        );
+        assert_eq!(clipped.sums.len(), sums.len());
+        for (name, want) in &sums {
+            let diff = (&clipped.sums[name] - want).abs().max().double_value(&[]);
+            assert!(diff < 1e-10, "{finetune:?}: {name}: {diff}");
+        }
+    }
+}
+
+/// all-MiniLM-L6-v2 loaded from the assets matches an independent reference (transformers'
+/// pure-Python BertTokenizer and BertModel in float64, `tools/minilm_reference.py`): the same
+/// token ids, and mean-pooled hidden states within 1e-4.
+#[test]
+fn pretrained_minilm_matches_the_reference_forward_pass() {
+    use dp_train::models::{EncoderClassifier, Finetune};
+    use dp_train::rotten_tomatoes::{load_tokenizer, tokenize, Snippet};
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/minilm_reference.json")).unwrap();
+    let sentences: Vec<Snippet> = fixture["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| Snippet {
+            text: s.as_str().unwrap().to_string(),
+            label: 0,
+        })
+        .collect();
+    let dir = assets_dir().join("minilm");
+    let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), 64).unwrap();
+    let split = tokenize(&tokenizer, &sentences, 64).unwrap();
+    for (i, want) in fixture["token_ids"].as_array().unwrap().iter().enumerate() {
+        let want: Vec<i64> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
+        let got: Vec<i64> =
+            Vec::try_from(split.ids.get(i as i64).narrow(0, 0, want.len() as i64)).unwrap();
+        assert_eq!(got, want, "token ids of sentence {i}");
+        assert_eq!(
+            split
+                .ids
+                .get(i as i64)
+                .ne(0)
+                .sum(Kind::Int64)
+                .int64_value(&[]),
+            want.len() as i64,
+            "padding after sentence {i}"
         );
     }
-    assert_eq!(clipped.sums.len(), sums.len(), "every parameter is covered");
-    for (name, want) in &sums {
-        let diff = (&clipped.sums[name] - want).abs().max().double_value(&[]);
-        assert!(diff < 1e-10, "{name}: {diff}");
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = EncoderClassifier::pretrained(&vs, &dir, 2, Finetune::All).unwrap();
+    let mask = split.ids.ne(0);
+    let pooled = tch::no_grad(|| model.mean_pooled(&split.ids, &mask, &mut Tape::off()));
+    let mut worst: f64 = 0.0;
+    for (i, row) in fixture["mean_pooled"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        for (j, v) in row.as_array().unwrap().iter().enumerate() {
+            let got = pooled.double_value(&[i as i64, j as i64]);
+            worst = worst.max((got - v.as_f64().unwrap()).abs());
+        }
     }
+    assert!(
+        worst < 1e-4,
+        "largest difference from the reference: {worst}"
+    );
+    // Freezing: the top-block plan trains exactly the top blocks and the head.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _ = EncoderClassifier::pretrained(&vs, &dir, 2, Finetune::Top { blocks: 2 }).unwrap();
+    for (name, t) in vs.variables() {
+        let top = name.starts_with("encoder.layer.4.")
+            || name.starts_with("encoder.layer.5.")
+            || name.starts_with("classifier.");
+        assert_eq!(t.requires_grad(), top, "{name}");
+    }
+}
+
+#[test]
+fn rotten_tomatoes_has_its_documented_split() {
+    use dp_train::rotten_tomatoes::RottenTomatoes;
+    let data = RottenTomatoes::load(
+        &assets_dir().join("rotten-tomatoes"),
+        &assets_dir().join("minilm").join("tokenizer.json"),
+        64,
+    )
+    .unwrap();
+    assert_eq!(data.train.ids.size(), [10150, 64]);
+    assert_eq!(data.test.ids.size(), [2602, 64]);
+    let fresh = |l: &Tensor| l.sum(Kind::Int64).int64_value(&[]);
+    assert_eq!(
+        (fresh(&data.train.labels), fresh(&data.test.labels)),
+        (5856, 1512)
+    );
+    // Every row starts with [CLS] and is padded with 0 only after its [SEP].
+    let first = data.train.ids.select(1, 0);
+    assert!(bool::try_from(first.eq(101).all()).unwrap());
 }
 
 mod optimizers {

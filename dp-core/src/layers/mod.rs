@@ -3,8 +3,10 @@
 
 mod embedding;
 mod linear;
+mod lora;
 mod norm;
 
 pub use embedding::DpEmbedding;
 pub use linear::DpLinear;
+pub use lora::LoraAdapter;
 pub use norm::DpNorm;

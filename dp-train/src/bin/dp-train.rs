@@ -11,14 +11,14 @@ use dp_train::audit::{self, AuditConfig, CanaryKind, Sabotage};
 use dp_train::bench::{self, BenchConfig, StepMode};
 use dp_train::checkpoint::Checkpointing;
 use dp_train::data::assets_dir;
-use dp_train::fashion_mnist::train_mlp;
 use dp_train::fashion_mnist::{self, FashionMnist, RunConfig};
+use dp_train::job::Job;
 use dp_train::models::EncoderShape;
 use dp_train::optimizer::{Optimizer, Schedule};
 use dp_train::plan::TrainConfig;
 use dp_train::tune::{self, TuneConfig};
 use dp_train::TrainError;
-use dp_train::{Batches, DpSgdConfig, PrivacyStatement};
+use dp_train::{evaluate_accuracy, train_with_hooks, DpSgdConfig, NoHooks, PrivacyStatement};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::Device;
 
@@ -181,7 +181,7 @@ struct TrainArgs {
     /// The run folder (created; resumed if it holds a checkpoint).
     #[arg(long)]
     run_dir: PathBuf,
-    /// Folder with the Fashion-MNIST IDX files [default: $DP_ASSETS/fashion-mnist].
+    /// The dataset's folder [default: $DP_ASSETS/fashion-mnist or $DP_ASSETS/rotten-tomatoes].
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Print the result as JSON on stdout (no progress bar).
@@ -685,17 +685,15 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
     if config.performance.threads > 0 {
         tch::set_num_threads(config.performance.threads);
     }
-    let dir = args
-        .data_dir
-        .unwrap_or_else(|| assets_dir().join("fashion-mnist"));
-    let data = FashionMnist::load(&dir)?;
-    let available = data.train_labels.size()[0] as usize;
+    let mut rng = match config.privacy.seed {
+        Some(seed) => {
+            tch::manual_seed(seed as i64);
+            PrivacyRng::from_seed(seed)
+        }
+        None => PrivacyRng::from_os(),
+    };
+    let job = Job::load(&config, device, args.data_dir.as_deref())?;
     let n = config.data.dataset_size;
-    if n > available {
-        return Err(TrainError::Config(format!(
-            "data.dataset_size {n} exceeds the {available} training images"
-        )));
-    }
     let run_dir = &args.run_dir;
     std::fs::create_dir_all(run_dir)?;
     let resolved = format!(
@@ -719,19 +717,13 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
         delta: config.privacy.delta,
         epsilon_budget: plan.epsilon_budget,
     };
-    let mut rng = match config.privacy.seed {
-        Some(seed) => {
-            tch::manual_seed(seed as i64);
-            PrivacyRng::from_seed(seed)
-        }
-        None => PrivacyRng::from_os(),
-    };
-    let subset = |t: &tch::Tensor| t.narrow(0, 0, n as i64).to_device(device);
-    let (images, labels) = (subset(&data.train_images), subset(&data.train_labels));
-    let (test_images, test_labels) = (
-        data.test_images.to_device(device),
-        data.test_labels.to_device(device),
-    );
+    let (trainable, total) = job.parameter_counts();
+    if !args.json {
+        println!(
+            "{}: {trainable} of {total} parameters trained on {n} examples, {} steps, noise multiplier {:.4}, {device:?}",
+            job.description, plan.steps, plan.noise_multiplier
+        );
+    }
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -740,18 +732,14 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
     let private = plan.noise_multiplier > 0.0;
     let started = std::time::Instant::now();
     let mut write_error = None;
-    let trained = train_mlp(
-        Batches {
-            inputs: &images,
-            labels: &labels,
-        },
-        &[Batches {
-            inputs: &test_images,
-            labels: &test_labels,
-        }],
-        &config.training.hidden,
+    let logits = |x: &tch::Tensor, tape: &mut dp_core::Tape| job.model.logits(x, tape);
+    let summary = train_with_hooks(
+        &job.vs,
+        logits,
+        job.train_data(),
         &dp,
         &mut rng,
+        &mut NoHooks,
         Some(&Checkpointing {
             dir: run_dir.clone(),
             every: config.performance.checkpoint_every.max(1),
@@ -781,32 +769,33 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
         },
     )?;
     bar.finish_and_clear();
+    let train_seconds = started.elapsed().as_secs_f64();
     if let Some(e) = write_error {
         return Err(e.into());
     }
+    let test_accuracy = evaluate_accuracy(logits, job.test_data(), 256);
     let statement = PrivacyStatement::from_ledger(
-        &trained.summary.ledger,
+        &summary.ledger,
         n,
         config.privacy.clip_norm,
         config.privacy.seed,
     )?;
-    let test_accuracy = trained.accuracies[0];
     let mut header = if private {
         String::new()
     } else {
         "NOT PRIVATE: no noise was added.\n".to_string()
     };
-    if trained.summary.stopped_by_budget {
+    if summary.stopped_by_budget {
         header.push_str(&format!(
             "Stopped after {} of {} steps: the next step would have exceeded the budget epsilon {}.\n",
-            trained.summary.ledger.steps(),
+            summary.ledger.steps(),
             plan.steps,
             plan.epsilon_budget
         ));
     }
     let report = format!(
-        "{header}Fashion-MNIST MLP {:?}: test accuracy {:.2}% after {} steps\n{statement}",
-        config.training.hidden,
+        "{header}{}: test accuracy {:.2}% after {} steps ({train_seconds:.0} s of training)\n{statement}",
+        job.description,
         100.0 * test_accuracy,
         statement.steps
     );
@@ -814,7 +803,7 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({ "test_accuracy": test_accuracy, "privacy": statement, "private": private, "stopped_by_budget": trained.summary.stopped_by_budget, "run_dir": run_dir })
+            serde_json::json!({ "test_accuracy": test_accuracy, "privacy": statement, "private": private, "stopped_by_budget": summary.stopped_by_budget, "train_seconds": train_seconds, "trainable_parameters": trainable, "run_dir": run_dir })
         );
     } else {
         print!("{report}");
