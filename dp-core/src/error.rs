@@ -30,6 +30,12 @@ pub enum CoreError {
     /// The sampling rate is outside (0, 1].
     #[error("sampling rate must be in (0, 1], got {0}")]
     SamplingRate(f64),
+    /// A noise standard deviation that is not finite and positive.
+    #[error("noise standard deviation must be finite and positive, got {0}")]
+    NoiseStd(f64),
+    /// A saved correlated-noise state with an unexpected entry.
+    #[error("correlated-noise state entry `{0}` is not of the form INDEX/NAME")]
+    NoiseState(String),
     /// A libtorch call failed.
     #[error(transparent)]
     Torch(#[from] tch::TchError),

@@ -10,11 +10,13 @@
 //! 3. the [`ClippingEngine`] computes per-example gradient norms from `(a, g)` (ghost norms or
 //!    explicit per-example gradients), the clip factors `c_i = min(1, C / ||G_i||)`, and the
 //!    clipped gradient sums directly (book-keeping: `sum_i c_i G_i` as one matmul per layer);
-//! 4. [`noise`] adds `N(0, sigma^2 C^2)` once per logical batch, drawn through [`PrivacyRng`].
+//! 4. [`noise`] adds `N(0, sigma^2 C^2)` once per logical batch, drawn through [`PrivacyRng`],
+//!    or [`CorrelatedNoise`] adds matrix-factorization noise `(C^{-1} Z)_t`.
 //!
 //! References: Goodfellow 2015 (per-example norms of linear layers), Li et al. 2022 (ghost
 //! clipping), Bu et al. 2023 (book-keeping).
 
+mod correlated;
 mod engine;
 mod error;
 pub mod layers;
@@ -24,6 +26,7 @@ mod rng;
 mod sampling;
 mod tape;
 
+pub use correlated::CorrelatedNoise;
 pub use engine::{ClippedBatch, ClippingEngine};
 pub use error::CoreError;
 pub use rng::{PrivacyRng, RngSnapshot};

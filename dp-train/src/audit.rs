@@ -26,7 +26,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
-use crate::dpsgd::{train_with_hooks, Batches, DpSgdConfig, StepHooks};
+use crate::dpsgd::{train_with_hooks, Batches, DpSgdConfig, Mechanism, StepHooks};
 use crate::error::TrainError;
 use crate::fashion_mnist::FashionMnist;
 use crate::models::Mlp;
@@ -215,6 +215,7 @@ fn run_config(config: &AuditConfig, plan: &Plan) -> DpSgdConfig {
         schedule: Default::default(),
         delta: config.delta,
         epsilon_budget: config.epsilon,
+        mechanism: Mechanism::PoissonGaussian,
     };
     match config.sabotage {
         Sabotage::None => {}

@@ -1,5 +1,5 @@
 //! Checkpoints that survive a crash at any moment: weights (safetensors), optimizer moments,
-//! the privacy generator's exact state, the ledger and the resolved configuration, written to a fresh folder, flushed to
+//! the privacy generator's exact state, the correlated-noise state if any, the ledger and the resolved configuration, written to a fresh folder, flushed to
 //! disk, renamed into place, and only then pointed to by `LATEST` (itself replaced by rename).
 //! A kill leaves either the previous checkpoint or the new one, never a mix.
 //!
@@ -11,7 +11,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use dp_core::{PrivacyRng, RngSnapshot};
+use dp_core::{CorrelatedNoise, PrivacyRng, RngSnapshot};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
@@ -43,6 +43,8 @@ pub(crate) struct Resumed {
     pub ledger: PrivacyLedger,
     pub optimizer: OptimizerState,
     pub rng: PrivacyRng,
+    /// The correlated-noise state (past draws, outputs or buffers), if the run has one.
+    pub correlated_noise: Option<Vec<(String, Tensor)>>,
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
@@ -69,6 +71,7 @@ impl Checkpointing {
         optimizer: &OptimizerState,
         rng: &PrivacyRng,
         ledger: &PrivacyLedger,
+        correlated: Option<&CorrelatedNoise>,
     ) -> Result<(), TrainError> {
         let step = ledger.steps();
         let folder = self.folder();
@@ -80,6 +83,13 @@ impl Checkpointing {
         fs::create_dir_all(&tmp)?;
         vs.save(tmp.join("weights.safetensors"))?;
         optimizer.save(&tmp.join("optimizer.safetensors"))?;
+        if let Some(noise) = correlated {
+            let (tensors, _) = noise.state();
+            let named: Vec<(String, &Tensor)> =
+                tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
+            Tensor::write_safetensors(&named, tmp.join("noise.safetensors"))?;
+            sync(&tmp.join("noise.safetensors"))?;
+        }
         let record = ledger.record()?;
         let state = CheckpointState {
             step,
@@ -174,6 +184,11 @@ impl Checkpointing {
                 state.optimizer_steps,
             )?,
             rng: PrivacyRng::restore(&state.rng).ok_or_else(|| corrupt("bad generator state"))?,
+            correlated_noise: state
+                .ledger
+                .correlated_steps
+                .map(|_| Tensor::read_safetensors(dir.join("noise.safetensors")))
+                .transpose()?,
         }))
     }
 }

@@ -7,11 +7,19 @@
 //! `B` (never the realised one, which would leak it); take an SGD step. Empty batches still add
 //! noise and count as a step. The optimizer (SGD with momentum, Adam, AdamW) steps on the
 //! privatized mean gradient.
+//!
+//! With [`Mechanism::CyclicCorrelated`] (matrix-factorization DP-SGD, Choquette-Choo et al.
+//! 2023) the data is cut into `b` fixed batches (example `i` in batch `i mod b`) visited in
+//! turn, so each example takes part in at most `k` steps at least `b` apart, and step `t` adds
+//! the correlated noise `(C^{-1} Z)_t` of a factorization chosen for that participation
+//! pattern. There is no sampling, so no amplification: the run is accounted as one Gaussian
+//! mechanism over the whole plan.
 
 use std::collections::BTreeMap;
 
+use dp_accounting::mf::NoiseRecurrence;
 use dp_core::noise::add_gaussian_noise;
-use dp_core::{ClippingEngine, PoissonSampler, PrivacyRng, Tape};
+use dp_core::{ClippingEngine, CorrelatedNoise, PoissonSampler, PrivacyRng, Tape};
 use tch::{nn, Kind, Reduction, Tensor};
 
 use crate::checkpoint::Checkpointing;
@@ -43,6 +51,28 @@ pub struct DpSgdConfig {
     pub delta: f64,
     /// Training stops before any step that would take epsilon above this.
     pub epsilon_budget: f64,
+    /// How batches are formed and noised.
+    pub mechanism: Mechanism,
+}
+
+/// How batches are formed and noised: what the ledger accounts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Mechanism {
+    /// DP-SGD: Poisson sampling with rate `expected_batch_size / N` and independent Gaussian
+    /// noise of std `noise_multiplier x clip_norm` at every step.
+    PoissonGaussian,
+    /// Fixed batches visited cyclically (`batches` per epoch; `expected_batch_size` should be
+    /// `N / batches`) with correlated noise `(C^{-1} Z)_t`, each `z_t` of std
+    /// `noise_multiplier x clip_norm x sensitivity`.
+    CyclicCorrelated {
+        /// Batches per epoch b (the minimum separation between an example's steps).
+        batches: u64,
+        /// How `C^{-1} Z` streams.
+        recurrence: NoiseRecurrence,
+        /// The sensitivity of C under the plan's participation.
+        sensitivity: f64,
+    },
 }
 
 /// Training examples: inputs (N, ...) and integer class labels (N).
@@ -80,6 +110,14 @@ pub struct TrainSummary {
     /// Whether the run ended before its planned steps because the next step would have
     /// exceeded the budget.
     pub stopped_by_budget: bool,
+}
+
+/// How a run forms its logical batches.
+enum Batching {
+    /// Each example independently with the sampler's rate.
+    Poisson(PoissonSampler),
+    /// Example `i` in batch `i mod b`, batch `t mod b` at step `t`.
+    Cyclic(u64),
 }
 
 /// Observers of each step's gradient sums, for privacy audits.
@@ -125,14 +163,35 @@ pub fn train_with_hooks(
 ) -> Result<TrainSummary, TrainError> {
     let n = data.labels.size()[0];
     validate(config, n)?;
-    let sampler = PoissonSampler::new(n as usize, config.expected_batch_size / n as f64)?;
     let engine = ClippingEngine::new(vs, config.clip_norm)?;
-    let mut ledger = PrivacyLedger::new(
-        sampler.rate(),
-        config.noise_multiplier,
-        config.delta,
-        config.epsilon_budget,
-    )?;
+    let (batching, mut correlated, mut ledger) = match &config.mechanism {
+        Mechanism::PoissonGaussian => {
+            let sampler = PoissonSampler::new(n as usize, config.expected_batch_size / n as f64)?;
+            let ledger = PrivacyLedger::new(
+                sampler.rate(),
+                config.noise_multiplier,
+                config.delta,
+                config.epsilon_budget,
+            )?;
+            (Batching::Poisson(sampler), None, ledger)
+        }
+        Mechanism::CyclicCorrelated {
+            batches,
+            recurrence,
+            sensitivity,
+        } => {
+            let std = config.noise_multiplier * config.clip_norm * sensitivity;
+            let ledger = PrivacyLedger::correlated(
+                1.0 / *batches as f64,
+                config.noise_multiplier,
+                config.steps,
+                config.delta,
+                config.epsilon_budget,
+            )?;
+            let noise = CorrelatedNoise::new(recurrence.clone(), std)?;
+            (Batching::Cyclic(*batches), Some(noise), ledger)
+        }
+    };
     let variables = vs.variables();
     let mut optimizer = OptimizerState::new(config.optimizer);
     if let Some(resumed) = checkpointing
@@ -142,18 +201,31 @@ pub fn train_with_hooks(
     {
         let same_plan = resumed.ledger.sampling_rate() == ledger.sampling_rate()
             && resumed.ledger.noise_multiplier() == ledger.noise_multiplier()
-            && resumed.ledger.delta() == ledger.delta();
+            && resumed.ledger.delta() == ledger.delta()
+            && resumed.ledger.correlated_steps() == ledger.correlated_steps();
         if !same_plan {
             return Err(TrainError::Config(
-                "the run folder's checkpoint was made with a different sampling rate, noise or delta; use a new folder".into(),
+                "the run folder's checkpoint was made with a different sampling, noise or delta; use a new folder".into(),
             ));
+        }
+        if let Some(noise) = correlated.as_mut() {
+            let state = resumed.correlated_noise.ok_or_else(|| {
+                TrainError::Config("the checkpoint has no correlated-noise state".into())
+            })?;
+            noise.restore(state, resumed.ledger.steps())?;
         }
         (ledger, optimizer, *rng) = (resumed.ledger, resumed.optimizer, resumed.rng);
     }
     let mut nonfinite_examples = 0;
     let mut stopped_by_budget = false;
     while ledger.steps() < config.steps {
-        let batch = sampler.sample(rng);
+        let batch = match &batching {
+            Batching::Poisson(sampler) => sampler.sample(rng),
+            Batching::Cyclic(batches) => {
+                let turn = (ledger.steps() % batches) as i64;
+                (turn..n).step_by(*batches as usize).collect()
+            }
+        };
         let mut sums = engine.zero_sums();
         let (mut loss_sum, mut correct) = (0.0, 0i64);
         for chunk in batch.chunks(config.physical_batch_size) {
@@ -184,8 +256,12 @@ pub fn train_with_hooks(
             Err(e) => return Err(e),
         }
         hooks.before_noise(ledger.steps(), &mut sums);
-        if config.noise_multiplier > 0.0 {
-            add_gaussian_noise(&mut sums, config.noise_multiplier * config.clip_norm, rng);
+        match correlated.as_mut() {
+            Some(noise) => noise.add_to(&mut sums, rng),
+            None if config.noise_multiplier > 0.0 => {
+                add_gaussian_noise(&mut sums, config.noise_multiplier * config.clip_norm, rng)
+            }
+            None => {}
         }
         hooks.after_noise(ledger.steps(), &sums);
         let mean_gradient: BTreeMap<String, Tensor> = sums
@@ -198,7 +274,7 @@ pub fn train_with_hooks(
         optimizer.step(&variables, &mean_gradient, lr);
         if let Some(c) = checkpointing {
             if ledger.steps() % c.every.max(1) == 0 || ledger.steps() == config.steps {
-                c.save(vs, &optimizer, rng, &ledger)?;
+                c.save(vs, &optimizer, rng, &ledger, correlated.as_ref())?;
             }
         }
         on_step(&StepReport {

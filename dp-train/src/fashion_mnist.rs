@@ -15,7 +15,8 @@ use tch::{nn, Device, Tensor};
 
 use crate::checkpoint::Checkpointing;
 use crate::dpsgd::{
-    evaluate_accuracy, train_with_hooks, Batches, DpSgdConfig, NoHooks, StepReport, TrainSummary,
+    evaluate_accuracy, train_with_hooks, Batches, DpSgdConfig, Mechanism, NoHooks, StepReport,
+    TrainSummary,
 };
 use crate::error::TrainError;
 use crate::models::Mlp;
@@ -224,6 +225,7 @@ pub fn run(
         schedule: config.schedule,
         delta: config.delta,
         epsilon_budget: budget,
+        mechanism: Mechanism::PoissonGaussian,
     };
     let mut rng = match config.seed {
         Some(seed) => {

@@ -9,9 +9,9 @@ use crate::data::assets_dir;
 use crate::dpsgd::Batches;
 use crate::error::TrainError;
 use crate::fashion_mnist::FashionMnist;
-use crate::models::{Classifier, EncoderClassifier, Mlp};
+use crate::models::{CachedEncoder, Classifier, EncoderClassifier, Mlp};
 use crate::plan::TrainConfig;
-use crate::rotten_tomatoes::RottenTomatoes;
+use crate::text::TextClassification;
 
 /// A model with its variables and its data, ready for [`crate::train_with_hooks`].
 pub struct Job {
@@ -41,11 +41,13 @@ impl std::fmt::Debug for Job {
 
 impl Job {
     /// Loads the data (from `data_dir`, or the dataset's folder under the assets) and builds
-    /// the model on `device`.
+    /// the model on `device`. With frozen bottom blocks, their outputs are computed once for
+    /// every example first; `on_cache` sees (examples done, total).
     pub fn load(
         config: &TrainConfig,
         device: Device,
         data_dir: Option<&Path>,
+        mut on_cache: impl FnMut(i64, i64),
     ) -> Result<Self, TrainError> {
         config.resolve()?;
         let folder = |name: &str| {
@@ -54,61 +56,97 @@ impl Job {
                 .unwrap_or_else(|| assets_dir().join(name))
         };
         let vs = nn::VarStore::new(device);
-        let (model, description, train, test): (Box<dyn Classifier>, _, _, _) =
-            match config.data.dataset.as_str() {
-                "fashion-mnist" => {
-                    let data = FashionMnist::load(&folder("fashion-mnist"))?;
-                    let mut dims = vec![784];
-                    dims.extend(&config.model.hidden);
-                    dims.push(10);
-                    (
-                        Box::new(Mlp::new(&vs.root(), &dims)),
-                        format!("Fashion-MNIST MLP {:?}", config.model.hidden),
-                        (data.train_images, data.train_labels),
-                        (data.test_images, data.test_labels),
-                    )
-                }
-                _ => {
-                    let data = RottenTomatoes::load(
-                        &folder("rotten-tomatoes"),
-                        &pretrained_dir(config).join("tokenizer.json"),
-                        config.data.max_length,
-                    )?;
-                    let dir = pretrained_dir(config);
-                    let finetune = config.model.finetune;
-                    let model = EncoderClassifier::pretrained(&vs, &dir, 2, finetune)?;
-                    let layers = model.layers();
-                    (
-                        Box::new(model),
-                        format!(
-                            "Rotten Tomatoes, encoder {} fine-tuned on {}",
-                            dir.display(),
-                            finetune.describe(layers)
-                        ),
-                        (data.train.ids, data.train.labels),
-                        (data.test.ids, data.test.labels),
-                    )
-                }
-            };
         let n = config.data.dataset_size;
-        let available = train.1.size()[0] as usize;
-        if n > available {
-            return Err(TrainError::Config(format!(
-                "data.dataset_size {n} exceeds the {available} training examples of {}",
-                config.data.dataset
-            )));
+        let check_size = |available: i64| {
+            if n as i64 > available {
+                Err(TrainError::Config(format!(
+                    "data.dataset_size {n} exceeds the {available} training examples of {}",
+                    config.data.dataset
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        if config.data.dataset == "fashion-mnist" {
+            let data = FashionMnist::load(&folder("fashion-mnist"))?;
+            check_size(data.train_labels.size()[0])?;
+            let mut dims = vec![784];
+            dims.extend(&config.model.hidden);
+            dims.push(10);
+            let model = Box::new(Mlp::new(&vs.root(), &dims));
+            let first = |t: &Tensor| t.narrow(0, 0, n as i64).to_device(device);
+            return Ok(Self {
+                model,
+                train_inputs: first(&data.train_images),
+                train_labels: first(&data.train_labels),
+                test_inputs: data.test_images.to_device(device),
+                test_labels: data.test_labels.to_device(device),
+                description: format!("Fashion-MNIST MLP {:?}", config.model.hidden),
+                vs,
+            });
         }
+        let dir = pretrained_dir(config);
+        let tokenizer = dir.join("tokenizer.json");
+        let (data, name) = match (&config.data.train_file, &config.data.test_file) {
+            (Some(train), Some(test)) => (
+                TextClassification::from_csv(train, test, &tokenizer, config.data.max_length)?,
+                train.display().to_string(),
+            ),
+            _ => (
+                TextClassification::rotten_tomatoes(
+                    &folder("rotten-tomatoes"),
+                    &tokenizer,
+                    config.data.max_length,
+                )?,
+                "Rotten Tomatoes".to_string(),
+            ),
+        };
+        check_size(data.train.labels.size()[0])?;
+        let finetune = config.model.finetune;
+        let model = EncoderClassifier::pretrained(&vs, &dir, data.classes, finetune)?;
+        let layers = model.layers();
+        let description = format!(
+            "{name}, encoder {} fine-tuned on {}",
+            dir.display(),
+            finetune.describe(layers)
+        );
         let first = |t: &Tensor| t.narrow(0, 0, n as i64);
-        let (train_inputs, train_labels) = by_length(first(&train.0), first(&train.1));
-        let (test_inputs, test_labels) = by_length(test.0, test.1);
+        let (train_ids, train_labels) =
+            by_length(first(&data.train.ids), first(&data.train.labels));
+        let (test_ids, test_labels) = by_length(data.test.ids, data.test.labels);
+        let (train_ids, test_ids) = (train_ids.to_device(device), test_ids.to_device(device));
+        let (train_labels, test_labels) = (
+            train_labels.to_device(device),
+            test_labels.to_device(device),
+        );
+        let frozen = finetune.frozen_blocks(layers);
+        if frozen == 0 {
+            return Ok(Self {
+                vs,
+                model: Box::new(model),
+                train_inputs: train_ids,
+                train_labels,
+                test_inputs: test_ids,
+                test_labels,
+                description,
+            });
+        }
+        // The frozen bottom runs once per example; inputs become indices into its outputs.
+        let all_ids = Tensor::cat(&[&train_ids, &test_ids], 0);
+        let total = all_ids.size()[0];
+        let cached = CachedEncoder::new(model, frozen, &all_ids, 256, |done| on_cache(done, total));
+        let index = |range: std::ops::Range<i64>| {
+            Tensor::arange_start(range.start, range.end, (tch::Kind::Int64, device))
+        };
+        let n_train = train_labels.size()[0];
         Ok(Self {
             vs,
-            model,
-            train_inputs: train_inputs.to_device(device),
-            train_labels: train_labels.to_device(device),
-            test_inputs: test_inputs.to_device(device),
-            test_labels: test_labels.to_device(device),
-            description,
+            model: Box::new(cached),
+            train_inputs: index(0..n_train),
+            train_labels,
+            test_inputs: index(n_train..total),
+            test_labels,
+            description: format!("{description}; the {frozen} frozen blocks run once per example"),
         })
     }
 
@@ -140,15 +178,11 @@ impl Job {
     }
 }
 
-/// Token sequences (N, L) padded with 0 reordered by length (stable), with their labels; other
-/// inputs unchanged. Poisson batches list their examples in dataset order, so the physical
+/// Token sequences (N, L) padded with 0 reordered by length (stable), with their labels. Poisson batches list their examples in dataset order, so the physical
 /// batches of a logical batch then hold snippets of similar length and need little padding.
 /// The order of the dataset has no effect on privacy: each example still joins each batch
 /// independently with probability q, and clipped sums do not depend on order.
 fn by_length(inputs: Tensor, labels: Tensor) -> (Tensor, Tensor) {
-    if inputs.kind() != tch::Kind::Int64 || inputs.dim() != 2 {
-        return (inputs, labels);
-    }
     let lengths = inputs.ne(0).sum_dim_intlist(1, false, tch::Kind::Int64);
     let (_, order) = lengths.sort_stable(true, 0, false);
     (

@@ -1,9 +1,16 @@
 //! The privacy ledger: every noised step is recorded *before* its noise is drawn, and a step
 //! that would take epsilon past the budget is refused before it happens.
 //!
-//! Each step is one Poisson-subsampled Gaussian mechanism with the run's sampling rate and
-//! noise multiplier; the ledger keeps its one-step RDP curve and composes by multiplication.
+//! DP-SGD: each step is one Poisson-subsampled Gaussian mechanism with the run's sampling rate
+//! and noise multiplier; the ledger keeps its one-step RDP curve and composes by
+//! multiplication.
+//!
+//! Correlated (matrix-factorization) noise: the whole planned run is one Gaussian mechanism
+//! whose sensitivity covers every participation the plan allows (Choquette-Choo et al. 2023),
+//! so its epsilon is spent in full from the first step (exact Gaussian profile, Balle and Wang
+//! 2018), and any step beyond the plan is refused: the sensitivity would not cover it.
 
+use dp_accounting::mf::gaussian_epsilon;
 use dp_accounting::{epsilon_from_rdp, subsampled_gaussian_rdp, EpsilonAtOrder, DEFAULT_ORDERS};
 
 use crate::error::TrainError;
@@ -23,6 +30,18 @@ pub struct LedgerRecord {
     pub steps: u64,
     /// Epsilon spent (null when infinite), for people reading the file.
     pub epsilon_spent: Option<f64>,
+    /// Correlated noise: the planned number of steps its sensitivity covers (null for DP-SGD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlated_steps: Option<u64>,
+}
+
+/// How the ledger accounts a step.
+#[derive(Debug, Clone)]
+enum Accounting {
+    /// Poisson-subsampled Gaussian steps: the one-step RDP curve on the default orders.
+    Poisson { step_rdp: Vec<f64> },
+    /// One Gaussian mechanism for a planned run of `steps` steps, with this epsilon.
+    Correlated { steps: u64, epsilon: f64 },
 }
 
 /// Steps taken so far and what they cost.
@@ -32,7 +51,7 @@ pub struct PrivacyLedger {
     noise_multiplier: f64,
     delta: f64,
     budget: f64,
-    step_rdp: Vec<f64>,
+    accounting: Accounting,
     steps: u64,
 }
 
@@ -60,13 +79,52 @@ impl PrivacyLedger {
             noise_multiplier,
             delta,
             budget,
-            step_rdp,
+            accounting: Accounting::Poisson { step_rdp },
             steps: 0,
         })
     }
 
+    /// A ledger for a correlated-noise run of `planned_steps` steps over fixed batches (each
+    /// example in one of `1 / sampling_rate` batches), whose noise multiplier is relative to
+    /// the clip norm times the strategy's sensitivity.
+    pub fn correlated(
+        sampling_rate: f64,
+        noise_multiplier: f64,
+        planned_steps: u64,
+        delta: f64,
+        budget: f64,
+    ) -> Result<Self, TrainError> {
+        Ok(Self {
+            sampling_rate,
+            noise_multiplier,
+            delta,
+            budget,
+            accounting: Accounting::Correlated {
+                steps: planned_steps,
+                epsilon: gaussian_epsilon(noise_multiplier, delta)?,
+            },
+            steps: 0,
+        })
+    }
+
+    /// Whether the run adds correlated noise (one Gaussian mechanism for the planned run).
+    pub fn correlated_steps(&self) -> Option<u64> {
+        match self.accounting {
+            Accounting::Correlated { steps, .. } => Some(steps),
+            Accounting::Poisson { .. } => None,
+        }
+    }
+
     /// Records one more step, or refuses it if it would exceed the budget.
     pub fn record_step(&mut self) -> Result<(), TrainError> {
+        if let Accounting::Correlated { steps, .. } = self.accounting {
+            if self.steps >= steps {
+                return Err(TrainError::Config(format!(
+                    "step {} is beyond the {steps} steps the correlated-noise plan accounts for",
+                    self.steps + 1
+                )));
+            }
+        }
         let after = self.epsilon_after(self.steps + 1)?;
         if after.epsilon > self.budget {
             return Err(TrainError::BudgetExhausted {
@@ -89,17 +147,28 @@ impl PrivacyLedger {
             budget: self.budget.is_finite().then_some(self.budget),
             steps: self.steps,
             epsilon_spent: spent.is_finite().then_some(spent),
+            correlated_steps: self.correlated_steps(),
         })
     }
 
     /// A ledger continuing from a checkpoint's record.
     pub fn from_record(record: &LedgerRecord) -> Result<Self, TrainError> {
-        let mut ledger = Self::new(
-            record.sampling_rate,
-            record.noise_multiplier,
-            record.delta,
-            record.budget.unwrap_or(f64::INFINITY),
-        )?;
+        let budget = record.budget.unwrap_or(f64::INFINITY);
+        let mut ledger = match record.correlated_steps {
+            Some(planned) => Self::correlated(
+                record.sampling_rate,
+                record.noise_multiplier,
+                planned,
+                record.delta,
+                budget,
+            )?,
+            None => Self::new(
+                record.sampling_rate,
+                record.noise_multiplier,
+                record.delta,
+                budget,
+            )?,
+        };
         ledger.steps = record.steps;
         Ok(ledger)
     }
@@ -129,8 +198,17 @@ impl PrivacyLedger {
         self.delta
     }
 
+    /// Epsilon after `steps` steps; the order is NaN for correlated noise (no RDP order).
     fn epsilon_after(&self, steps: u64) -> Result<EpsilonAtOrder, TrainError> {
-        let rdp: Vec<f64> = self.step_rdp.iter().map(|r| r * steps as f64).collect();
-        Ok(epsilon_from_rdp(&DEFAULT_ORDERS, &rdp, self.delta)?)
+        match &self.accounting {
+            Accounting::Poisson { step_rdp } => {
+                let rdp: Vec<f64> = step_rdp.iter().map(|r| r * steps as f64).collect();
+                Ok(epsilon_from_rdp(&DEFAULT_ORDERS, &rdp, self.delta)?)
+            }
+            Accounting::Correlated { epsilon, .. } => Ok(EpsilonAtOrder {
+                epsilon: if steps == 0 { 0.0 } else { *epsilon },
+                order: f64::NAN,
+            }),
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! with `dp-accounting` before its noise is drawn.
 //!
 //! Jobs: an MLP on Fashion-MNIST ([`fashion_mnist`]) and private fine-tuning of a pretrained
-//! BERT-style encoder (all-MiniLM-L6-v2) on Rotten Tomatoes ([`rotten_tomatoes`],
+//! BERT-style encoder (all-MiniLM-L6-v2) on Rotten Tomatoes ([`text`],
 //! [`models::EncoderClassifier`]); the `dp-train` binary runs them from TOML plans ([`plan`]).
 
 pub mod audit;
@@ -18,13 +18,13 @@ mod ledger;
 pub mod models;
 pub mod optimizer;
 pub mod plan;
-pub mod rotten_tomatoes;
 mod statement;
+pub mod text;
 pub mod tune;
 
 pub use dpsgd::{
-    evaluate_accuracy, train, train_with_hooks, Batches, DpSgdConfig, NoHooks, StepHooks,
-    StepReport, TrainSummary,
+    evaluate_accuracy, train, train_with_hooks, Batches, DpSgdConfig, Mechanism, NoHooks,
+    StepHooks, StepReport, TrainSummary,
 };
 pub use error::TrainError;
 pub use ledger::PrivacyLedger;

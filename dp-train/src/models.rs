@@ -154,7 +154,7 @@ impl EncoderShape {
 pub enum Finetune {
     /// Every weight.
     All,
-    /// The top `blocks` transformer blocks and the classification head.
+    /// The top `blocks` transformer blocks (0 or more) and the classification head.
     Top {
         /// How many blocks from the top.
         blocks: i64,
@@ -186,10 +186,20 @@ impl Finetune {
         }
     }
 
+    /// How many bottom blocks (with the embeddings) are frozen as a whole, so that their
+    /// output can be computed once per example ([`CachedEncoder`]).
+    pub fn frozen_blocks(&self, layers: i64) -> i64 {
+        match *self {
+            Finetune::Top { blocks } => (layers - blocks).max(0),
+            Finetune::All | Finetune::Lora { .. } => 0,
+        }
+    }
+
     /// One line for reports.
     pub fn describe(&self, layers: i64) -> String {
         match *self {
             Finetune::All => "all weights".into(),
+            Finetune::Top { blocks: 0 } => "the head only (a linear probe)".into(),
             Finetune::Top { blocks } => {
                 format!("top {} of {layers} blocks and the head", blocks.min(layers))
             }
@@ -347,9 +357,9 @@ impl EncoderClassifier {
     ) -> Result<Self, TrainError> {
         let shape = EncoderShape::from_config_json(&dir.join("config.json"))?;
         if let Finetune::Top { blocks } = finetune {
-            if !(1..=shape.layers).contains(&blocks) {
+            if !(0..=shape.layers).contains(&blocks) {
                 return Err(TrainError::Config(format!(
-                    "model.finetune: top blocks {blocks} must be in 1..={}",
+                    "model.finetune: top blocks {blocks} must be in 0..={} (0: the head only)",
                     shape.layers
                 )));
             }
@@ -424,6 +434,18 @@ impl EncoderClassifier {
 
     /// Mean over real tokens of the last hidden states, (B, hidden).
     pub fn mean_pooled(&self, ids: &Tensor, attention_mask: &Tensor, tape: &mut Tape) -> Tensor {
+        let x = self.hidden_states(ids, attention_mask, self.layers(), tape);
+        self.pool_from(x, attention_mask, self.layers(), tape)
+    }
+
+    /// Hidden states (B, T, hidden) after the embeddings and the first `blocks` blocks.
+    pub fn hidden_states(
+        &self,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+        blocks: i64,
+        tape: &mut Tape,
+    ) -> Tensor {
         let (b, t) = (ids.size()[0], ids.size()[1]);
         let positions = Tensor::arange(t, (Kind::Int64, ids.device()))
             .unsqueeze(0)
@@ -433,16 +455,115 @@ impl EncoderClassifier {
         let x = self.words.forward(ids, tape)
             + self.positions.forward(&positions, tape)
             + self.token_types.forward(&types, tape);
-        let mut x = self.embedding_norm.forward(&x, tape);
-        let mask = attention_mask.to_kind(x.kind());
-        let mask_bias = ((mask.ones_like() - &mask) * -1e4).view([b, 1, 1, t]);
-        for block in &self.blocks {
-            x = block.forward(&x, &mask_bias, tape);
-        }
-        let m = mask.unsqueeze(2);
+        let x = self.embedding_norm.forward(&x, tape);
+        self.run_blocks(x, attention_mask, 0..blocks, tape)
+    }
+
+    /// Logits from the hidden states after the first `start` blocks.
+    pub fn logits_from(
+        &self,
+        hidden: Tensor,
+        attention_mask: &Tensor,
+        start: i64,
+        tape: &mut Tape,
+    ) -> Tensor {
+        let pooled = self.pool_from(hidden, attention_mask, start, tape);
+        self.head.forward(&pooled, tape)
+    }
+
+    /// Runs blocks `start..` and mean-pools over real tokens.
+    fn pool_from(&self, x: Tensor, attention_mask: &Tensor, start: i64, tape: &mut Tape) -> Tensor {
+        let x = self.run_blocks(x, attention_mask, start..self.layers(), tape);
+        let m = attention_mask.to_kind(x.kind()).unsqueeze(2);
         (&x * &m).sum_dim_intlist(1, false, x.kind())
             / m.sum_dim_intlist(1, false, x.kind()).clamp_min(1.0)
     }
+
+    fn run_blocks(
+        &self,
+        mut x: Tensor,
+        attention_mask: &Tensor,
+        blocks: std::ops::Range<i64>,
+        tape: &mut Tape,
+    ) -> Tensor {
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let mask = attention_mask.to_kind(x.kind());
+        let mask_bias = ((mask.ones_like() - &mask) * -1e4).view([b, 1, 1, t]);
+        for block in &self.blocks[blocks.start as usize..blocks.end as usize] {
+            x = block.forward(&x, &mask_bias, tape);
+        }
+        x
+    }
+}
+
+/// An encoder whose frozen bottom (embeddings and the first `start` blocks) has been run once
+/// over every example: its inputs are example indices (B) into the cached hidden states.
+/// Exact, not an approximation: frozen layers without dropout compute the same function at
+/// every step. Each step then runs only the trained blocks and the head.
+#[derive(Debug)]
+pub struct CachedEncoder {
+    model: EncoderClassifier,
+    start: i64,
+    hidden: Tensor,
+    mask: Tensor,
+}
+
+impl CachedEncoder {
+    /// Runs the embeddings and the first `start` blocks of `model` over `ids` (N, L), padded
+    /// with [`PAD_ID`], in batches of `batch_size` (rows of similar length batch best).
+    /// `on_batch` sees the examples done so far.
+    pub fn new(
+        model: EncoderClassifier,
+        start: i64,
+        ids: &Tensor,
+        batch_size: i64,
+        mut on_batch: impl FnMut(i64),
+    ) -> Self {
+        let (n, l) = (ids.size()[0], ids.size()[1]);
+        let mask = ids.ne(PAD_ID);
+        let table = &model.words.table;
+        let hidden = Tensor::zeros([n, l, table.size()[1]], (table.kind(), ids.device()));
+        tch::no_grad(|| {
+            for first in (0..n).step_by(batch_size.max(1) as usize) {
+                let len = batch_size.min(n - first);
+                let rows = mask.narrow(0, first, len);
+                let longest = longest_row(&rows);
+                let h = model.hidden_states(
+                    &ids.narrow(0, first, len).narrow(1, 0, longest),
+                    &rows.narrow(1, 0, longest),
+                    start,
+                    &mut Tape::off(),
+                );
+                hidden.narrow(0, first, len).narrow(1, 0, longest).copy_(&h);
+                on_batch(first + len);
+            }
+        });
+        Self {
+            model,
+            start,
+            hidden,
+            mask,
+        }
+    }
+}
+
+impl Classifier for CachedEncoder {
+    /// `inputs`: example indices (B) into the cache.
+    fn logits(&self, inputs: &Tensor, tape: &mut Tape) -> Tensor {
+        let rows = self.mask.index_select(0, inputs);
+        let longest = longest_row(&rows);
+        let hidden = self.hidden.index_select(0, inputs).narrow(1, 0, longest);
+        self.model
+            .logits_from(hidden, &rows.narrow(1, 0, longest), self.start, tape)
+    }
+}
+
+/// The largest number of real tokens in a row of `mask` (at least 1).
+fn longest_row(mask: &Tensor) -> i64 {
+    mask.sum_dim_intlist(1, false, Kind::Int64)
+        .max()
+        .int64_value(&[])
+        .max(1)
 }
 
 /// The id of `[PAD]` in BERT vocabularies.
@@ -453,11 +574,7 @@ impl Classifier for EncoderClassifier {
     /// example before the forward pass (per-batch padding).
     fn logits(&self, inputs: &Tensor, tape: &mut Tape) -> Tensor {
         let mask = inputs.ne(PAD_ID);
-        let longest = mask
-            .sum_dim_intlist(1, false, Kind::Int64)
-            .max()
-            .int64_value(&[])
-            .max(1);
+        let longest = longest_row(&mask);
         let ids = inputs.narrow(1, 0, longest);
         self.forward(&ids, &mask.narrow(1, 0, longest), tape)
     }

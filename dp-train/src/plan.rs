@@ -4,27 +4,39 @@
 //! calibrated to the target epsilon (one-sided) unless given. `--set section.key=value`
 //! overrides any value before validation.
 
+use dp_accounting::mf::{
+    gaussian_noise_multiplier, optimize_banded, optimize_blt, Objective, Participation, Strategy,
+    Workload,
+};
 use dp_accounting::{calibrate_noise_multiplier, AccountantKind, DpEvent};
 use serde::{Deserialize, Serialize};
 
+use crate::dpsgd::Mechanism;
 use crate::error::TrainError;
 use crate::models::Finetune;
 use crate::optimizer::{Optimizer, Schedule};
 
 /// The datasets a plan can name.
-pub const DATASETS: &str = "fashion-mnist or rotten-tomatoes";
+pub const DATASETS: &str = "fashion-mnist, rotten-tomatoes or text-csv";
 
 /// `[data]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// The dataset: "fashion-mnist" (images) or "rotten-tomatoes" (text).
+    /// The dataset: "fashion-mnist" (images), "rotten-tomatoes" (text), or "text-csv" (your
+    /// own text: `train_file` and `test_file` with `text` and `label` columns).
     pub dataset: String,
     /// Training examples used (the first N): the N of the sampling rate.
     pub dataset_size: usize,
     /// Text datasets: tokens kept per example (longer ones are truncated).
     #[serde(default = "default_max_length")]
     pub max_length: usize,
+    /// text-csv: the training CSV.
+    #[serde(default)]
+    pub train_file: Option<std::path::PathBuf>,
+    /// text-csv: the test CSV.
+    #[serde(default)]
+    pub test_file: Option<std::path::PathBuf>,
 }
 
 fn default_max_length() -> usize {
@@ -79,18 +91,48 @@ pub struct PrivacySection {
     pub steps: Option<u64>,
     /// Per-example clip norm C.
     pub clip_norm: f64,
-    /// "gaussian", or "none" for a NOT PRIVATE baseline.
+    /// "gaussian" (independent, DP-SGD), "mf" (correlated: matrix factorization, with
+    /// `sampling = "cyclic"` and an `mf` table), or "none" for a NOT PRIVATE baseline.
     #[serde(default = "gaussian")]
     pub noise: String,
-    /// The accountant: "rdp".
+    /// With noise = "mf": the strategy (`{ strategy = "blt", buffers = 4 }`,
+    /// `{ strategy = "banded", bands = 8 }`, `{ strategy = "bsr", bands = 8 }` or
+    /// `{ strategy = "identity" }`), optimized for the plan's steps and epochs.
+    #[serde(default)]
+    pub mf: Option<MfSection>,
+    /// The accountant: "rdp" for DP-SGD, "gaussian" (exact) for correlated noise.
     #[serde(default = "rdp")]
     pub accountant: String,
-    /// How batches are drawn: "poisson".
+    /// How batches are drawn: "poisson" (DP-SGD), or "cyclic" (fixed batches visited in turn,
+    /// no amplification; with noise = "mf").
     #[serde(default = "poisson")]
     pub sampling: String,
     /// Seed of the privacy generator (reproducible, not private); the OS seeds it if absent.
     #[serde(default)]
     pub seed: Option<u64>,
+}
+
+/// `[privacy.mf]`: a correlated-noise strategy that streams with bounded memory.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "strategy", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MfSection {
+    /// Independent noise over cyclic batches (DP-SGD without amplification), for comparison.
+    Identity,
+    /// Banded square root with `bands` bands (Kalinin and Lampert 2024).
+    Bsr {
+        /// Bands p.
+        bands: usize,
+    },
+    /// Optimal banded Toeplitz with `bands` bands (McKenna 2024).
+    Banded {
+        /// Bands p.
+        bands: usize,
+    },
+    /// Optimized buffered linear Toeplitz with `buffers` buffers (Dvijotham et al. 2024).
+    Blt {
+        /// Buffers m.
+        buffers: usize,
+    },
 }
 
 fn gaussian() -> String {
@@ -173,6 +215,8 @@ pub struct ResolvedPlan {
     pub epsilon_budget: f64,
     /// The accounted event.
     pub event: DpEvent,
+    /// How batches are formed and noised.
+    pub mechanism: Mechanism,
 }
 
 fn config_error(msg: impl Into<String>) -> TrainError {
@@ -216,10 +260,10 @@ impl TrainConfig {
     pub fn resolve(&self) -> Result<ResolvedPlan, TrainError> {
         let (d, p) = (&self.data, &self.privacy);
         match (d.dataset.as_str(), self.model.kind.as_str()) {
-            ("fashion-mnist", "mlp") | ("rotten-tomatoes", "encoder") => {}
-            ("fashion-mnist" | "rotten-tomatoes", kind) => {
+            ("fashion-mnist", "mlp") | ("rotten-tomatoes" | "text-csv", "encoder") => {}
+            ("fashion-mnist" | "rotten-tomatoes" | "text-csv", kind) => {
                 return Err(config_error(format!(
-                    "model.kind: '{kind}' does not fit data.dataset '{}' (fashion-mnist: mlp; rotten-tomatoes: encoder)",
+                    "model.kind: '{kind}' does not fit data.dataset '{}' (fashion-mnist: mlp; text: encoder)",
                     d.dataset
                 )))
             }
@@ -230,6 +274,13 @@ impl TrainConfig {
             }
         }
 
+        if (d.dataset == "text-csv") != (d.train_file.is_some() && d.test_file.is_some())
+            || (d.dataset != "text-csv" && (d.train_file.is_some() || d.test_file.is_some()))
+        {
+            return Err(config_error(
+                "data.train_file and data.test_file are given together, for dataset text-csv only",
+            ));
+        }
         if d.dataset_size == 0 {
             return Err(config_error("data.dataset_size must be at least 1"));
         }
@@ -245,17 +296,38 @@ impl TrainConfig {
                 "privacy.expected_batch_size must be in (0, data.dataset_size]",
             ));
         }
-        if p.accountant != "rdp" {
-            return Err(config_error(format!(
-                "privacy.accountant: '{}' is not available for training runs (rdp)",
-                p.accountant
-            )));
+        match (p.noise.as_str(), p.accountant.as_str()) {
+            ("mf", "gaussian") | ("gaussian" | "none", "rdp") => {}
+            ("mf", other) => {
+                return Err(config_error(format!(
+                    "privacy.accountant: '{other}' cannot account correlated noise; it is one Gaussian mechanism over the whole plan: set accountant = \"gaussian\""
+                )))
+            }
+            (_, other) => {
+                return Err(config_error(format!(
+                    "privacy.accountant: '{other}' is not available for DP-SGD training runs (rdp)"
+                )))
+            }
         }
-        if p.sampling != "poisson" {
-            return Err(config_error(format!(
-                "privacy.sampling: '{}' is not offered (poisson)",
-                p.sampling
-            )));
+        match (p.sampling.as_str(), p.noise.as_str()) {
+            ("poisson", "gaussian" | "none") | ("cyclic", "mf") => {}
+            ("poisson" | "cyclic", noise) => {
+                return Err(config_error(format!(
+                    "privacy.sampling '{}' does not fit noise '{noise}' (poisson: gaussian or none; cyclic: mf)",
+                    p.sampling
+                )))
+            }
+            (other, _) => {
+                return Err(config_error(format!(
+                    "privacy.sampling: '{other}' is not offered (poisson or cyclic)"
+                )))
+            }
+        }
+        if p.noise == "mf" {
+            return self.resolve_correlated();
+        }
+        if p.mf.is_some() {
+            return Err(config_error("privacy.mf is only read with noise = \"mf\""));
         }
         let q = p.expected_batch_size / d.dataset_size as f64;
         let steps = match (p.steps, p.epochs) {
@@ -307,6 +379,59 @@ impl TrainConfig {
             noise_multiplier,
             epsilon_budget,
             event,
+            mechanism: Mechanism::PoissonGaussian,
+        })
+    }
+
+    /// Correlated noise over cyclic batches: `b = round(N / B)` fixed batches, `k` whole epochs
+    /// (n = k b steps, each example in at most k steps at least b apart), the strategy
+    /// optimized for that participation (prefix-sum workload, mean error), and the noise
+    /// multiplier of one Gaussian mechanism meeting (epsilon, delta).
+    fn resolve_correlated(&self) -> Result<ResolvedPlan, TrainError> {
+        let (d, p) = (&self.data, &self.privacy);
+        let Some(mf) = p.mf else {
+            return Err(config_error(
+                "privacy.mf: noise = \"mf\" needs a strategy, e.g. mf = { strategy = \"blt\", buffers = 4 }",
+            ));
+        };
+        let batches = ((d.dataset_size as f64 / p.expected_batch_size).round() as u64).max(1);
+        let epochs = match (p.epochs, p.steps) {
+            (Some(e), None) if e >= 1.0 && e.fract() == 0.0 => e as u64,
+            _ => return Err(config_error(
+                "privacy.epochs: correlated noise needs a whole number of epochs (>= 1), not steps",
+            )),
+        };
+        let steps = epochs * batches;
+        let n = steps as usize;
+        let participation = Participation::epochs(n, epochs)?;
+        let workload = Workload::prefix();
+        let strategy = match mf {
+            MfSection::Identity => Strategy::identity(n)?,
+            MfSection::Bsr { bands } => Strategy::banded_square_root(n, bands, &workload)?,
+            MfSection::Banded { bands } => {
+                optimize_banded(n, bands, &workload, &participation, Objective::Mean)?
+            }
+            MfSection::Blt { buffers } => Strategy::blt(
+                n,
+                &optimize_blt(n, buffers, &workload, &participation, Objective::Mean)?,
+            )?,
+        };
+        let noise_multiplier = match p.noise_multiplier {
+            Some(sigma) if sigma.is_finite() && sigma > 0.0 => sigma,
+            Some(_) => return Err(config_error("privacy.noise_multiplier must be > 0")),
+            None => gaussian_noise_multiplier(p.epsilon, p.delta)?,
+        };
+        Ok(ResolvedPlan {
+            sampling_rate: 1.0 / batches as f64,
+            steps,
+            noise_multiplier,
+            epsilon_budget: p.epsilon,
+            event: strategy.dp_event(noise_multiplier, None)?,
+            mechanism: Mechanism::CyclicCorrelated {
+                batches,
+                recurrence: strategy.recurrence().clone(),
+                sensitivity: strategy.sensitivity(&participation).value(),
+            },
         })
     }
 }

@@ -19,12 +19,16 @@ pub struct PrivacyStatement {
     pub epsilon: f64,
     /// The delta of the guarantee.
     pub delta: f64,
-    /// The RDP order at which epsilon was reached.
-    pub order: f64,
+    /// The RDP order at which epsilon was reached (none for correlated noise, accounted
+    /// exactly as one Gaussian mechanism).
+    pub order: Option<f64>,
     /// The accountant.
     pub accountant: &'static str,
-    /// Poisson sampling rate q.
+    /// Poisson sampling rate q, or 1 / (batches per epoch) for cyclic batches.
     pub sampling_rate: f64,
+    /// Correlated noise: the planned steps, one Gaussian mechanism over all of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlated_steps: Option<u64>,
     /// Dataset size N.
     pub dataset_size: usize,
     /// Noise multiplier sigma.
@@ -55,12 +59,17 @@ impl PrivacyStatement {
         seed: Option<u64>,
     ) -> Result<Self, TrainError> {
         let spent = ledger.spent()?;
+        let correlated_steps = ledger.correlated_steps();
         Ok(Self {
             epsilon: round_up(spent.epsilon, EPSILON_DIGITS),
             delta: ledger.delta(),
-            order: spent.order,
-            accountant: "RDP (Mironov 2017; subsampled Gaussian of Mironov, Talwar, Zhang 2019)",
+            order: spent.order.is_finite().then_some(spent.order),
+            accountant: match correlated_steps {
+                None => "RDP (Mironov 2017; subsampled Gaussian of Mironov, Talwar, Zhang 2019)",
+                Some(_) => "exact Gaussian mechanism (Balle and Wang 2018) with the sensitivity of the factorization under cyclic participation (Choquette-Choo et al. 2023), no amplification",
+            },
             sampling_rate: ledger.sampling_rate(),
+            correlated_steps,
             dataset_size,
             noise_multiplier: ledger.noise_multiplier(),
             clip_norm,
@@ -94,22 +103,41 @@ impl fmt::Display for PrivacyStatement {
             f,
             "  neighbours    add/remove one example (example-level privacy)"
         )?;
-        writeln!(
-            f,
-            "  mechanism     DP-SGD: {} steps, each a Poisson-sampled batch (q = {:.6}, expected size {:.1} of {}) with per-example clipping to C = {} and Gaussian noise of std {:.4} C",
-            self.steps,
-            self.sampling_rate,
-            self.sampling_rate * self.dataset_size as f64,
-            self.dataset_size,
-            self.clip_norm,
-            self.noise_multiplier
-        )?;
-        writeln!(
-            f,
-            "  accountant    {}, optimal order {}",
-            self.accountant, self.order
-        )?;
-        writeln!(f, "  depends on    q, the noise multiplier, the number of steps and delta; that batches were truly Poisson-sampled and the noise drawn from a secret random state")?;
+        match (self.correlated_steps, self.order) {
+            (Some(planned), _) => {
+                let batches = (1.0 / self.sampling_rate).round();
+                writeln!(
+                    f,
+                    "  mechanism     matrix-factorization DP-SGD: {} of {planned} planned steps over {batches} fixed batches of the {} examples visited in turn (each example in at most {} steps, {batches} apart), per-example clipping to C = {} and correlated Gaussian noise (C^-1 Z)_t, Z of std {:.4} x C x sensitivity",
+                    self.steps,
+                    self.dataset_size,
+                    (planned as f64 / batches).ceil(),
+                    self.clip_norm,
+                    self.noise_multiplier
+                )?;
+                writeln!(f, "  accountant    {}", self.accountant)?;
+                writeln!(f, "  depends on    the noise multiplier and delta, for the whole plan (spent in full from the first step); that each example is in one fixed batch and the noise drawn from a secret random state")?;
+            }
+            (None, order) => {
+                writeln!(
+                    f,
+                    "  mechanism     DP-SGD: {} steps, each a Poisson-sampled batch (q = {:.6}, expected size {:.1} of {}) with per-example clipping to C = {} and Gaussian noise of std {:.4} C",
+                    self.steps,
+                    self.sampling_rate,
+                    self.sampling_rate * self.dataset_size as f64,
+                    self.dataset_size,
+                    self.clip_norm,
+                    self.noise_multiplier
+                )?;
+                writeln!(
+                    f,
+                    "  accountant    {}, optimal order {}",
+                    self.accountant,
+                    order.unwrap_or(f64::NAN)
+                )?;
+                writeln!(f, "  depends on    q, the noise multiplier, the number of steps and delta; that batches were truly Poisson-sampled and the noise drawn from a secret random state")?;
+            }
+        }
         writeln!(f, "  not on        the model, the learning rate, the data values, or C itself (noise scales with C)")?;
         match self.seed {
             Some(seed) => writeln!(f, "  randomness    seeded with {seed}: reproducible, so anyone who knows the seed can remove the noise; use an unseeded run for a real guarantee"),

@@ -18,7 +18,7 @@ use dp_accounting::{
 use dp_core::PrivacyRng;
 use serde::{Deserialize, Serialize};
 
-use crate::dpsgd::{Batches, DpSgdConfig};
+use crate::dpsgd::{Batches, DpSgdConfig, Mechanism};
 use crate::error::TrainError;
 use crate::fashion_mnist::{train_mlp, FashionMnist};
 
@@ -316,6 +316,7 @@ pub fn tune(
             schedule: Default::default(),
             delta: p.delta,
             epsilon_budget: budget,
+            mechanism: Mechanism::PoissonGaussian,
         };
         let trained = train_mlp(train_data, &evaluate, hidden, &dp, rng, None, |_| {})?;
         Ok(Trial {

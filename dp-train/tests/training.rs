@@ -7,7 +7,7 @@ use dp_core::layers::DpLinear;
 use dp_core::{PrivacyRng, Tape};
 use dp_train::data::assets_dir;
 use dp_train::fashion_mnist::{self, FashionMnist, RunConfig};
-use dp_train::{train, Batches, DpSgdConfig, PrivacyLedger, TrainError};
+use dp_train::{train, Batches, DpSgdConfig, Mechanism, PrivacyLedger, TrainError};
 use tch::{nn, Device, Kind, Tensor};
 
 fn load_fashion_mnist() -> FashionMnist {
@@ -101,6 +101,7 @@ fn empty_batches_still_add_noise_and_count_as_steps() {
         schedule: Default::default(),
         delta: 1e-5,
         epsilon_budget: 100.0,
+        mechanism: Mechanism::PoissonGaussian,
     };
     let mut sizes = Vec::new();
     let summary = train(
@@ -351,13 +352,69 @@ fn the_encoder_classifier_clips_exactly_on_padded_batches_full_and_lora() {
     }
 }
 
+/// Running the frozen bottom once per example (CachedEncoder) gives the same logits and the
+/// same clipped sums as running the whole encoder at every step.
+#[test]
+fn caching_the_frozen_blocks_changes_nothing() {
+    use dp_core::ClippingEngine;
+    use dp_train::models::{CachedEncoder, Classifier, EncoderClassifier, EncoderShape, Finetune};
+    let shape = EncoderShape {
+        vocab: 40,
+        hidden: 8,
+        layers: 3,
+        heads: 2,
+        intermediate: 16,
+        max_positions: 12,
+        type_vocab: 2,
+    };
+    let finetune = Finetune::Top { blocks: 1 };
+    tch::manual_seed(4);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = EncoderClassifier::new(&vs.root(), shape, 2, finetune);
+    vs.double();
+    for (name, t) in vs.variables() {
+        if !finetune.trains(&name, shape.layers) {
+            let _ = t.set_requires_grad(false);
+        }
+    }
+    let ids =
+        Tensor::from_slice(&[5i64, 9, 9, 2, 0, 0, 7, 3, 3, 3, 3, 1, 4, 0, 0, 0, 0, 0]).view([3, 6]);
+    let labels = Tensor::from_slice(&[0i64, 1, 1]);
+    let engine = ClippingEngine::new(&vs, 0.05).unwrap();
+    let clip = |model: &dyn Classifier, inputs: &Tensor| {
+        let mut tape = Tape::recording();
+        let logits = model.logits(inputs, &mut tape);
+        let losses =
+            logits.cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::None, -100, 0.0);
+        (logits.detach(), engine.clip(tape.take(), &losses).unwrap())
+    };
+    let (direct_logits, direct) = clip(&model, &ids);
+    let cached = CachedEncoder::new(model, 2, &ids, 2, |_| {});
+    let (cached_logits, via_cache) = clip(&cached, &Tensor::from_slice(&[0i64, 1, 2]));
+    let diff = (&direct_logits - &cached_logits)
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(diff < 1e-12, "logits differ by {diff}");
+    assert_eq!(
+        direct.sums.len(),
+        6 * 2 + 2 * 2 + 2,
+        "the top block and the head"
+    );
+    assert_eq!(direct.sums.len(), via_cache.sums.len());
+    for (name, want) in &direct.sums {
+        let diff = (&via_cache.sums[name] - want).abs().max().double_value(&[]);
+        assert!(diff < 1e-12, "{name}: {diff}");
+    }
+}
+
 /// all-MiniLM-L6-v2 loaded from the assets matches an independent reference (transformers'
 /// pure-Python BertTokenizer and BertModel in float64, `tools/minilm_reference.py`): the same
 /// token ids, and mean-pooled hidden states within 1e-4.
 #[test]
 fn pretrained_minilm_matches_the_reference_forward_pass() {
     use dp_train::models::{EncoderClassifier, Finetune};
-    use dp_train::rotten_tomatoes::{load_tokenizer, tokenize, Snippet};
+    use dp_train::text::{load_tokenizer, tokenize, Snippet};
     let fixture: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/minilm_reference.json")).unwrap();
     let sentences: Vec<Snippet> = fixture["sentences"]
@@ -426,8 +483,8 @@ fn pretrained_minilm_matches_the_reference_forward_pass() {
 
 #[test]
 fn rotten_tomatoes_has_its_documented_split() {
-    use dp_train::rotten_tomatoes::RottenTomatoes;
-    let data = RottenTomatoes::load(
+    use dp_train::text::TextClassification;
+    let data = TextClassification::rotten_tomatoes(
         &assets_dir().join("rotten-tomatoes"),
         &assets_dir().join("minilm").join("tokenizer.json"),
         64,
@@ -758,5 +815,101 @@ mod plans {
             "{report}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+mod correlated_noise {
+    use super::*;
+    use dp_accounting::mf::{gaussian_epsilon, optimize_blt, Objective, Participation, Strategy, Workload};
+    use dp_train::checkpoint::Checkpointing;
+    use dp_train::models::Mlp;
+    use dp_train::plan::TrainConfig;
+    use dp_train::train_with_hooks;
+
+    const PLAN: &str = include_str!("../../examples/fashion_mnist_blt.toml");
+
+    #[test]
+    fn a_correlated_plan_is_cyclic_batches_and_one_gaussian_mechanism() {
+        let plan = TrainConfig::from_toml(PLAN, &[]).unwrap().resolve().unwrap();
+        // b = round(60000 / 1024) = 59 fixed batches, 10 epochs.
+        assert_eq!(plan.steps, 590);
+        let Mechanism::CyclicCorrelated { batches, sensitivity, .. } = &plan.mechanism else {
+            panic!("{:?}", plan.mechanism)
+        };
+        assert_eq!(*batches, 59);
+        // C has c_0 = 1, so each of the 10 participations contributes at least 1 to sens^2.
+        assert!(*sensitivity >= 10f64.sqrt() && sensitivity.is_finite(), "{sensitivity}");
+        let eps = gaussian_epsilon(plan.noise_multiplier, 1e-5).unwrap();
+        assert!(eps <= 3.0 && eps > 2.999, "{eps}");
+        for (set, key) in [
+            ("privacy.epochs=2.5", "privacy.epochs"),
+            ("privacy.sampling=\"poisson\"", "privacy.sampling"),
+            ("privacy.accountant=\"rdp\"", "privacy.accountant"),
+            ("privacy.noise=\"gaussian\"", "privacy.sampling"),
+        ] {
+            let err = TrainConfig::from_toml(PLAN, &[set.into()]).unwrap_err().to_string();
+            assert!(err.contains(key), "{set}: {err}");
+        }
+    }
+
+    /// A run interrupted after step 10 and resumed from its step-8 checkpoint ends with the
+    /// same weights as an uninterrupted run: the correlated-noise buffers are checkpointed.
+    /// Without them the resumed noise would differ (and would not be C^-1 Z).
+    #[test]
+    fn an_interrupted_correlated_run_resumes_exactly() {
+        let (n, epochs, batches) = (60i64, 3u64, 6u64);
+        let steps = epochs * batches;
+        let participation = Participation::epochs(steps as usize, epochs).unwrap();
+        let blt = optimize_blt(steps as usize, 2, &Workload::prefix(), &participation, Objective::Mean).unwrap();
+        let strategy = Strategy::blt(steps as usize, &blt).unwrap();
+        let config = DpSgdConfig {
+            expected_batch_size: (n as u64 / batches) as f64,
+            physical_batch_size: 7,
+            steps,
+            clip_norm: 1.0,
+            noise_multiplier: 1.0,
+            learning_rate: 0.1,
+            optimizer: Default::default(),
+            schedule: Default::default(),
+            delta: 1e-5,
+            epsilon_budget: 10.0,
+            mechanism: Mechanism::CyclicCorrelated {
+                batches,
+                recurrence: strategy.recurrence().clone(),
+                sensitivity: strategy.sensitivity(&participation).value(),
+            },
+        };
+        tch::manual_seed(3);
+        let inputs = Tensor::randn([n, 5], (Kind::Float, Device::Cpu));
+        let labels = Tensor::randint(3, [n], (Kind::Int64, Device::Cpu));
+        let data = Batches { inputs: &inputs, labels: &labels };
+        let run = |dir: &std::path::Path, stop_after: Option<u64>| {
+            tch::manual_seed(5);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let model = Mlp::new(&vs.root(), &[5, 8, 3]);
+            let checkpointing = Checkpointing { dir: dir.to_path_buf(), every: 4, resolved_config: None };
+            let mut rng = PrivacyRng::from_seed(11);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                train_with_hooks(&vs, |x, t| model.forward(x, t), data, &config, &mut rng, &mut dp_train::NoHooks, Some(&checkpointing), |s| {
+                    if Some(s.step) == stop_after {
+                        panic!("interrupted");
+                    }
+                })
+            }));
+            (result.is_ok(), vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect::<std::collections::BTreeMap<_, _>>())
+        };
+        let base = std::env::temp_dir().join(format!("dp-train-mf-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (finished, clean) = run(&base.join("clean"), None);
+        assert!(finished);
+        let (finished, _) = run(&base.join("resumed"), Some(10));
+        assert!(!finished);
+        let (finished, resumed) = run(&base.join("resumed"), None);
+        assert!(finished);
+        for (name, want) in &clean {
+            let diff = (&resumed[name] - want).abs().max().double_value(&[]);
+            assert!(diff == 0.0, "{name}: {diff}");
+        }
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

