@@ -144,13 +144,17 @@ fn step(recurrence: &NoiseRecurrence, state: &mut VecDeque<Tensor>, z: Tensor) -
             if state.is_empty() {
                 state.extend(decay.iter().map(|_| z.zeros_like()));
             }
-            // A copy: adding in place to a shallow clone would change z before the buffers use it.
-            let mut w = z.copy();
-            for (s, buffer) in scale.iter().zip(state.iter()) {
+            // A new tensor (adding in place to z would change it before the buffers use it).
+            let mut w = match state.front() {
+                Some(first) => &z + first * scale[0],
+                None => z.shallow_clone(),
+            };
+            for (s, buffer) in scale.iter().zip(state.iter()).skip(1) {
                 w += buffer * *s;
             }
             for (d, buffer) in decay.iter().zip(state.iter_mut()) {
-                *buffer = &*buffer * *d + &z;
+                // In place: S_i <- d_i S_i + z_t, no model-sized allocation.
+                let _ = buffer.g_mul_scalar_(*d).g_add_(&z);
             }
             w
         }

@@ -2,12 +2,16 @@
 //! one backward to the layer outputs, per-example norms, clipped sums, noise, update) and a
 //! non-private step (forward, ordinary backward, update) of the same encoder on the same batch,
 //! timed in one process; their ratio is the throughput ratio. Peak memory is measured per mode
-//! in a child process (the high-water mark of its resident memory).
+//! in a child process (the high-water mark of its resident memory). With correlated noise,
+//! a DP step with independent noise and one with streamed BLT noise are timed side by side.
 
 use std::time::Instant;
 
+use std::collections::BTreeMap;
+
+use dp_accounting::mf::{optimize_blt, Objective, Participation, Strategy, Workload};
 use dp_core::noise::add_gaussian_noise;
-use dp_core::{ClippingEngine, PrivacyRng, Tape};
+use dp_core::{ClippingEngine, CorrelatedNoise, PrivacyRng, Tape};
 use serde::Serialize;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
@@ -81,18 +85,7 @@ impl Bench {
         let lr = 1e-4 / self.labels.size()[0] as f64;
         let variables = self.vs.trainable_variables();
         match mode {
-            StepMode::Dp => {
-                let mut tape = Tape::recording();
-                let losses = self.losses(&mut tape);
-                let mut sums = engine.clip(tape.take(), &losses)?.sums;
-                add_gaussian_noise(&mut sums, 1.0, rng);
-                let named = self.vs.variables();
-                tch::no_grad(|| {
-                    for (name, sum) in &sums {
-                        let _ = named[name].shallow_clone().f_sub_(&(sum * lr));
-                    }
-                });
-            }
+            StepMode::Dp => self.dp_step(engine, |sums| add_gaussian_noise(sums, 1.0, rng))?,
             StepMode::NonPrivate => {
                 self.losses(&mut Tape::off()).sum(Kind::Float).backward();
                 tch::no_grad(|| {
@@ -104,10 +97,34 @@ impl Bench {
                 });
             }
         }
+        self.synchronize();
+        Ok(())
+    }
+
+    /// A DP step whose noise `add_noise` adds to the clipped sums.
+    fn dp_step(
+        &self,
+        engine: &ClippingEngine,
+        add_noise: impl FnOnce(&mut BTreeMap<String, Tensor>),
+    ) -> Result<(), TrainError> {
+        let lr = 1e-4 / self.labels.size()[0] as f64;
+        let mut tape = Tape::recording();
+        let losses = self.losses(&mut tape);
+        let mut sums = engine.clip(tape.take(), &losses)?.sums;
+        add_noise(&mut sums);
+        let named = self.vs.variables();
+        tch::no_grad(|| {
+            for (name, sum) in &sums {
+                let _ = named[name].shallow_clone().f_sub_(&(sum * lr));
+            }
+        });
+        Ok(())
+    }
+
+    fn synchronize(&self) {
         if let Device::Cuda(_) = self.vs.device() {
             tch::Cuda::synchronize(0);
         }
-        Ok(())
     }
 }
 
@@ -147,6 +164,50 @@ pub fn time_both(config: &BenchConfig) -> Result<(f64, f64), TrainError> {
         plain_times.push(start.elapsed().as_secs_f64());
     }
     Ok((median(dp_times), median(plain_times)))
+}
+
+/// Median seconds per DP step with independent noise and with correlated BLT noise of
+/// `buffers` buffers (optimized for 1,000 steps, the noise kept in model-sized buffers),
+/// interleaved step by step on the same model shape.
+pub fn time_correlated_noise(
+    config: &BenchConfig,
+    buffers: usize,
+) -> Result<(f64, f64), TrainError> {
+    let n = 1000;
+    let participation = Participation::single();
+    let blt = optimize_blt(
+        n,
+        buffers,
+        &Workload::prefix(),
+        &participation,
+        Objective::Mean,
+    )?;
+    let recurrence = Strategy::blt(n, &blt)?.recurrence().clone();
+    let mut correlated = CorrelatedNoise::new(recurrence, 1.0)?;
+    let (independent, mf) = (Bench::new(config), Bench::new(config));
+    let (independent_engine, mf_engine) = (
+        ClippingEngine::new(&independent.vs, 1.0)?,
+        ClippingEngine::new(&mf.vs, 1.0)?,
+    );
+    let mut rng = PrivacyRng::from_seed(0);
+    let (mut independent_times, mut mf_times) = (Vec::new(), Vec::new());
+    // One warm-up step each, then the timed ones.
+    for round in 0..=config.steps.max(1) {
+        let start = Instant::now();
+        independent.dp_step(&independent_engine, |sums| {
+            add_gaussian_noise(sums, 1.0, &mut rng)
+        })?;
+        independent.synchronize();
+        let independent_s = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        mf.dp_step(&mf_engine, |sums| correlated.add_to(sums, &mut rng))?;
+        mf.synchronize();
+        if round > 0 {
+            independent_times.push(independent_s);
+            mf_times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok((median(independent_times), median(mf_times)))
 }
 
 fn median(mut times: Vec<f64>) -> f64 {

@@ -756,6 +756,30 @@ mod plans {
     }
 
     #[test]
+    fn every_example_plan_resolves() {
+        for (name, text) in [
+            ("fashion_mnist", PLAN),
+            (
+                "fashion_mnist_blt",
+                include_str!("../../examples/fashion_mnist_blt.toml"),
+            ),
+            (
+                "minilm_rotten_tomatoes",
+                include_str!("../../examples/minilm_rotten_tomatoes.toml"),
+            ),
+            (
+                "minilm_rotten_tomatoes_gpu",
+                include_str!("../../examples/minilm_rotten_tomatoes_gpu.toml"),
+            ),
+        ] {
+            let plan = TrainConfig::from_toml(text, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(plan.resolve().unwrap().noise_multiplier > 0.0, "{name}");
+        }
+        let err = TrainConfig::from_toml(PLAN, &["model.kind=\"encoder\"".into()]).unwrap_err();
+        assert!(err.to_string().contains("model.kind"), "{err}");
+    }
+
+    #[test]
     fn bad_plans_are_refused_with_the_key_named() {
         for (set, key) in [
             ("privacy.delta=2", "privacy.delta"),
@@ -820,7 +844,9 @@ mod plans {
 
 mod correlated_noise {
     use super::*;
-    use dp_accounting::mf::{gaussian_epsilon, optimize_blt, Objective, Participation, Strategy, Workload};
+    use dp_accounting::mf::{
+        gaussian_epsilon, optimize_blt, Objective, Participation, Strategy, Workload,
+    };
     use dp_train::checkpoint::Checkpointing;
     use dp_train::models::Mlp;
     use dp_train::plan::TrainConfig;
@@ -830,15 +856,26 @@ mod correlated_noise {
 
     #[test]
     fn a_correlated_plan_is_cyclic_batches_and_one_gaussian_mechanism() {
-        let plan = TrainConfig::from_toml(PLAN, &[]).unwrap().resolve().unwrap();
+        let plan = TrainConfig::from_toml(PLAN, &[])
+            .unwrap()
+            .resolve()
+            .unwrap();
         // b = round(60000 / 1024) = 59 fixed batches, 10 epochs.
         assert_eq!(plan.steps, 590);
-        let Mechanism::CyclicCorrelated { batches, sensitivity, .. } = &plan.mechanism else {
+        let Mechanism::CyclicCorrelated {
+            batches,
+            sensitivity,
+            ..
+        } = &plan.mechanism
+        else {
             panic!("{:?}", plan.mechanism)
         };
         assert_eq!(*batches, 59);
         // C has c_0 = 1, so each of the 10 participations contributes at least 1 to sens^2.
-        assert!(*sensitivity >= 10f64.sqrt() && sensitivity.is_finite(), "{sensitivity}");
+        assert!(
+            *sensitivity >= 10f64.sqrt() && sensitivity.is_finite(),
+            "{sensitivity}"
+        );
         let eps = gaussian_epsilon(plan.noise_multiplier, 1e-5).unwrap();
         assert!(eps <= 3.0 && eps > 2.999, "{eps}");
         for (set, key) in [
@@ -847,7 +884,9 @@ mod correlated_noise {
             ("privacy.accountant=\"rdp\"", "privacy.accountant"),
             ("privacy.noise=\"gaussian\"", "privacy.sampling"),
         ] {
-            let err = TrainConfig::from_toml(PLAN, &[set.into()]).unwrap_err().to_string();
+            let err = TrainConfig::from_toml(PLAN, &[set.into()])
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(key), "{set}: {err}");
         }
     }
@@ -860,7 +899,14 @@ mod correlated_noise {
         let (n, epochs, batches) = (60i64, 3u64, 6u64);
         let steps = epochs * batches;
         let participation = Participation::epochs(steps as usize, epochs).unwrap();
-        let blt = optimize_blt(steps as usize, 2, &Workload::prefix(), &participation, Objective::Mean).unwrap();
+        let blt = optimize_blt(
+            steps as usize,
+            2,
+            &Workload::prefix(),
+            &participation,
+            Objective::Mean,
+        )
+        .unwrap();
         let strategy = Strategy::blt(steps as usize, &blt).unwrap();
         let config = DpSgdConfig {
             expected_batch_size: (n as u64 / batches) as f64,
@@ -882,21 +928,43 @@ mod correlated_noise {
         tch::manual_seed(3);
         let inputs = Tensor::randn([n, 5], (Kind::Float, Device::Cpu));
         let labels = Tensor::randint(3, [n], (Kind::Int64, Device::Cpu));
-        let data = Batches { inputs: &inputs, labels: &labels };
+        let data = Batches {
+            inputs: &inputs,
+            labels: &labels,
+        };
         let run = |dir: &std::path::Path, stop_after: Option<u64>| {
             tch::manual_seed(5);
             let vs = nn::VarStore::new(Device::Cpu);
             let model = Mlp::new(&vs.root(), &[5, 8, 3]);
-            let checkpointing = Checkpointing { dir: dir.to_path_buf(), every: 4, resolved_config: None };
+            let checkpointing = Checkpointing {
+                dir: dir.to_path_buf(),
+                every: 4,
+                resolved_config: None,
+            };
             let mut rng = PrivacyRng::from_seed(11);
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                train_with_hooks(&vs, |x, t| model.forward(x, t), data, &config, &mut rng, &mut dp_train::NoHooks, Some(&checkpointing), |s| {
-                    if Some(s.step) == stop_after {
-                        panic!("interrupted");
-                    }
-                })
+                train_with_hooks(
+                    &vs,
+                    |x, t| model.forward(x, t),
+                    data,
+                    &config,
+                    &mut rng,
+                    &mut dp_train::NoHooks,
+                    Some(&checkpointing),
+                    |s| {
+                        if Some(s.step) == stop_after {
+                            panic!("interrupted");
+                        }
+                    },
+                )
             }));
-            (result.is_ok(), vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect::<std::collections::BTreeMap<_, _>>())
+            (
+                result.is_ok(),
+                vs.variables()
+                    .into_iter()
+                    .map(|(n, t)| (n, t.copy()))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
         };
         let base = std::env::temp_dir().join(format!("dp-train-mf-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);

@@ -89,6 +89,10 @@ struct BenchArgs {
     /// cpu, cuda, or auto.
     #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
     device: String,
+    /// Instead of DP vs non-private: time a DP step with independent noise against one with
+    /// correlated BLT noise of this many buffers (matrix factorization), side by side.
+    #[arg(long, value_name = "BUFFERS")]
+    correlated: Option<usize>,
     /// Internal: run one mode only and report its peak memory.
     #[arg(long, hide = true, value_parser = ["dp", "nonprivate"])]
     only: Option<String>,
@@ -590,6 +594,21 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
         steps: args.steps,
         device,
     };
+    if let Some(buffers) = args.correlated {
+        let (independent, correlated) = bench::time_correlated_noise(&config, buffers)?;
+        let overhead = correlated / independent - 1.0;
+        let out = serde_json::json!({
+            "shape": args.shape, "batch": args.batch, "seq": args.seq, "device": format!("{device:?}"),
+            "buffers": buffers, "independent_dp_step_s": independent, "correlated_dp_step_s": correlated,
+            "correlated_overhead": overhead,
+        });
+        if args.json {
+            println!("{out}");
+        } else {
+            println!("{} encoder, batch {}, seq {}, {:?}: DP step with independent noise {:.3} s, with BLT noise ({buffers} buffers) {:.3} s: {:+.1}%", args.shape, args.batch, args.seq, device, independent, correlated, 100.0 * overhead);
+        }
+        return Ok(());
+    }
     if let Some(only) = &args.only {
         let mode = if only == "dp" {
             StepMode::Dp
