@@ -296,6 +296,12 @@ impl TrainConfig {
                 "privacy.expected_batch_size must be in (0, data.dataset_size]",
             ));
         }
+        if !matches!(p.noise.as_str(), "gaussian" | "mf" | "none") {
+            return Err(config_error(format!(
+                "privacy.noise: unknown '{}' (gaussian, mf or none)",
+                p.noise
+            )));
+        }
         match (p.noise.as_str(), p.accountant.as_str()) {
             ("mf", "gaussian") | ("gaussian" | "none", "rdp") => {}
             ("mf", other) => {

@@ -882,7 +882,7 @@ mod correlated_noise {
             ("privacy.epochs=2.5", "privacy.epochs"),
             ("privacy.sampling=\"poisson\"", "privacy.sampling"),
             ("privacy.accountant=\"rdp\"", "privacy.accountant"),
-            ("privacy.noise=\"gaussian\"", "privacy.sampling"),
+            ("privacy.noise=\"gaussian\"", "privacy.accountant"),
         ] {
             let err = TrainConfig::from_toml(PLAN, &[set.into()])
                 .unwrap_err()
