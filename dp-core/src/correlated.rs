@@ -13,9 +13,14 @@
 //! - back-substitution (C banded, BandMF): the last `p - 1` outputs;
 //! - buffered (BLT, Dvijotham et al. 2024): `m` decaying buffers.
 //!
-//! Memory is that many copies of the model's parameters, on their device. The state is part of
-//! a checkpoint ([`CorrelatedNoise::state`], [`CorrelatedNoise::restore`]): resuming with a
-//! different state would add noise that is not `C^{-1} Z`, which the accounting does not cover.
+//! Memory is that many copies of the model's parameters, on their device. For a moving average,
+//! [`CorrelatedNoise::regenerating`] keeps instead the generator's state before each past draw
+//! (ChaCha20 is counter-based: a key and a position, 57 bytes) and draws `z_{t-j}` again when
+//! it is needed: O(1) model-sized memory for `p - 1` extra draws per step.
+//!
+//! The state is part of a checkpoint ([`CorrelatedNoise::state`], [`CorrelatedNoise::restore`]):
+//! resuming with a different state would add noise that is not `C^{-1} Z`, which the
+//! accounting does not cover.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -24,7 +29,7 @@ use tch::Tensor;
 
 use crate::error::CoreError;
 use crate::noise::add_gaussian_noise;
-use crate::rng::PrivacyRng;
+use crate::rng::{PrivacyRng, RngSnapshot};
 
 /// The streaming generator of `w_t = (C^{-1} Z)_t` for a set of named parameters.
 #[derive(Debug)]
@@ -34,6 +39,8 @@ pub struct CorrelatedNoise {
     /// Per parameter: the past draws (moving average) or outputs (back-substitution), newest
     /// first; or the buffers (BLT).
     state: BTreeMap<String, VecDeque<Tensor>>,
+    /// Regenerating moving average: the generator before each past draw, newest first.
+    past_generators: Option<VecDeque<RngSnapshot>>,
     steps: u64,
 }
 
@@ -47,7 +54,21 @@ impl CorrelatedNoise {
             recurrence,
             std,
             state: BTreeMap::new(),
+            past_generators: None,
             steps: 0,
+        })
+    }
+
+    /// A moving-average generator that stores no past draws but regenerates them from the
+    /// privacy generator's saved states: the same noise as [`CorrelatedNoise::new`], with O(1)
+    /// model-sized memory. Only moving-average recurrences (`C^{-1}` banded) can be regenerated.
+    pub fn regenerating(recurrence: NoiseRecurrence, std: f64) -> Result<Self, CoreError> {
+        if !matches!(recurrence, NoiseRecurrence::MovingAverage { .. }) {
+            return Err(CoreError::NotRegenerable);
+        }
+        Ok(Self {
+            past_generators: Some(VecDeque::new()),
+            ..Self::new(recurrence, std)?
         })
     }
 
@@ -58,12 +79,45 @@ impl CorrelatedNoise {
 
     /// Model-sized buffers kept per parameter between steps.
     pub fn memory_vectors(&self) -> usize {
-        self.recurrence.memory_vectors()
+        if self.past_generators.is_some() {
+            0
+        } else {
+            self.recurrence.memory_vectors()
+        }
     }
 
     /// Adds this step's `w_t` to every sum (drawing `z_t` through `rng` in parameter-name
     /// order) and advances the state.
     pub fn add_to(&mut self, sums: &mut BTreeMap<String, Tensor>, rng: &mut PrivacyRng) {
+        if let (Some(past), NoiseRecurrence::MovingAverage { coefs }) =
+            (self.past_generators.as_mut(), &self.recurrence)
+        {
+            // w_t = sum_j coefs[j] z_{t-j}, each past z drawn again from its saved generator.
+            let before = rng.snapshot();
+            let std = self.std;
+            let mut add = |generator: &mut PrivacyRng, coef: f64| {
+                let mut z: BTreeMap<String, Tensor> = sums
+                    .iter()
+                    .map(|(n, s)| (n.clone(), s.zeros_like()))
+                    .collect();
+                add_gaussian_noise(&mut z, std, generator);
+                tch::no_grad(|| {
+                    for (name, z) in z {
+                        *sums.get_mut(&name).expect("draws mirror the sums") += z * coef;
+                    }
+                });
+            };
+            add(rng, coefs[0]);
+            for (coef, snapshot) in coefs[1..].iter().zip(past.iter()) {
+                let mut generator =
+                    PrivacyRng::restore(snapshot).expect("snapshots of a live generator restore");
+                add(&mut generator, *coef);
+            }
+            past.push_front(before);
+            past.truncate(coefs.len() - 1);
+            self.steps += 1;
+            return;
+        }
         let mut draws: BTreeMap<String, Tensor> = sums
             .iter()
             .map(|(n, s)| (n.clone(), s.zeros_like()))
@@ -79,9 +133,10 @@ impl CorrelatedNoise {
         self.steps += 1;
     }
 
-    /// The state to checkpoint: `(name, tensor)` pairs and the step count.
+    /// The state to checkpoint: `(name, tensor)` pairs (saved generator states as bytes under
+    /// `rng/INDEX`) and the step count.
     pub fn state(&self) -> (Vec<(String, Tensor)>, u64) {
-        let tensors = self
+        let mut tensors: Vec<(String, Tensor)> = self
             .state
             .iter()
             .flat_map(|(name, past)| {
@@ -90,14 +145,27 @@ impl CorrelatedNoise {
                     .map(move |(j, t)| (format!("{j}/{name}"), t.shallow_clone()))
             })
             .collect();
+        for (j, snapshot) in self.past_generators.iter().flatten().enumerate() {
+            tensors.push((
+                format!("rng/{j}"),
+                Tensor::from_slice(&snapshot_bytes(snapshot)),
+            ));
+        }
         (tensors, self.steps)
     }
 
     /// Restores a state saved by [`CorrelatedNoise::state`].
     pub fn restore(&mut self, tensors: Vec<(String, Tensor)>, steps: u64) -> Result<(), CoreError> {
         let mut state: BTreeMap<String, Vec<(usize, Tensor)>> = BTreeMap::new();
+        let mut generators: Vec<(usize, RngSnapshot)> = Vec::new();
         for (key, tensor) in tensors {
             let bad = || CoreError::NoiseState(key.clone());
+            if let Some(j) = key.strip_prefix("rng/") {
+                let j: usize = j.parse().map_err(|_| bad())?;
+                let bytes = Vec::<u8>::try_from(&tensor).map_err(|_| bad())?;
+                generators.push((j, snapshot_from_bytes(&bytes).ok_or_else(bad)?));
+                continue;
+            }
             let (j, name) = key.split_once('/').ok_or_else(bad)?;
             let j: usize = j.parse().map_err(|_| bad())?;
             state.entry(name.to_string()).or_default().push((j, tensor));
@@ -109,9 +177,36 @@ impl CorrelatedNoise {
                 (name, past.into_iter().map(|(_, t)| t).collect())
             })
             .collect();
+        if let Some(past) = self.past_generators.as_mut() {
+            generators.sort_by_key(|(j, _)| *j);
+            *past = generators.into_iter().map(|(_, g)| g).collect();
+        }
         self.steps = steps;
         Ok(())
     }
+}
+
+/// A generator state as 57 bytes: key, stream position (u128, little-endian), seed flag, seed.
+fn snapshot_bytes(snapshot: &RngSnapshot) -> Vec<u8> {
+    let position: u128 = snapshot.word_position.parse().unwrap_or_default();
+    let mut bytes = snapshot.key.to_vec();
+    bytes.extend(position.to_le_bytes());
+    bytes.push(u8::from(snapshot.seed.is_some()));
+    bytes.extend(snapshot.seed.unwrap_or_default().to_le_bytes());
+    bytes
+}
+
+fn snapshot_from_bytes(bytes: &[u8]) -> Option<RngSnapshot> {
+    if bytes.len() != 57 {
+        return None;
+    }
+    let position = u128::from_le_bytes(bytes[32..48].try_into().ok()?);
+    let seed = u64::from_le_bytes(bytes[49..57].try_into().ok()?);
+    Some(RngSnapshot {
+        key: bytes[..32].try_into().ok()?,
+        word_position: position.to_string(),
+        seed: (bytes[48] == 1).then_some(seed),
+    })
 }
 
 /// One step of the recurrence for one parameter: returns `w_t` and updates `state`.

@@ -36,6 +36,9 @@ pub enum CoreError {
     /// A saved correlated-noise state with an unexpected entry.
     #[error("correlated-noise state entry `{0}` is not of the form INDEX/NAME")]
     NoiseState(String),
+    /// Regeneration was asked of a recurrence that keeps past outputs or buffers.
+    #[error("only moving-average correlated noise (C^-1 banded) can regenerate its past draws")]
+    NotRegenerable,
     /// A libtorch call failed.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
