@@ -727,6 +727,16 @@ mod plans {
 
     const PLAN: &str = include_str!("../../examples/fashion_mnist.toml");
 
+    /// Each `--set` override makes `plan` fail with an error naming its key.
+    pub(super) fn assert_refused(plan: &str, cases: &[(&str, &str)]) {
+        for (set, key) in cases {
+            let err = TrainConfig::from_toml(plan, &[set.to_string()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{set}: {err}");
+        }
+    }
+
     #[test]
     fn performance_settings_cannot_change_the_mechanism() {
         let base = TrainConfig::from_toml(PLAN, &[])
@@ -781,18 +791,16 @@ mod plans {
 
     #[test]
     fn bad_plans_are_refused_with_the_key_named() {
-        for (set, key) in [
-            ("privacy.delta=2", "privacy.delta"),
-            ("privacy.sampling=\"shuffle\"", "privacy.sampling"),
-            ("privacy.steps=10", "steps"),
-            ("data.dataset_size=0", "data.dataset_size"),
-            ("privacy.noise=\"laplace\"", "privacy.noise"),
-        ] {
-            let err = TrainConfig::from_toml(PLAN, &[set.into()])
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(key), "{set}: {err}");
-        }
+        assert_refused(
+            PLAN,
+            &[
+                ("privacy.delta=2", "privacy.delta"),
+                ("privacy.sampling=\"shuffle\"", "privacy.sampling"),
+                ("privacy.steps=10", "steps"),
+                ("data.dataset_size=0", "data.dataset_size"),
+                ("privacy.noise=\"laplace\"", "privacy.noise"),
+            ],
+        );
     }
 
     #[test]
@@ -878,17 +886,15 @@ mod correlated_noise {
         );
         let eps = gaussian_epsilon(plan.noise_multiplier, 1e-5).unwrap();
         assert!(eps <= 3.0 && eps > 2.999, "{eps}");
-        for (set, key) in [
-            ("privacy.epochs=2.5", "privacy.epochs"),
-            ("privacy.sampling=\"poisson\"", "privacy.sampling"),
-            ("privacy.accountant=\"rdp\"", "privacy.accountant"),
-            ("privacy.noise=\"gaussian\"", "privacy.accountant"),
-        ] {
-            let err = TrainConfig::from_toml(PLAN, &[set.into()])
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(key), "{set}: {err}");
-        }
+        super::plans::assert_refused(
+            PLAN,
+            &[
+                ("privacy.epochs=2.5", "privacy.epochs"),
+                ("privacy.sampling=\"poisson\"", "privacy.sampling"),
+                ("privacy.accountant=\"rdp\"", "privacy.accountant"),
+                ("privacy.noise=\"gaussian\"", "privacy.accountant"),
+            ],
+        );
     }
 
     /// A run interrupted after step 10 and resumed from its step-8 checkpoint ends with the
