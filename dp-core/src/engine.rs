@@ -18,6 +18,10 @@
 //! clipped sum is formed directly (Bu et al. 2023, book-keeping):
 //! `sum_i c_i G_i = (c . g)^T a` flattened over (B, T), one matmul per layer.
 //! Examples whose norm is not finite get `c_i = 0` and are counted, never propagated.
+//!
+//! Mixed precision: with bf16 layer inputs and outputs (f32 parameters), `a` and `g` are
+//! widened to f32 before any product, so norms are accumulated in f32 and the clipped sums are
+//! f32, in the parameters' precision.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -333,9 +337,11 @@ fn linear_weight_norms(a: &Tensor, g: &Tensor, kind: Kind) -> Tensor {
     }
 }
 
-/// The normalised input `x_hat` of a LayerNorm (`centred`) or RMSNorm, as (B, T, p) rows.
+/// The normalised input `x_hat` of a LayerNorm (`centred`) or RMSNorm, as (B, T, p) rows,
+/// computed in `kind` (as the layer does for reduced-precision inputs).
 fn normalised(x: &Tensor, centred: bool, eps: f64, kind: Kind) -> Tensor {
     let p = x.size().last().copied().unwrap_or(1);
+    let x = x.to_kind(kind);
     let x_hat = if centred {
         x.layer_norm([p], None::<&Tensor>, None::<&Tensor>, eps, false)
     } else {

@@ -555,3 +555,78 @@ fn regenerated_correlated_noise_equals_stored_noise() {
     let bsr = Strategy::banded_square_root(n, 3, &Workload::prefix()).unwrap();
     assert!(CorrelatedNoise::regenerating(bsr.recurrence().clone(), 1.0).is_err());
 }
+
+/// Linear, LayerNorm, linear, RMSNorm with f32 parameters, run on bf16 inputs.
+struct MixedPrecisionStack {
+    first: DpLinear,
+    norm: DpNorm,
+    second: DpLinear,
+    rms: DpNorm,
+}
+
+impl MixedPrecisionStack {
+    fn new(vs: &nn::VarStore) -> Self {
+        let root = vs.root();
+        Self {
+            first: DpLinear::new(&(&root / "first"), 16, 32, true),
+            norm: DpNorm::layer_norm(&(&root / "norm"), 32, 1e-5),
+            second: DpLinear::new(&(&root / "second"), 32, 8, true),
+            rms: DpNorm::rms_norm(&(&root / "rms"), 8, 1e-6),
+        }
+    }
+
+    fn losses(&self, x: &Tensor, tape: &mut Tape) -> Tensor {
+        let h = self.norm.forward(&self.first.forward(x, tape), tape).tanh();
+        let y = self.rms.forward(&self.second.forward(&h, tape), tape);
+        y.sin()
+            .sum_dim_intlist([1, 2].as_slice(), false, Kind::Float)
+    }
+}
+
+#[test]
+fn bf16_activations_are_clipped_with_f32_norms_and_sums() {
+    tch::manual_seed(11);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = MixedPrecisionStack::new(&vs);
+    let x = Tensor::randn([6, 5, 16], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+    let clip = 1.0;
+    let engine = ClippingEngine::new(&vs, clip).unwrap();
+    let run = |x: &Tensor| {
+        let mut tape = Tape::recording();
+        let losses = model.losses(x, &mut tape);
+        assert!(tape.records().iter().all(|r| r.output().kind() == x.kind()));
+        engine.clip(tape.take(), &losses).unwrap()
+    };
+    let batch = run(&x);
+    assert_eq!(batch.norms.kind(), Kind::Float);
+    assert!(batch.sums.values().all(|s| s.kind() == Kind::Float));
+    let loss_of = |i: i64| {
+        model
+            .losses(&x.narrow(0, i, 1), &mut Tape::off())
+            .sum(Kind::Float)
+    };
+    let (norms, sums) = batch_size_one_reference(&vs, 6, loss_of, clip);
+    assert!(
+        norms.iter().any(|&n| n > clip),
+        "some example must be clipped"
+    );
+    // bf16 keeps 8 significant bits (relative rounding 2^-9 = 0.2%); the reference takes
+    // autograd's weight gradients, themselves rounded to bf16.
+    assert_close(
+        &batch.norms,
+        &Tensor::from_slice(&norms).to_kind(Kind::Float),
+        0.0,
+        1e-2,
+        "norms",
+    );
+    for (name, want) in &sums {
+        assert_close(&batch.sums[name], want, 0.0, 2e-2, name);
+    }
+    // The products really ran in bf16: the same inputs in f32 give visibly different sums.
+    let wide = run(&x.to_kind(Kind::Float));
+    let gap = (&wide.sums["first.weight"] - &batch.sums["first.weight"])
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(gap > 1e-5, "bf16 and f32 sums agree to {gap}");
+}

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
 use crate::error::TrainError;
-use crate::models::{EncoderClassifier, EncoderShape, Finetune};
+use crate::models::{EncoderClassifier, EncoderShape, Finetune, Precision};
 
 /// Which step to time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,6 +41,8 @@ pub struct BenchConfig {
     pub steps: usize,
     /// Where to run.
     pub device: Device,
+    /// Activation precision (both modes).
+    pub precision: Precision,
 }
 
 /// A model, a batch and the machinery for one mode's steps.
@@ -56,7 +58,8 @@ impl Bench {
     fn new(config: &BenchConfig) -> Self {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(config.device);
-        let model = EncoderClassifier::new(&vs.root(), config.shape, 2, Finetune::All);
+        let model = EncoderClassifier::new(&vs.root(), config.shape, 2, Finetune::All)
+            .with_precision(config.precision);
         let opts = (Kind::Int64, config.device);
         let ids = Tensor::randint_low(1, config.shape.vocab, [config.batch, config.seq], opts);
         let mask = Tensor::ones([config.batch, config.seq], opts);

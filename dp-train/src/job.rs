@@ -9,7 +9,7 @@ use crate::data::assets_dir;
 use crate::dpsgd::Batches;
 use crate::error::TrainError;
 use crate::fashion_mnist::FashionMnist;
-use crate::models::{CachedEncoder, Classifier, EncoderClassifier, Mlp};
+use crate::models::{CachedEncoder, Classifier, EncoderClassifier, Mlp, Precision};
 use crate::plan::TrainConfig;
 use crate::text::TextClassification;
 
@@ -103,12 +103,17 @@ impl Job {
         };
         check_size(data.train.labels.size()[0])?;
         let finetune = config.model.finetune;
-        let model = EncoderClassifier::pretrained(&vs, &dir, data.classes, finetune)?;
+        let model = EncoderClassifier::pretrained(&vs, &dir, data.classes, finetune)?
+            .with_precision(config.model.precision);
         let layers = model.layers();
         let description = format!(
-            "{name}, encoder {} fine-tuned on {}",
+            "{name}, encoder {} fine-tuned on {}, {} activations",
             dir.display(),
-            finetune.describe(layers)
+            finetune.describe(layers),
+            match config.model.precision {
+                Precision::F32 => "f32",
+                Precision::Bf16 => "bf16",
+            }
         );
         let first = |t: &Tensor| t.narrow(0, 0, n as i64);
         let (train_ids, train_labels) =

@@ -58,6 +58,19 @@ impl Classifier for Mlp {
     }
 }
 
+/// The precision of an encoder's activations. Parameters (the optimizer's master copy),
+/// per-example norms and clipped sums stay in f32 either way; with bf16 the linear layers and
+/// attention products run in bf16, softmax, LayerNorm statistics and pooling in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Activations in the parameters' precision.
+    #[default]
+    F32,
+    /// bfloat16 activations (for CUDA; on CPU libtorch's bf16 kernels are usually slower).
+    Bf16,
+}
+
 /// Shape of a BERT-style encoder (Devlin et al. 2019); the defaults are MiniLM-L6-H384
 /// (all-MiniLM-L6-v2: 6 layers, hidden 384, 12 heads, feed-forward 1536, vocabulary 30522).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,7 +294,8 @@ impl EncoderBlock {
         let v = split(self.value.forward(x, tape));
         let scores = q.matmul(&k.transpose(-2, -1)) / (dh as f64).sqrt() + mask_bias;
         let context = scores
-            .softmax(-1, scores.kind())
+            .softmax(-1, at_least_f32(scores.kind()))
+            .to_kind(v.kind())
             .matmul(&v)
             .transpose(1, 2)
             .reshape([b, t, h]);
@@ -304,6 +318,7 @@ pub struct EncoderClassifier {
     embedding_norm: DpNorm,
     blocks: Vec<EncoderBlock>,
     head: DpLinear,
+    precision: Precision,
 }
 
 impl EncoderClassifier {
@@ -339,6 +354,21 @@ impl EncoderClassifier {
                 .map(|i| EncoderBlock::new(&(path / "encoder" / "layer" / i), shape, lora))
                 .collect(),
             head: DpLinear::new(&(path / "classifier"), shape.hidden, classes, true),
+            precision: Precision::F32,
+        }
+    }
+
+    /// The same model computing its activations in `precision`.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// The kind of the activations between blocks.
+    fn activation_kind(&self) -> Kind {
+        match self.precision {
+            Precision::F32 => self.words.table.kind(),
+            Precision::Bf16 => Kind::BFloat16,
         }
     }
 
@@ -455,7 +485,10 @@ impl EncoderClassifier {
         let x = self.words.forward(ids, tape)
             + self.positions.forward(&positions, tape)
             + self.token_types.forward(&types, tape);
-        let x = self.embedding_norm.forward(&x, tape);
+        let x = self
+            .embedding_norm
+            .forward(&x, tape)
+            .to_kind(self.activation_kind());
         self.run_blocks(x, attention_mask, 0..blocks, tape)
     }
 
@@ -467,13 +500,16 @@ impl EncoderClassifier {
         start: i64,
         tape: &mut Tape,
     ) -> Tensor {
+        let hidden = hidden.to_kind(self.activation_kind());
         let pooled = self.pool_from(hidden, attention_mask, start, tape);
         self.head.forward(&pooled, tape)
     }
 
-    /// Runs blocks `start..` and mean-pools over real tokens.
+    /// Runs blocks `start..` and mean-pools over real tokens, in the parameters' precision.
     fn pool_from(&self, x: Tensor, attention_mask: &Tensor, start: i64, tape: &mut Tape) -> Tensor {
-        let x = self.run_blocks(x, attention_mask, start..self.layers(), tape);
+        let x = self
+            .run_blocks(x, attention_mask, start..self.layers(), tape)
+            .to_kind(self.head.weight.kind());
         let m = attention_mask.to_kind(x.kind()).unsqueeze(2);
         (&x * &m).sum_dim_intlist(1, false, x.kind())
             / m.sum_dim_intlist(1, false, x.kind()).clamp_min(1.0)
@@ -521,8 +557,8 @@ impl CachedEncoder {
     ) -> Self {
         let (n, l) = (ids.size()[0], ids.size()[1]);
         let mask = ids.ne(PAD_ID);
-        let table = &model.words.table;
-        let hidden = Tensor::zeros([n, l, table.size()[1]], (table.kind(), ids.device()));
+        let width = model.words.table.size()[1];
+        let hidden = Tensor::zeros([n, l, width], (model.activation_kind(), ids.device()));
         tch::no_grad(|| {
             for first in (0..n).step_by(batch_size.max(1) as usize) {
                 let len = batch_size.min(n - first);
@@ -555,6 +591,14 @@ impl Classifier for CachedEncoder {
         let hidden = self.hidden.index_select(0, inputs).narrow(1, 0, longest);
         self.model
             .logits_from(hidden, &rows.narrow(1, 0, longest), self.start, tape)
+    }
+}
+
+/// f64 stays f64; reduced precisions are widened to f32 (softmax in bf16 loses too much).
+fn at_least_f32(kind: Kind) -> Kind {
+    match kind {
+        Kind::Double => Kind::Double,
+        _ => Kind::Float,
     }
 }
 

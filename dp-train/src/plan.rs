@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dpsgd::Mechanism;
 use crate::error::TrainError;
-use crate::models::Finetune;
+use crate::models::{Finetune, Precision};
 use crate::optimizer::{Optimizer, Schedule};
 
 /// The datasets a plan can name.
@@ -57,6 +57,9 @@ pub struct ModelSection {
     /// Encoder: which weights are trained (`{ kind = "all" }`, `{ kind = "top", blocks = 2 }`,
     /// `{ kind = "lora", rank = 8, alpha = 16 }`).
     pub finetune: Finetune,
+    /// Encoder: activation precision, "f32" or "bf16" (parameters, norms and clipped sums stay
+    /// f32) [default: f32].
+    pub precision: Precision,
 }
 
 impl Default for ModelSection {
@@ -66,6 +69,7 @@ impl Default for ModelSection {
             hidden: vec![256],
             pretrained: None,
             finetune: Finetune::All,
+            precision: Precision::F32,
         }
     }
 }
@@ -251,7 +255,7 @@ impl TrainConfig {
         }
         let config: Self = table
             .try_into()
-            .map_err(|e: toml::de::Error| config_error(e.message().to_string()))?;
+            .map_err(|e: toml::de::Error| config_error(e.to_string().trim().replace('\n', " ")))?;
         config.resolve()?;
         Ok(config)
     }
@@ -272,6 +276,11 @@ impl TrainConfig {
                     "data.dataset: unknown dataset '{other}' ({DATASETS})"
                 )))
             }
+        }
+        if self.model.kind == "mlp" && self.model.precision != Precision::F32 {
+            return Err(config_error(
+                "model.precision: bf16 is offered for encoder models only",
+            ));
         }
 
         if (d.dataset == "text-csv") != (d.train_file.is_some() && d.test_file.is_some())

@@ -352,6 +352,86 @@ fn the_encoder_classifier_clips_exactly_on_padded_batches_full_and_lora() {
     }
 }
 
+/// With bf16 activations (f32 parameters), the encoder's clipped sums are f32 and match the
+/// batch-size-1 reference of the same bf16 model within bf16 rounding.
+#[test]
+fn a_bf16_encoder_clips_like_its_batch_size_one_reference() {
+    use dp_core::reference::batch_size_one_reference;
+    use dp_core::ClippingEngine;
+    use dp_train::models::{EncoderClassifier, EncoderShape, Finetune, Precision};
+    let shape = EncoderShape {
+        vocab: 40,
+        hidden: 16,
+        layers: 2,
+        heads: 2,
+        intermediate: 32,
+        max_positions: 12,
+        type_vocab: 2,
+    };
+    tch::manual_seed(12);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model =
+        EncoderClassifier::new(&vs.root(), shape, 3, Finetune::All).with_precision(Precision::Bf16);
+    let ids = Tensor::from_slice(&[
+        5i64, 9, 9, 2, 0, 0, 7, 3, 3, 3, 3, 1, 4, 0, 0, 0, 0, 0, 8, 8,
+    ])
+    .view([4, 5]);
+    let mask = ids.ne(0).to_kind(Kind::Int64);
+    let labels = Tensor::from_slice(&[0i64, 2, 1, 1]);
+    let losses = |start: i64, len: i64, tape: &mut Tape| {
+        let logits = model.forward(
+            &ids.narrow(0, start, len),
+            &mask.narrow(0, start, len),
+            tape,
+        );
+        assert_eq!(logits.kind(), Kind::Float);
+        logits.cross_entropy_loss::<Tensor>(
+            &labels.narrow(0, start, len),
+            None,
+            tch::Reduction::None,
+            -100,
+            0.0,
+        )
+    };
+    let clip = 0.5;
+    let engine = ClippingEngine::new(&vs, clip).unwrap();
+    let mut tape = Tape::recording();
+    let batch_losses = losses(0, 4, &mut tape);
+    let linear_kinds: Vec<Kind> = tape
+        .records()
+        .iter()
+        .filter(|r| matches!(r, dp_core::Record::Linear { .. }))
+        .map(|r| r.output().kind())
+        .collect();
+    // Every linear map of the blocks runs in bf16; the head sees f32 pooled states.
+    assert_eq!(linear_kinds.len(), 2 * 6 + 1);
+    assert!(linear_kinds[..12].iter().all(|&k| k == Kind::BFloat16));
+    assert_eq!(linear_kinds[12], Kind::Float);
+    let clipped = engine.clip(tape.take(), &batch_losses).unwrap();
+    let (norms, sums) = batch_size_one_reference(
+        &vs,
+        4,
+        |i| losses(i, 1, &mut Tape::off()).sum(Kind::Float),
+        clip,
+    );
+    assert!(norms.iter().any(|&n| n > clip), "{norms:?}");
+    for (i, n) in norms.iter().enumerate() {
+        let got = clipped.norms.double_value(&[i as i64]);
+        assert!((got - n).abs() < 2e-2 * n, "norm {i}: {got} vs {n}");
+    }
+    assert_eq!(clipped.sums.len(), sums.len());
+    for (name, want) in &sums {
+        let got = &clipped.sums[name];
+        assert_eq!(got.kind(), Kind::Float, "{name}");
+        let diff = (got - want).abs().max().double_value(&[]);
+        let scale = want.abs().max().double_value(&[]);
+        assert!(
+            diff <= 3e-2 * scale + 1e-6,
+            "{name}: {diff} (scale {scale})"
+        );
+    }
+}
+
 /// Running the frozen bottom once per example (CachedEncoder) gives the same logits and the
 /// same clipped sums as running the whole encoder at every step.
 #[test]
@@ -413,7 +493,7 @@ fn caching_the_frozen_blocks_changes_nothing() {
 /// token ids, and mean-pooled hidden states within 1e-4.
 #[test]
 fn pretrained_minilm_matches_the_reference_forward_pass() {
-    use dp_train::models::{EncoderClassifier, Finetune};
+    use dp_train::models::{EncoderClassifier, Finetune, Precision};
     use dp_train::text::{load_tokenizer, tokenize, Snippet};
     let fixture: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/minilm_reference.json")).unwrap();
@@ -469,6 +549,19 @@ fn pretrained_minilm_matches_the_reference_forward_pass() {
     assert!(
         worst < 1e-4,
         "largest difference from the reference: {worst}"
+    );
+    // bf16 activations: pooled in f32, within bf16 rounding of the f32 forward pass.
+    let bf16_vs = nn::VarStore::new(Device::Cpu);
+    let bf16 = EncoderClassifier::pretrained(&bf16_vs, &dir, 2, Finetune::All)
+        .unwrap()
+        .with_precision(Precision::Bf16);
+    let low = tch::no_grad(|| bf16.mean_pooled(&split.ids, &mask, &mut Tape::off()));
+    assert_eq!(low.kind(), Kind::Float);
+    let gap = (&low - &pooled).abs().max().double_value(&[]);
+    let scale = pooled.abs().max().double_value(&[]);
+    assert!(
+        gap < 0.05 * scale && gap > 1e-4,
+        "bf16 pooled states differ from f32 by {gap} (scale {scale})"
     );
     // Freezing: the top-block plan trains exactly the top blocks and the head.
     let vs = nn::VarStore::new(Device::Cpu);
@@ -799,6 +892,8 @@ mod plans {
                 ("privacy.steps=10", "steps"),
                 ("data.dataset_size=0", "data.dataset_size"),
                 ("privacy.noise=\"laplace\"", "privacy.noise"),
+                ("model.precision=\"bf16\"", "model.precision"),
+                ("model.precision=\"f16\"", "precision"),
             ],
         );
     }

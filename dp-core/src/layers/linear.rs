@@ -1,4 +1,8 @@
 //! A linear layer `z = a W^T + b` that records `(a, z)` for per-example clipping.
+//!
+//! Mixed precision: the layer computes in its input's precision. With a bf16 input, `W` and
+//! `b` (kept in f32 as the optimizer's master copy) are cast to bf16 for the product, so the
+//! matmul runs in bf16; the engine widens `a` and `g` to f32 for norms and sums.
 
 use tch::nn::{self, Init};
 use tch::Tensor;
@@ -47,7 +51,11 @@ impl DpLinear {
 
     /// Applies the layer, recording `(input, output)` if the tape is on.
     pub fn forward(&self, input: &Tensor, tape: &mut Tape) -> Tensor {
-        let output = input.linear(&self.weight, self.bias.as_ref());
+        let kind = input.kind();
+        let output = input.linear(
+            &self.weight.to_kind(kind),
+            self.bias.as_ref().map(|b| b.to_kind(kind)).as_ref(),
+        );
         if tape.wants(&output) {
             tape.push(Record::Linear {
                 input: input.shallow_clone(),

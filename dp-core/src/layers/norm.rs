@@ -1,5 +1,8 @@
 //! LayerNorm and RMSNorm over the last dimension, recording input and output for per-example
 //! clipping (the engine recomputes the normalised input; nothing extra is stored).
+//!
+//! Mixed precision: statistics are computed in the parameters' precision (f32 for a bf16
+//! input) and the output is returned in the input's precision.
 
 use tch::nn::{self, Init};
 use tch::Tensor;
@@ -48,8 +51,9 @@ impl DpNorm {
     /// Applies the norm, recording `(input, output)` if the tape is on.
     pub fn forward(&self, input: &Tensor, tape: &mut Tape) -> Tensor {
         let centred = self.bias.is_some();
+        let x = input.to_kind(self.weight.kind());
         let output = if centred {
-            input.layer_norm(
+            x.layer_norm(
                 [self.dim],
                 Some(&self.weight),
                 self.bias.as_ref(),
@@ -57,8 +61,9 @@ impl DpNorm {
                 false,
             )
         } else {
-            input.rms_norm([self.dim], Some(&self.weight), self.eps)
-        };
+            x.rms_norm([self.dim], Some(&self.weight), self.eps)
+        }
+        .to_kind(input.kind());
         if tape.wants(&output) {
             tape.push(Record::Norm {
                 input: input.shallow_clone(),

@@ -13,7 +13,7 @@ use dp_train::checkpoint::Checkpointing;
 use dp_train::data::assets_dir;
 use dp_train::fashion_mnist::{self, FashionMnist, RunConfig};
 use dp_train::job::Job;
-use dp_train::models::EncoderShape;
+use dp_train::models::{EncoderShape, Precision};
 use dp_train::optimizer::{Optimizer, Schedule};
 use dp_train::plan::TrainConfig;
 use dp_train::tune::{self, TuneConfig};
@@ -89,6 +89,10 @@ struct BenchArgs {
     /// cpu, cuda, or auto.
     #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
     device: String,
+    /// Activation precision of both modes: f32, or bf16 (parameters, per-example norms and
+    /// clipped sums stay f32; meant for CUDA).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    precision: String,
     /// Instead of DP vs non-private: time a DP step with independent noise against one with
     /// correlated BLT noise of this many buffers (matrix factorization), side by side.
     #[arg(long, value_name = "BUFFERS")]
@@ -593,6 +597,11 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
         seq: args.seq,
         steps: args.steps,
         device,
+        precision: if args.precision == "bf16" {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        },
     };
     if let Some(buffers) = args.correlated {
         let (independent, correlated) = bench::time_correlated_noise(&config, buffers)?;
@@ -638,6 +647,8 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
                 "1",
                 "--device",
                 &args.device,
+                "--precision",
+                &args.precision,
                 "--only",
                 mode,
             ])
@@ -653,13 +664,14 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
         .map(|(d, n)| d as f64 / n as f64);
     let out = serde_json::json!({
         "shape": args.shape, "batch": args.batch, "seq": args.seq, "device": format!("{device:?}"),
+        "precision": args.precision,
         "dp_step_s": dp, "nonprivate_step_s": nonprivate, "throughput_ratio": ratio,
         "dp_peak_bytes": dp_peak, "nonprivate_peak_bytes": nonprivate_peak, "peak_memory_ratio": memory_ratio,
     });
     if args.json {
         println!("{out}");
     } else {
-        println!("{} encoder, batch {}, seq {}, {:?}: DP step {:.3} s, non-private step {:.3} s, throughput ratio {:.3}", args.shape, args.batch, args.seq, device, dp, nonprivate, ratio);
+        println!("{} encoder, batch {}, seq {}, {:?}, {} activations: DP step {:.3} s, non-private step {:.3} s, throughput ratio {:.3}", args.shape, args.batch, args.seq, device, args.precision, dp, nonprivate, ratio);
         if let (Some(d), Some(n), Some(r)) = (dp_peak, nonprivate_peak, memory_ratio) {
             println!("peak resident memory: DP {:.2} GiB, non-private {:.2} GiB, ratio {:.2} (whole process, libtorch included)", d as f64 / 1073741824.0, n as f64 / 1073741824.0, r);
         }
