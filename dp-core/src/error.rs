@@ -30,6 +30,18 @@ pub enum CoreError {
     /// The sampling rate is outside (0, 1].
     #[error("sampling rate must be in (0, 1], got {0}")]
     SamplingRate(f64),
+    /// The noise multiplier is not a positive finite number.
+    #[error("noise multiplier must be finite and positive, got {0}")]
+    NoiseMultiplier(f64),
+    /// The secure sampler cannot represent this noise scale.
+    #[error("secure noise: {0}")]
+    NoiseScale(String),
+    /// The sums to noise do not have the parameters the mechanism was built for.
+    #[error("noise: {0}")]
+    NoiseLayout(String),
+    /// The background thread generating noise ahead stopped unexpectedly.
+    #[error("the background noise generator stopped unexpectedly")]
+    NoiseThread,
     /// A libtorch call failed.
     #[error(transparent)]
     Torch(#[from] tch::TchError),

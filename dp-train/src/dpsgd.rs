@@ -3,15 +3,17 @@
 //! Each step: draw a logical batch by Poisson sampling (rate `q = B / N`); split it into
 //! physical batches of at most `P` examples (memory bound, no effect on privacy); clip each
 //! example's gradient to `C` and sum (book-keeping, one backward pass per physical batch);
-//! record the step in the ledger; add `N(0, sigma^2 C^2)`; divide by the *expected* batch size
+//! record the step in the ledger; add Gaussian noise of standard deviation `sigma C` in the
+//! configured [`NoiseMode`] (the ledger accounts the event the sampler and the noise mechanism
+//! report, and each release is checked against it); divide by the *expected* batch size
 //! `B` (never the realised one, which would leak it); take an SGD step. Empty batches still add
 //! noise and count as a step. The optimizer (SGD with momentum, Adam, AdamW) steps on the
 //! privatized mean gradient.
 
 use std::collections::BTreeMap;
 
-use dp_core::noise::add_gaussian_noise;
-use dp_core::{ClippingEngine, PoissonSampler, PrivacyRng, Tape};
+use dp_accounting::DpEvent;
+use dp_core::{ClippingEngine, GaussianNoise, NoiseMode, PoissonSampler, PrivacyRng, Tape};
 use tch::{nn, Kind, Reduction, Tensor};
 
 use crate::checkpoint::Checkpointing;
@@ -33,6 +35,8 @@ pub struct DpSgdConfig {
     /// Noise standard deviation over C; 0 adds no noise (NOT PRIVATE: the ledger then reports
     /// an infinite epsilon and only an infinite budget lets the run proceed).
     pub noise_multiplier: f64,
+    /// How the noise is drawn: `Secure` for real runs, `Fast` for research.
+    pub noise: NoiseMode,
     /// Base learning rate.
     pub learning_rate: f64,
     /// The optimizer stepping on the privatized gradient.
@@ -127,12 +131,19 @@ pub fn train_with_hooks(
     validate(config, n)?;
     let sampler = PoissonSampler::new(n as usize, config.expected_batch_size / n as f64)?;
     let engine = ClippingEngine::new(vs, config.clip_norm)?;
-    let mut ledger = PrivacyLedger::new(
-        sampler.rate(),
-        config.noise_multiplier,
-        config.delta,
-        config.epsilon_budget,
-    )?;
+    let mut noise = (config.noise_multiplier > 0.0)
+        .then(|| {
+            let (sigma, clip) = (config.noise_multiplier, config.clip_norm);
+            GaussianNoise::new(config.noise, sigma, clip, &engine.zero_sums(), rng)
+        })
+        .transpose()?;
+    let step_event = sampler.event(
+        noise
+            .as_ref()
+            .map_or(DpEvent::NonPrivate, GaussianNoise::event),
+    );
+    let mut ledger = PrivacyLedger::for_step(&step_event, config.delta, config.epsilon_budget)?
+        .with_randomness(config.noise, rng.seed());
     let variables = vs.variables();
     let mut optimizer = OptimizerState::new(config.optimizer);
     if let Some(resumed) = checkpointing
@@ -142,10 +153,11 @@ pub fn train_with_hooks(
     {
         let same_plan = resumed.ledger.sampling_rate() == ledger.sampling_rate()
             && resumed.ledger.noise_multiplier() == ledger.noise_multiplier()
-            && resumed.ledger.delta() == ledger.delta();
+            && resumed.ledger.delta() == ledger.delta()
+            && resumed.ledger.noise_mode() == ledger.noise_mode();
         if !same_plan {
             return Err(TrainError::Config(
-                "the run folder's checkpoint was made with a different sampling rate, noise or delta; use a new folder".into(),
+                "the run folder's checkpoint was made with a different sampling rate, noise, noise mode or delta; use a new folder".into(),
             ));
         }
         (ledger, optimizer, *rng) = (resumed.ledger, resumed.optimizer, resumed.rng);
@@ -154,6 +166,9 @@ pub fn train_with_hooks(
     let mut stopped_by_budget = false;
     while ledger.steps() < config.steps {
         let batch = sampler.sample(rng);
+        if let Some(noise) = &mut noise {
+            noise.start(rng);
+        }
         let mut sums = engine.zero_sums();
         let (mut loss_sum, mut correct) = (0.0, 0i64);
         for chunk in batch.chunks(config.physical_batch_size) {
@@ -184,8 +199,12 @@ pub fn train_with_hooks(
             Err(e) => return Err(e),
         }
         hooks.before_noise(ledger.steps(), &mut sums);
-        if config.noise_multiplier > 0.0 {
-            add_gaussian_noise(&mut sums, config.noise_multiplier * config.clip_norm, rng);
+        if let Some(noise) = &mut noise {
+            if sampler.event(noise.add(&mut sums, rng)?) != step_event {
+                return Err(TrainError::Config(
+                    "the noise mechanism ran a different event than the ledger accounts".into(),
+                ));
+            }
         }
         hooks.after_noise(ledger.steps(), &sums);
         let mean_gradient: BTreeMap<String, Tensor> = sums

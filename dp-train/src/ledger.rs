@@ -2,9 +2,14 @@
 //! that would take epsilon past the budget is refused before it happens.
 //!
 //! Each step is one Poisson-subsampled Gaussian mechanism with the run's sampling rate and
-//! noise multiplier; the ledger keeps its one-step RDP curve and composes by multiplication.
+//! noise multiplier, as the sampler and the noise mechanism report it; the ledger keeps its
+//! one-step RDP curve and composes by multiplication. It also records how the noise was drawn
+//! and the generator's seed, if the run was seeded.
 
-use dp_accounting::{epsilon_from_rdp, subsampled_gaussian_rdp, EpsilonAtOrder, DEFAULT_ORDERS};
+use dp_accounting::{
+    epsilon_from_rdp, subsampled_gaussian_rdp, DpEvent, EpsilonAtOrder, DEFAULT_ORDERS,
+};
+use dp_core::NoiseMode;
 
 use crate::error::TrainError;
 
@@ -23,6 +28,12 @@ pub struct LedgerRecord {
     pub steps: u64,
     /// Epsilon spent (null when infinite), for people reading the file.
     pub epsilon_spent: Option<f64>,
+    /// How the noise was drawn (null in ledgers written before noise modes existed).
+    #[serde(default)]
+    pub noise_mode: Option<NoiseMode>,
+    /// The privacy generator's seed, if the run was seeded (its noise is then reproducible).
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 /// Steps taken so far and what they cost.
@@ -34,6 +45,8 @@ pub struct PrivacyLedger {
     budget: f64,
     step_rdp: Vec<f64>,
     steps: u64,
+    noise_mode: Option<NoiseMode>,
+    seed: Option<u64>,
 }
 
 impl PrivacyLedger {
@@ -62,7 +75,45 @@ impl PrivacyLedger {
             budget,
             step_rdp,
             steps: 0,
+            noise_mode: None,
+            seed: None,
         })
+    }
+
+    /// A ledger for steps that each run `step`: a Poisson-sampled Gaussian mechanism (or a
+    /// Poisson-sampled non-private release, noise multiplier 0), as the sampler and the noise
+    /// mechanism report it.
+    pub fn for_step(step: &DpEvent, delta: f64, budget: f64) -> Result<Self, TrainError> {
+        let DpEvent::PoissonSampled {
+            sampling_probability,
+            event,
+        } = step
+        else {
+            return Err(TrainError::Config(format!(
+                "the ledger accounts Poisson-sampled steps, not {}",
+                step.name()
+            )));
+        };
+        let noise_multiplier = match **event {
+            DpEvent::Gaussian { noise_multiplier } => noise_multiplier,
+            DpEvent::NonPrivate => 0.0,
+            ref other => {
+                return Err(TrainError::Config(format!(
+                    "the ledger accounts Gaussian noise, not {}",
+                    other.name()
+                )))
+            }
+        };
+        Self::new(*sampling_probability, noise_multiplier, delta, budget)
+    }
+
+    /// This ledger, recording how the noise is drawn and the generator's seed (if any).
+    pub fn with_randomness(self, noise_mode: NoiseMode, seed: Option<u64>) -> Self {
+        Self {
+            noise_mode: Some(noise_mode),
+            seed,
+            ..self
+        }
     }
 
     /// Records one more step, or refuses it if it would exceed the budget.
@@ -89,6 +140,8 @@ impl PrivacyLedger {
             budget: self.budget.is_finite().then_some(self.budget),
             steps: self.steps,
             epsilon_spent: spent.is_finite().then_some(spent),
+            noise_mode: self.noise_mode,
+            seed: self.seed,
         })
     }
 
@@ -101,6 +154,8 @@ impl PrivacyLedger {
             record.budget.unwrap_or(f64::INFINITY),
         )?;
         ledger.steps = record.steps;
+        ledger.noise_mode = record.noise_mode;
+        ledger.seed = record.seed;
         Ok(ledger)
     }
 
@@ -122,6 +177,16 @@ impl PrivacyLedger {
     /// The noise multiplier of every step.
     pub fn noise_multiplier(&self) -> f64 {
         self.noise_multiplier
+    }
+
+    /// How the noise is drawn, if recorded.
+    pub fn noise_mode(&self) -> Option<NoiseMode> {
+        self.noise_mode
+    }
+
+    /// The privacy generator's seed, if the run was seeded.
+    pub fn seed(&self) -> Option<u64> {
+        self.seed
     }
 
     /// The delta at which epsilon is reported.

@@ -5,6 +5,7 @@
 //! overrides any value before validation.
 
 use dp_accounting::{calibrate_noise_multiplier, AccountantKind, DpEvent};
+use dp_core::NoiseMode;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
@@ -82,6 +83,10 @@ pub struct PrivacySection {
     /// "gaussian", or "none" for a NOT PRIVATE baseline.
     #[serde(default = "gaussian")]
     pub noise: String,
+    /// How the noise is drawn: "secure" (discrete noise on a grid, for real runs) or "fast"
+    /// (libtorch's floating-point randn, research only).
+    #[serde(default = "secure")]
+    pub noise_mode: NoiseMode,
     /// The accountant: "rdp".
     #[serde(default = "rdp")]
     pub accountant: String,
@@ -95,6 +100,9 @@ pub struct PrivacySection {
 
 fn gaussian() -> String {
     "gaussian".into()
+}
+fn secure() -> NoiseMode {
+    NoiseMode::Secure
 }
 fn rdp() -> String {
     "rdp".into()

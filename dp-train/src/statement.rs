@@ -3,6 +3,7 @@
 use std::fmt;
 
 use dp_accounting::round_up;
+use dp_core::NoiseMode;
 use serde::Serialize;
 
 use crate::error::TrainError;
@@ -35,6 +36,8 @@ pub struct PrivacyStatement {
     pub steps: u64,
     /// The seed of the privacy generator, if the run was seeded (reproducible, not secret).
     pub seed: Option<u64>,
+    /// How the noise was drawn, as the ledger recorded it.
+    pub noise_mode: Option<NoiseMode>,
 }
 
 /// Infinity as the string "inf" (JSON has no infinity), as the accounting command writes it.
@@ -66,6 +69,7 @@ impl PrivacyStatement {
             clip_norm,
             steps: ledger.steps(),
             seed,
+            noise_mode: ledger.noise_mode(),
         })
     }
 }
@@ -111,6 +115,11 @@ impl fmt::Display for PrivacyStatement {
         )?;
         writeln!(f, "  depends on    q, the noise multiplier, the number of steps and delta; that batches were truly Poisson-sampled and the noise drawn from a secret random state")?;
         writeln!(f, "  not on        the model, the learning rate, the data values, or C itself (noise scales with C)")?;
+        match self.noise_mode {
+            Some(NoiseMode::Secure) => writeln!(f, "  noise         secure: discrete Gaussian integers on a power-of-two grid, added exactly (no floating-point leak); accounted with the rounding's sensitivity C + grid sqrt(d)")?,
+            Some(NoiseMode::Fast) => writeln!(f, "  noise         fast: libtorch floating-point normals, for research: NOT resistant to floating-point attacks; use noise_mode = \"secure\" for a release")?,
+            None => writeln!(f, "  noise         not recorded (a ledger from before noise modes)")?,
+        }
         match self.seed {
             Some(seed) => writeln!(f, "  randomness    seeded with {seed}: reproducible, so anyone who knows the seed can remove the noise; use an unseeded run for a real guarantee"),
             None => writeln!(f, "  randomness    ChaCha20 seeded from the operating system"),
