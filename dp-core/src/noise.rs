@@ -10,9 +10,10 @@
 //!   every output is an exact multiple of `gamma` whatever the data: floating-point attacks
 //!   (Mironov 2012; Jin et al. 2022) have nothing to read. Rounding moves each example's
 //!   contribution by at most `gamma sqrt(d)`, so the reported event is the Gaussian mechanism
-//!   with noise multiplier `s gamma / (C + gamma sqrt(d))`, within `2^-20` of `sigma`. After
-//!   [`GaussianNoise::start`] the noise is generated on a background thread (rayon inside)
-//!   while the model computes, and it is copied to the sums' device when they are released.
+//!   with noise multiplier `s gamma / (C + gamma sqrt(d))`, within `2^-20` of `sigma`. The
+//!   noise is generated in parallel (rayon); for sums on an accelerator,
+//!   [`GaussianNoise::start`] generates it on a background thread while the model computes,
+//!   and it is copied to the sums' device when they are released.
 //! - [`NoiseMode::Fast`]: `N(0, sigma^2 C^2)` from libtorch's `randn` on the sums' device, its
 //!   generator seeded from the run's [`PrivacyRng`]. Floating-point noise for research: the
 //!   reported event is the ideal Gaussian mechanism, which such noise only approximates.
@@ -38,6 +39,8 @@ pub struct GaussianNoise {
     /// Parameter names and shapes, in the sums' (name) order.
     layout: Vec<(String, Vec<i64>)>,
     dim: usize,
+    /// Whether the sums live on an accelerator, whose compute the noise generation overlaps.
+    overlap: bool,
     secure: Option<SecureStream>,
 }
 
@@ -71,6 +74,7 @@ impl GaussianNoise {
             .map(|(name, t)| (name.clone(), t.size()))
             .collect();
         let dim = template.values().map(Tensor::numel).sum();
+        let overlap = template.values().any(|t| t.device() != Device::Cpu);
         let secure = match mode {
             NoiseMode::Secure => {
                 let grid = Grid::new(noise_multiplier, clip_norm, dim as u64)?;
@@ -91,6 +95,7 @@ impl GaussianNoise {
             clip_norm,
             layout,
             dim,
+            overlap,
             secure,
         })
     }
@@ -133,13 +138,15 @@ impl GaussianNoise {
         self.dim
     }
 
-    /// Starts generating the next release's noise on a background thread (secure mode; fast
-    /// mode draws it at release time), keyed from `rng`. Called early in a step, right after
-    /// the batch is drawn, the generation overlaps with the model's compute; a release that
-    /// was not started generates its noise itself. Starting twice before a release does
-    /// nothing more.
+    /// Starts generating the next release's noise on a background thread, keyed from `rng`,
+    /// when the sums live on an accelerator (secure mode): called early in a step, right
+    /// after the batch is drawn, the generation overlaps with the model's compute there. On
+    /// the CPU the model's compute already occupies every core, and generating alongside it
+    /// would oversubscribe them (libtorch's thread pool stalls whenever one of its threads is
+    /// descheduled), so the release generates its noise itself, on all cores; so does a
+    /// release that was not started. Starting twice before a release does nothing more.
     pub fn start(&mut self, rng: &mut PrivacyRng) {
-        if let Some(stream) = &mut self.secure {
+        if let (true, Some(stream)) = (self.overlap, &mut self.secure) {
             if stream.ahead.is_none() {
                 stream.start(self.dim, rng);
             }

@@ -839,6 +839,13 @@ mod tests {
 
     #[test]
     fn the_table_covers_fourteen_standard_deviations() {
+        for (sigma, clip, dim) in [(0.3, 1.0, 10), (1.0, 2.0, 22_566_146), (50.0, 0.1, 1 << 36)] {
+            let table = Table::new(&Grid::new(sigma, clip, dim).unwrap());
+            // Every offset test's exponent is below 0.2, inside von Neumann's range [0, 1].
+            let span = (1u128 << table.bin_bits) - 1;
+            let nearest = (table.half_bins as u128 - 1) << table.bin_bits;
+            assert!(5 * span * (2 * nearest + span) < table.two_s2);
+        }
         let grid = Grid::new(1.0, 1.0, 1000).unwrap();
         let table = Table::new(&grid);
         let reach = (table.half_bins << table.bin_bits) as f64;
