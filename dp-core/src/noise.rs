@@ -220,24 +220,23 @@ impl SecureStream {
 fn release(sum: &Tensor, noise: &[i64], grid: &Grid) -> Result<Tensor, CoreError> {
     let (inv, step) = (2f64.powi(-grid.log2_step), grid.step());
     let flat = sum.f_flatten(0, -1)?;
+    let n = noise.len();
     let out = match (sum.device(), sum.kind()) {
         (Device::Cpu, Kind::Float) => {
-            let x = Vec::<f32>::try_from(&flat)?;
-            let y: Vec<f32> = x
-                .par_iter()
+            let mut x = vec![0f32; n];
+            flat.f_copy_data(&mut x, n)?;
+            x.par_iter_mut()
                 .zip(noise.par_iter())
-                .map(|(&x, &z)| on_grid(f64::from(x), z, inv, step) as f32)
-                .collect();
-            Tensor::from_slice(&y)
+                .for_each(|(x, &z)| *x = on_grid(f64::from(*x), z, inv, step) as f32);
+            Tensor::from_slice(&x)
         }
         (Device::Cpu, Kind::Double) => {
-            let x = Vec::<f64>::try_from(&flat)?;
-            let y: Vec<f64> = x
-                .par_iter()
+            let mut x = vec![0f64; n];
+            flat.f_copy_data(&mut x, n)?;
+            x.par_iter_mut()
                 .zip(noise.par_iter())
-                .map(|(&x, &z)| on_grid(x, z, inv, step))
-                .collect();
-            Tensor::from_slice(&y)
+                .for_each(|(x, &z)| *x = on_grid(*x, z, inv, step));
+            Tensor::from_slice(&x)
         }
         _ => return release_with_tensors(sum, noise, inv, step),
     };
@@ -288,6 +287,14 @@ mod tests {
         let grid = Grid::new(0.7, 1.3, 1000).unwrap();
         let x = Tensor::randn([1000], (Kind::Float, Device::Cpu)) * 50.0;
         let x = x.where_self(&x.abs().lt(120.0), &(x.zeros_like() + f64::NAN));
+        // Ties: half-integer multiples of the step, positive and negative.
+        let ties = (Tensor::arange(1000, (Kind::Double, Device::Cpu)) - 500.0 + 0.5) * grid.step();
+        let x = x.where_self(
+            &Tensor::arange(1000, (Kind::Int64, Device::Cpu))
+                .remainder(3)
+                .ne(0),
+            &ties.to_kind(Kind::Float),
+        );
         let noise: Vec<i64> = (0..1000i64).map(|i| (i - 500) * 987_654_321_987).collect();
         for kind in [Kind::Float, Kind::Double] {
             let x = x.to_kind(kind);
