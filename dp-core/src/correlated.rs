@@ -28,7 +28,6 @@ use dp_accounting::mf::NoiseRecurrence;
 use tch::Tensor;
 
 use crate::error::CoreError;
-use crate::noise::add_gaussian_noise;
 use crate::rng::{PrivacyRng, RngSnapshot};
 
 /// The streaming generator of `w_t = (C^{-1} Z)_t` for a set of named parameters.
@@ -100,7 +99,7 @@ impl CorrelatedNoise {
                     .iter()
                     .map(|(n, s)| (n.clone(), s.zeros_like()))
                     .collect();
-                add_gaussian_noise(&mut z, std, generator);
+                add_normals(&mut z, std, generator);
                 tch::no_grad(|| {
                     for (name, z) in z {
                         *sums.get_mut(&name).expect("draws mirror the sums") += z * coef;
@@ -122,7 +121,7 @@ impl CorrelatedNoise {
             .iter()
             .map(|(n, s)| (n.clone(), s.zeros_like()))
             .collect();
-        add_gaussian_noise(&mut draws, self.std, rng);
+        add_normals(&mut draws, self.std, rng);
         tch::no_grad(|| {
             for (name, z) in draws {
                 let state = self.state.entry(name.clone()).or_default();
@@ -253,5 +252,17 @@ fn step(recurrence: &NoiseRecurrence, state: &mut VecDeque<Tensor>, z: Tensor) -
             }
             w
         }
+    }
+}
+
+/// Adds independent `N(0, std^2)` floating-point draws to every entry of every tensor, in name
+/// order, from [`PrivacyRng::standard_normals`] (so a saved generator state draws them again).
+fn add_normals(tensors: &mut BTreeMap<String, Tensor>, std: f64, rng: &mut PrivacyRng) {
+    for t in tensors.values_mut() {
+        let z = Tensor::from_slice(&rng.standard_normals(t.numel()))
+            .reshape(t.size())
+            .to_kind(t.kind())
+            .to_device(t.device());
+        *t += z * std;
     }
 }

@@ -39,6 +39,18 @@ pub enum CoreError {
     /// Regeneration was asked of a recurrence that keeps past outputs or buffers.
     #[error("only moving-average correlated noise (C^-1 banded) can regenerate its past draws")]
     NotRegenerable,
+    /// The noise multiplier is not a positive finite number.
+    #[error("noise multiplier must be finite and positive, got {0}")]
+    NoiseMultiplier(f64),
+    /// The secure sampler cannot represent this noise scale.
+    #[error("secure noise: {0}")]
+    NoiseScale(String),
+    /// The sums to noise do not have the parameters the mechanism was built for.
+    #[error("noise: {0}")]
+    NoiseLayout(String),
+    /// The background thread generating noise ahead stopped unexpectedly.
+    #[error("the background noise generator stopped unexpectedly")]
+    NoiseThread,
     /// A libtorch call failed.
     #[error(transparent)]
     Torch(#[from] tch::TchError),

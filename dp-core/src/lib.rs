@@ -10,8 +10,11 @@
 //! 3. the [`ClippingEngine`] computes per-example gradient norms from `(a, g)` (ghost norms or
 //!    explicit per-example gradients), the clip factors `c_i = min(1, C / ||G_i||)`, and the
 //!    clipped gradient sums directly (book-keeping: `sum_i c_i G_i` as one matmul per layer);
-//! 4. [`noise`] adds `N(0, sigma^2 C^2)` once per logical batch, drawn through [`PrivacyRng`],
-//!    or [`CorrelatedNoise`] adds matrix-factorization noise `(C^{-1} Z)_t`.
+//! 4. [`noise`] adds Gaussian noise of standard deviation `sigma C` once per logical batch in
+//!    the [`NoiseMode`] the caller chose (secure: exact discrete noise on a power-of-two grid;
+//!    fast: libtorch's `randn`), every draw keyed by the run's [`PrivacyRng`], and reports the
+//!    `DpEvent` it ran;
+//!    or [`CorrelatedNoise`] adds matrix-factorization noise `(C^{-1} Z)_t` (floating-point).
 //!
 //! References: Goodfellow 2015 (per-example norms of linear layers), Li et al. 2022 (ghost
 //! clipping), Bu et al. 2023 (book-keeping).
@@ -24,11 +27,13 @@ pub mod noise;
 pub mod reference;
 mod rng;
 mod sampling;
+mod secure;
 mod tape;
 
 pub use correlated::CorrelatedNoise;
 pub use engine::{ClippedBatch, ClippingEngine};
 pub use error::CoreError;
-pub use rng::{PrivacyRng, RngSnapshot};
+pub use noise::GaussianNoise;
+pub use rng::{NoiseMode, PrivacyRng, RngSnapshot};
 pub use sampling::PoissonSampler;
 pub use tape::{Record, Tape};

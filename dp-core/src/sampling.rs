@@ -1,5 +1,11 @@
 //! Poisson sampling of logical batches: each example joins each batch independently with
 //! probability `q`, so batch sizes vary (and may be zero), exactly as the accountant assumes.
+//!
+//! Every decision is 64 bits of the run's ChaCha20 [`PrivacyRng`] compared with the integer
+//! threshold `floor(q 2^64)`, whichever noise mode the run uses: the realised rate is within
+//! `2^-64` below `q`, never above it. No fixed-size or shuffled batching is offered.
+
+use dp_accounting::DpEvent;
 
 use crate::error::CoreError;
 use crate::rng::PrivacyRng;
@@ -28,6 +34,14 @@ impl PoissonSampler {
     /// The expected batch size `q N`: gradients are normalised by it, never by a realised size.
     pub fn expected_batch_size(&self) -> f64 {
         self.rate * self.dataset_size as f64
+    }
+
+    /// The event of one logical batch: `mechanism` run on a Poisson sample of rate q.
+    pub fn event(&self, mechanism: DpEvent) -> DpEvent {
+        DpEvent::PoissonSampled {
+            sampling_probability: self.rate,
+            event: Box::new(mechanism),
+        }
     }
 
     /// The indices of one logical batch, in increasing order.

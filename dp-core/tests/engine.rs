@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use dp_accounting::DpEvent;
 use dp_core::layers::{DpEmbedding, DpLinear, DpNorm};
-use dp_core::noise::add_gaussian_noise;
 use dp_core::reference::batch_size_one_reference;
-use dp_core::{ClippingEngine, CoreError, PoissonSampler, PrivacyRng, Tape};
+use dp_core::{
+    ClippingEngine, CoreError, GaussianNoise, NoiseMode, PoissonSampler, PrivacyRng, Tape,
+};
 use tch::{nn, Device, Kind, Tensor};
 
 /// Two DP linear layers with a tanh between them, on inputs (B, d) or (B, T, d); the loss of
@@ -270,29 +272,6 @@ fn evaluation_records_nothing() {
 }
 
 #[test]
-fn gaussian_noise_has_the_requested_scale() {
-    // 200,000 draws: the sample standard deviation has relative s.e. 1/sqrt(2n) = 0.0016, so a
-    // 6-s.e. band (0.0095) has a false-alarm rate below 1e-8 under a correct sampler.
-    let mut sums = BTreeMap::from([(
-        "w".to_string(),
-        Tensor::zeros([200_000], (Kind::Double, Device::Cpu)),
-    )]);
-    let mut rng = PrivacyRng::from_seed(1);
-    add_gaussian_noise(&mut sums, 3.0, &mut rng);
-    let std = sums["w"].std(true).double_value(&[]);
-    let mean = sums["w"].mean(Kind::Double).double_value(&[]);
-    assert!((std / 3.0 - 1.0).abs() < 0.0095, "std {std}");
-    assert!(mean.abs() < 6.0 * 3.0 / (200_000f64).sqrt(), "mean {mean}");
-    // Same seed, same noise.
-    let mut again = BTreeMap::from([(
-        "w".to_string(),
-        Tensor::zeros([200_000], (Kind::Double, Device::Cpu)),
-    )]);
-    add_gaussian_noise(&mut again, 3.0, &mut PrivacyRng::from_seed(1));
-    assert!(again["w"].equal(&sums["w"]));
-}
-
-#[test]
 fn poisson_batches_have_the_expected_size() {
     // 2,000 batches of Binomial(10,000, 0.01): total size has mean 200,000 and s.d. 444.8; a
     // 6-s.d. band has a false-alarm rate below 1e-8. Empty batches occur at tiny rates.
@@ -431,19 +410,355 @@ fn broadcast_position_ids_are_refused() {
     );
 }
 
+// ---------------------------------------------------------------------------------------------
+// Noise and sampling: statistical tests with fixed seeds. Every check has a false-alarm rate of
+// at most 1e-6 under a correct implementation: z = 4.8916 for two-sided normal bands, the
+// Kolmogorov-Smirnov critical value 0.0026932 at n = 1e6, Wilson intervals at z = 4.8916, and
+// chi-square quantiles at 1 - 1e-6 (Wilson-Hilferty).
+// ---------------------------------------------------------------------------------------------
+
+/// Two-sided normal quantile for a false-alarm rate of 1e-6.
+const Z: f64 = 4.8916;
+
+/// Standard normal CDF.
+fn phi(x: f64) -> f64 {
+    0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
+}
+
+/// Wilson score interval at `Z` for `hits` out of `n`.
+fn wilson(hits: usize, n: usize) -> (f64, f64) {
+    let (n, p) = (n as f64, hits as f64 / n as f64);
+    let denom = 1.0 + Z * Z / n;
+    let center = (p + Z * Z / (2.0 * n)) / denom;
+    let half = Z / denom * (p * (1.0 - p) / n + Z * Z / (4.0 * n * n)).sqrt();
+    (center - half, center + half)
+}
+
+/// One release of `mode` noise on a zero sum of `n` coordinates (f64), and the mechanism.
+fn zero_release(
+    mode: NoiseMode,
+    n: i64,
+    sigma: f64,
+    clip: f64,
+    seed: u64,
+) -> (Vec<f64>, GaussianNoise) {
+    let mut sums = BTreeMap::from([(
+        "w".to_string(),
+        Tensor::zeros([n], (Kind::Double, Device::Cpu)),
+    )]);
+    let mut rng = PrivacyRng::from_seed(seed);
+    let mut noise = GaussianNoise::new(mode, sigma, clip, &sums, &mut rng).unwrap();
+    noise.add(&mut sums, &mut rng).unwrap();
+    (Vec::<f64>::try_from(&sums["w"]).unwrap(), noise)
+}
+
+fn copy(sums: &BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+    sums.iter().map(|(k, v)| (k.clone(), v.copy())).collect()
+}
+
+/// Moments, Kolmogorov-Smirnov distance and tail frequencies of `draws` against N(0, std^2).
+fn check_gaussian(draws: &mut [f64], std: f64, what: &str) {
+    let n = draws.len() as f64;
+    let mean = draws.iter().sum::<f64>() / n;
+    let var = draws.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    assert!(mean.abs() <= Z * std / n.sqrt(), "{what}: mean {mean}");
+    assert!(
+        (var / (std * std) - 1.0).abs() <= Z * (2.0 / n).sqrt(),
+        "{what}: variance ratio {}",
+        var / (std * std)
+    );
+    for (t, p) in [(3.0, 2.0 * phi(-3.0)), (4.0, 2.0 * phi(-4.0))] {
+        let hits = draws.iter().filter(|x| x.abs() > t * std).count();
+        let (lo, hi) = wilson(hits, draws.len());
+        assert!(
+            lo <= p && p <= hi,
+            "{what}: |z| > {t}: {hits} hits, expected {p}"
+        );
+    }
+    draws.sort_by(f64::total_cmp);
+    let ks = draws
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let f = phi(x / std);
+            (f - i as f64 / n).max((i + 1) as f64 / n - f)
+        })
+        .fold(0.0, f64::max);
+    assert!(ks <= 0.0026932, "{what}: KS distance {ks}");
+}
+
 #[test]
-fn parallel_noise_does_not_depend_on_the_thread_count() {
-    let draw = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| PrivacyRng::from_seed(4).standard_normals_f32(300_001))
+fn secure_noise_is_gaussian_with_the_requested_scale() {
+    let (sigma, clip) = (1.5, 2.0);
+    let (mut draws, noise) = zero_release(NoiseMode::Secure, 1_000_000, sigma, clip, 1);
+    check_gaussian(&mut draws.clone(), sigma * clip, "secure");
+    // The integers themselves: 100 equiprobable bins of N(0, 1) (chi-square, 99 degrees of
+    // freedom, 1e-6 quantile 181.1) and the balance of signs (Wilson).
+    let step = noise.grid_step().unwrap();
+    let edges: Vec<f64> = (1..100)
+        .map(|i| {
+            let (mut lo, mut hi) = (-10.0, 10.0);
+            for _ in 0..100 {
+                let mid = 0.5 * (lo + hi);
+                if phi(mid) < i as f64 / 100.0 {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        })
+        .collect();
+    let mut counts = [0usize; 100];
+    for x in &draws {
+        counts[edges.partition_point(|&e| e < x / (sigma * clip))] += 1;
+    }
+    let expected = draws.len() as f64 / 100.0;
+    let chi2: f64 = counts
+        .iter()
+        .map(|&c| (c as f64 - expected).powi(2) / expected)
+        .sum();
+    assert!(chi2 <= 181.1, "chi-square {chi2}");
+    let positive = draws.iter().filter(|&&x| x > 0.0).count();
+    let negative = draws.iter().filter(|&&x| x < 0.0).count();
+    let (lo, hi) = wilson(positive, positive + negative);
+    assert!(
+        lo <= 0.5 && 0.5 <= hi,
+        "{positive} positive, {negative} negative"
+    );
+    // Every draw is an integer number of grid steps, far finer than the noise.
+    assert!(draws.iter_mut().all(|x| (*x / step).fract() == 0.0));
+    assert!(step <= sigma * clip * 2f64.powi(-40));
+}
+
+#[test]
+fn fast_noise_is_gaussian_with_the_requested_scale() {
+    let (mut draws, _) = zero_release(NoiseMode::Fast, 1_000_000, 0.8, 3.0, 2);
+    check_gaussian(&mut draws, 2.4, "fast");
+}
+
+#[test]
+fn secure_outputs_lie_on_the_grid_and_fast_outputs_do_not() {
+    // Inputs over magnitudes 1e-12 .. 1e6, sigma over 0.1 .. 100. The fast path's f64 outputs
+    // are the control: below 2^52 grid steps they land on the grid only by chance (about 2^-11
+    // of them). In f32 every value above 2^23 grid steps is a multiple of the step, so the
+    // control needs f64.
+    let mut rng = PrivacyRng::from_seed(3);
+    for (case, &(sigma, clip)) in [(0.1, 1.0), (1.0, 0.5), (100.0, 3.0)].iter().enumerate() {
+        let magnitude = Tensor::linspace(-12.0, 6.0, 100_000, (Kind::Double, Device::Cpu));
+        let sign = Tensor::randint(2, [100_000], (Kind::Double, Device::Cpu)) * 2.0 - 1.0;
+        let x = Tensor::from(10.0).pow(&magnitude) * sign;
+        for (mode, kind) in [
+            (NoiseMode::Secure, Kind::Double),
+            (NoiseMode::Secure, Kind::Float),
+            (NoiseMode::Fast, Kind::Double),
+        ] {
+            let mut sums = BTreeMap::from([("w".to_string(), x.to_kind(kind))]);
+            let secure =
+                GaussianNoise::new(NoiseMode::Secure, sigma, clip, &sums, &mut rng).unwrap();
+            let step = secure.grid_step().unwrap();
+            let mut noise = GaussianNoise::new(mode, sigma, clip, &sums, &mut rng).unwrap();
+            noise.add(&mut sums, &mut rng).unwrap();
+            let y = Vec::<f64>::try_from(&sums["w"].to_kind(Kind::Double)).unwrap();
+            let on_grid = y.iter().filter(|&&v| (v / step).fract() == 0.0).count();
+            match mode {
+                NoiseMode::Secure => assert_eq!(on_grid, y.len(), "case {case} {kind:?}"),
+                // Inputs above 2^52 steps are floats coarser than the grid: on it anyway.
+                NoiseMode::Fast => assert!(on_grid < y.len() / 2, "case {case}: {on_grid}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn secure_releases_move_exactly_with_their_input() {
+    // Same generator state, input shifted by m grid steps: the output shifts by exactly m
+    // steps, so the noise does not depend on the input. Inputs are multiples of 2^-30 plus a
+    // quarter or three quarters of a step, so that every shifted input is exact and no
+    // rounding is a tie (ties go to even, which is not shift-invariant but no less private).
+    let (_, probe) = zero_release(NoiseMode::Secure, 10_000, 1.0, 1.0, 4);
+    let step = probe.grid_step().unwrap();
+    let coarse = Tensor::randint_low(-(1 << 33), 1 << 33, [10_000], (Kind::Int64, Device::Cpu));
+    let quarter = Tensor::randint(2, [10_000], (Kind::Int64, Device::Cpu)) * 2 + 1;
+    let x = coarse.to_kind(Kind::Double) * 2f64.powi(-30)
+        + quarter.to_kind(Kind::Double) * (step / 4.0);
+    let m = Tensor::randint_low(-(1 << 30), 1 << 30, [10_000], (Kind::Int64, Device::Cpu));
+    let release = |input: &Tensor| {
+        let mut sums = BTreeMap::from([("w".to_string(), input.shallow_clone())]);
+        let mut rng = PrivacyRng::from_seed(4);
+        let mut noise = GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &sums, &mut rng).unwrap();
+        noise.add(&mut sums, &mut rng).unwrap();
+        (sums.remove("w").unwrap(), noise.grid_step().unwrap())
     };
-    let (one, two) = (draw(1), draw(2));
-    assert_eq!(one, two);
-    // Blocks are independent streams: neighbouring blocks are not copies of each other.
-    assert_ne!(one[..1000], one[65_536..66_536]);
+    let (base, same_step) = release(&x);
+    assert_eq!(step, same_step);
+    let (shifted, _) = release(&(&x + m.to_kind(Kind::Double) * step));
+    let moved = (shifted - base) / step;
+    assert!(moved.equal(&m.to_kind(Kind::Double)));
+}
+
+#[test]
+fn noise_streams_follow_the_generator() {
+    let draw = |mode, seed| zero_release(mode, 300_001, 1.0, 1.0, seed).0;
+    for mode in [NoiseMode::Secure, NoiseMode::Fast] {
+        assert_eq!(draw(mode, 9), draw(mode, 9), "{mode}");
+        assert_ne!(draw(mode, 9), draw(mode, 10), "{mode}");
+    }
+    let secure = draw(NoiseMode::Secure, 9);
+    // Blocks of 65,536 are independent streams, not copies.
+    assert_ne!(secure[..1000], secure[65_536..66_536]);
+    // Consecutive releases of one mechanism differ; so do two generators seeded by the OS.
+    let mut sums = BTreeMap::from([(
+        "w".to_string(),
+        Tensor::zeros([1000], (Kind::Double, Device::Cpu)),
+    )]);
+    let mut rng = PrivacyRng::from_os();
+    let mut noise = GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &sums, &mut rng).unwrap();
+    let mut again = copy(&sums);
+    noise.add(&mut sums, &mut rng).unwrap();
+    noise.add(&mut again, &mut rng).unwrap();
+    assert!(!sums["w"].equal(&again["w"]));
+    let mut other = PrivacyRng::from_os();
+    let mut third = BTreeMap::from([(
+        "w".to_string(),
+        Tensor::zeros([1000], (Kind::Double, Device::Cpu)),
+    )]);
+    GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &third, &mut other)
+        .unwrap()
+        .add(&mut third, &mut other)
+        .unwrap();
+    assert!(!sums["w"].equal(&third["w"]));
+}
+
+#[test]
+fn mechanisms_report_the_events_they_ran() {
+    let sums = BTreeMap::from([
+        (
+            "a".to_string(),
+            Tensor::zeros([300, 200], (Kind::Float, Device::Cpu)),
+        ),
+        (
+            "b".to_string(),
+            Tensor::zeros([7], (Kind::Float, Device::Cpu)),
+        ),
+    ]);
+    let mut rng = PrivacyRng::from_seed(6);
+    for mode in [NoiseMode::Secure, NoiseMode::Fast] {
+        let mut noise = GaussianNoise::new(mode, 1.2, 0.5, &sums, &mut rng).unwrap();
+        let mut noisy = copy(&sums);
+        let ran = noise.add(&mut noisy, &mut rng).unwrap();
+        assert_eq!(ran, noise.event());
+        let DpEvent::Gaussian { noise_multiplier } = ran else {
+            panic!("{ran:?}");
+        };
+        match mode {
+            // The rounding's sensitivity gamma sqrt(d) costs at most 2^-20 of sigma; the scale
+            // is rounded up by at most 2^-29.
+            NoiseMode::Secure => assert!(
+                noise_multiplier <= 1.2 * (1.0 + 2f64.powi(-29))
+                    && noise_multiplier >= 1.2 * (1.0 - 2f64.powi(-20)),
+                "{noise_multiplier}"
+            ),
+            NoiseMode::Fast => assert_eq!(noise_multiplier, 1.2),
+        }
+        // The wrong parameters are refused, not noised.
+        let mut wrong = BTreeMap::from([(
+            "a".to_string(),
+            Tensor::zeros([3], (Kind::Float, Device::Cpu)),
+        )]);
+        assert!(matches!(
+            noise.add(&mut wrong, &mut rng),
+            Err(CoreError::NoiseLayout(_))
+        ));
+    }
+    let sampler = PoissonSampler::new(1000, 0.02).unwrap();
+    assert_eq!(
+        sampler.event(DpEvent::Gaussian {
+            noise_multiplier: 1.0
+        }),
+        DpEvent::PoissonSampled {
+            sampling_probability: 0.02,
+            event: Box::new(DpEvent::Gaussian {
+                noise_multiplier: 1.0
+            })
+        }
+    );
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        assert!(matches!(
+            GaussianNoise::new(NoiseMode::Secure, bad, 1.0, &sums, &mut rng),
+            Err(CoreError::NoiseMultiplier(_))
+        ));
+    }
+}
+
+#[test]
+fn poisson_inclusions_are_independent_with_the_accounted_rate() {
+    // N = 1000 examples, T = 20,000 steps; q is read from the event the sampler reports.
+    let (n, steps) = (1000usize, 20_000usize);
+    let sampler = PoissonSampler::new(n, 0.01).unwrap();
+    let DpEvent::PoissonSampled {
+        sampling_probability: q,
+        ..
+    } = sampler.event(DpEvent::NonPrivate)
+    else {
+        panic!("not a Poisson event");
+    };
+    let mut rng = PrivacyRng::from_seed(7);
+    let mut counts = vec![0usize; n];
+    let mut sizes = Vec::with_capacity(steps);
+    let mut repeats = 0usize;
+    let mut previous: Vec<i64> = Vec::new();
+    for _ in 0..steps {
+        let batch = sampler.sample(&mut rng);
+        for &i in &batch {
+            counts[i as usize] += 1;
+        }
+        repeats += batch
+            .iter()
+            .filter(|i| previous.binary_search(i).is_ok())
+            .count();
+        sizes.push(batch.len() as f64);
+        previous = batch;
+    }
+    // Pooled inclusion rate (Wilson).
+    let total: usize = counts.iter().sum();
+    let (lo, hi) = wilson(total, n * steps);
+    assert!(
+        lo <= q && q <= hi,
+        "rate {}",
+        total as f64 / (n * steps) as f64
+    );
+    // Per-example counts ~ Binomial(T, q): chi-square with 999 degrees of freedom <= 1226.2.
+    let (mean, var) = (steps as f64 * q, steps as f64 * q * (1.0 - q));
+    let chi2: f64 = counts
+        .iter()
+        .map(|&c| (c as f64 - mean).powi(2) / var)
+        .sum();
+    assert!(chi2 <= 1226.2, "chi-square {chi2}");
+    // Batch sizes ~ Binomial(N, q): mean and variance in their bands (a fixed-size or shuffled
+    // loader has variance 0).
+    let t = steps as f64;
+    let (size_mean, size_var) = (n as f64 * q, n as f64 * q * (1.0 - q));
+    let m = sizes.iter().sum::<f64>() / t;
+    let v = sizes.iter().map(|s| (s - m).powi(2)).sum::<f64>() / (t - 1.0);
+    assert!(
+        (m - size_mean).abs() <= Z * (size_var / t).sqrt(),
+        "mean size {m}"
+    );
+    assert!(
+        (v / size_var - 1.0).abs() <= Z * (2.0 / t).sqrt() * 1.05,
+        "size variance {v}"
+    );
+    // The same example in consecutive batches: N (T-1) q^2 expected (an epoch loop gives ~0);
+    // overlapping pairs add 2 N (T-2) q^3 (1-q) to the variance.
+    let pairs = (n * (steps - 1)) as f64;
+    let expected = pairs * q * q;
+    let sd =
+        (expected * (1.0 - q * q) + 2.0 * (n * (steps - 2)) as f64 * q.powi(3) * (1.0 - q)).sqrt();
+    assert!(
+        (repeats as f64 - expected).abs() <= Z * sd,
+        "{repeats} repeats"
+    );
 }
 
 /// Streamed correlated noise has covariance `std^2 C^{-1} C^{-T}` across steps, for every kind

@@ -21,7 +21,7 @@ use dp_accounting::audit::{
     estimate_epsilon, one_run_epsilon_lower_bound, AuditCounts, AuditEstimate,
 };
 use dp_accounting::{calibrate_noise_multiplier, AccountantKind};
-use dp_core::{PrivacyRng, Tape};
+use dp_core::{NoiseMode, PrivacyRng, Tape};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use tch::{nn, Device, Kind, Reduction, Tensor};
@@ -210,6 +210,7 @@ fn run_config(config: &AuditConfig, plan: &Plan) -> DpSgdConfig {
         steps: config.steps,
         clip_norm: config.clip_norm,
         noise_multiplier: plan.sigma,
+        noise: NoiseMode::Secure,
         learning_rate: config.learning_rate,
         optimizer: Default::default(),
         schedule: Default::default(),

@@ -1,17 +1,21 @@
-//! `dp-train bench`: the cost of privacy for a model shape. A DP step (forward with recording,
-//! one backward to the layer outputs, per-example norms, clipped sums, noise, update) and a
-//! non-private step (forward, ordinary backward, update) of the same encoder on the same batch,
-//! timed in one process; their ratio is the throughput ratio. Peak memory is measured per mode
-//! in a child process (the high-water mark of its resident memory). With correlated noise,
-//! a DP step with independent noise and one with streamed BLT noise are timed side by side.
-
-use std::time::Instant;
+//! `dp-train bench`: the cost of privacy for a model shape. DP steps (forward with recording,
+//! one backward to the layer outputs, per-example norms, clipped sums, noise in each noise mode
+//! asked for, update) and a non-private step (forward, ordinary backward, update) of the same
+//! encoder on the same batch, interleaved in one process; their ratios are throughput ratios.
+//! A secure step's noise is generated on a background thread while the step computes, and
+//! the step's time includes any wait for it. The noise alone is timed too: a secure release against libtorch's
+//! `randn` on the same number of coordinates. Peak memory is measured per mode in a child
+//! process (the high-water mark of its resident memory). With correlated noise, a DP step with
+//! independent noise and one with streamed BLT noise (both floating-point ChaCha20 normals)
+//! are timed side by side.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
-use dp_accounting::mf::{optimize_blt, Objective, Participation, Strategy, Workload};
-use dp_core::noise::add_gaussian_noise;
-use dp_core::{ClippingEngine, CorrelatedNoise, PrivacyRng, Tape};
+use dp_accounting::mf::{
+    optimize_blt, NoiseRecurrence, Objective, Participation, Strategy, Workload,
+};
+use dp_core::{ClippingEngine, CorrelatedNoise, GaussianNoise, NoiseMode, PrivacyRng, Tape};
 use serde::Serialize;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
@@ -79,16 +83,22 @@ impl Bench {
             .cross_entropy_loss::<Tensor>(&self.labels, None, Reduction::None, -100, 0.0)
     }
 
+    /// One step; a DP step starts its noise first (generated while the model computes) and
+    /// releases its sums through `noise`.
     fn step(
         &self,
         mode: StepMode,
         engine: &ClippingEngine,
+        noise: &mut GaussianNoise,
         rng: &mut PrivacyRng,
     ) -> Result<(), TrainError> {
         let lr = 1e-4 / self.labels.size()[0] as f64;
         let variables = self.vs.trainable_variables();
         match mode {
-            StepMode::Dp => self.dp_step(engine, |sums| add_gaussian_noise(sums, 1.0, rng))?,
+            StepMode::Dp => {
+                noise.start(rng);
+                self.dp_step(engine, |sums| noise.add(sums, rng).map(|_| ()))?;
+            }
             StepMode::NonPrivate => {
                 self.losses(&mut Tape::off()).sum(Kind::Float).backward();
                 tch::no_grad(|| {
@@ -108,13 +118,13 @@ impl Bench {
     fn dp_step(
         &self,
         engine: &ClippingEngine,
-        add_noise: impl FnOnce(&mut BTreeMap<String, Tensor>),
+        add_noise: impl FnOnce(&mut BTreeMap<String, Tensor>) -> Result<(), dp_core::CoreError>,
     ) -> Result<(), TrainError> {
         let lr = 1e-4 / self.labels.size()[0] as f64;
         let mut tape = Tape::recording();
         let losses = self.losses(&mut tape);
         let mut sums = engine.clip(tape.take(), &losses)?.sums;
-        add_noise(&mut sums);
+        add_noise(&mut sums)?;
         let named = self.vs.variables();
         tch::no_grad(|| {
             for (name, sum) in &sums {
@@ -129,49 +139,122 @@ impl Bench {
             tch::Cuda::synchronize(0);
         }
     }
+
+    /// The clipping engine and a noise mechanism (sigma = C = 1) for this model.
+    fn machinery(
+        &self,
+        noise: NoiseMode,
+        rng: &mut PrivacyRng,
+    ) -> Result<(ClippingEngine, GaussianNoise), TrainError> {
+        let engine = ClippingEngine::new(&self.vs, 1.0)?;
+        let noise = GaussianNoise::new(noise, 1.0, 1.0, &engine.zero_sums(), rng)?;
+        Ok((engine, noise))
+    }
 }
 
-/// Median seconds per step of `mode` (used alone in the memory-measuring child).
-pub fn time_mode(config: &BenchConfig, mode: StepMode) -> Result<f64, TrainError> {
+/// Median seconds per step of `mode` (used alone in the memory-measuring child), with
+/// `noise` for DP steps.
+pub fn time_mode(
+    config: &BenchConfig,
+    mode: StepMode,
+    noise: NoiseMode,
+) -> Result<f64, TrainError> {
     let bench = Bench::new(config);
-    let engine = ClippingEngine::new(&bench.vs, 1.0)?;
     let mut rng = PrivacyRng::from_seed(0);
-    bench.step(mode, &engine, &mut rng)?;
+    let (engine, mut mechanism) = bench.machinery(noise, &mut rng)?;
+    bench.step(mode, &engine, &mut mechanism, &mut rng)?;
     let mut times = Vec::new();
     for _ in 0..config.steps.max(1) {
         let start = Instant::now();
-        bench.step(mode, &engine, &mut rng)?;
+        bench.step(mode, &engine, &mut mechanism, &mut rng)?;
         times.push(start.elapsed().as_secs_f64());
     }
     Ok(median(times))
 }
 
-/// Median seconds per DP step and per non-private step, the two interleaved step by step so
-/// that drifts in the machine's speed affect both alike.
-pub fn time_both(config: &BenchConfig) -> Result<(f64, f64), TrainError> {
-    let (dp, plain) = (Bench::new(config), Bench::new(config));
-    let (dp_engine, plain_engine) = (
-        ClippingEngine::new(&dp.vs, 1.0)?,
-        ClippingEngine::new(&plain.vs, 1.0)?,
-    );
+/// Median seconds per DP step in each of `noises` and per non-private step, all interleaved
+/// step by step so that drifts in the machine's speed affect them alike.
+pub fn time_all(
+    config: &BenchConfig,
+    noises: &[NoiseMode],
+) -> Result<(Vec<(NoiseMode, f64)>, f64), TrainError> {
     let mut rng = PrivacyRng::from_seed(0);
-    dp.step(StepMode::Dp, &dp_engine, &mut rng)?;
-    plain.step(StepMode::NonPrivate, &plain_engine, &mut rng)?;
-    let (mut dp_times, mut plain_times) = (Vec::new(), Vec::new());
-    for _ in 0..config.steps.max(1) {
+    let mut runs = noises
+        .iter()
+        .map(|&noise| {
+            let bench = Bench::new(config);
+            let (engine, mechanism) = bench.machinery(noise, &mut rng)?;
+            Ok((noise, bench, engine, mechanism, Vec::new()))
+        })
+        .collect::<Result<Vec<_>, TrainError>>()?;
+    let plain = Bench::new(config);
+    let (plain_engine, mut plain_noise) = plain.machinery(NoiseMode::Fast, &mut rng)?;
+    let mut plain_times = Vec::new();
+    for round in 0..=config.steps.max(1) {
+        for (_, bench, engine, mechanism, times) in &mut runs {
+            let start = Instant::now();
+            bench.step(StepMode::Dp, engine, mechanism, &mut rng)?;
+            if round > 0 {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
         let start = Instant::now();
-        dp.step(StepMode::Dp, &dp_engine, &mut rng)?;
-        dp_times.push(start.elapsed().as_secs_f64());
-        let start = Instant::now();
-        plain.step(StepMode::NonPrivate, &plain_engine, &mut rng)?;
-        plain_times.push(start.elapsed().as_secs_f64());
+        plain.step(
+            StepMode::NonPrivate,
+            &plain_engine,
+            &mut plain_noise,
+            &mut rng,
+        )?;
+        if round > 0 {
+            plain_times.push(start.elapsed().as_secs_f64());
+        }
     }
-    Ok((median(dp_times), median(plain_times)))
+    let dp = runs
+        .into_iter()
+        .map(|(noise, _, _, _, times)| (noise, median(times)))
+        .collect();
+    Ok((dp, median(plain_times)))
+}
+
+/// The number of trainable coordinates (the noise's dimension) of the benchmarked model.
+pub fn trainable_coordinates(config: &BenchConfig) -> i64 {
+    let bench = Bench::new(config);
+    let count: usize = bench
+        .vs
+        .trainable_variables()
+        .iter()
+        .map(Tensor::numel)
+        .sum();
+    count as i64
+}
+
+/// Noise throughput in samples per second: a secure release (generating the integers and
+/// adding them on the grid) and libtorch's `randn` added in floating point, both on `numel`
+/// coordinates of an f32 CPU tensor, interleaved `repeats` times; medians.
+pub fn noise_throughput(numel: i64, repeats: usize) -> Result<(f64, f64), TrainError> {
+    let mut rng = PrivacyRng::from_seed(0);
+    let template = BTreeMap::from([(
+        "w".to_string(),
+        Tensor::zeros([numel], (Kind::Float, Device::Cpu)),
+    )]);
+    let mut time = |mode: NoiseMode| -> Result<f64, TrainError> {
+        let mut sums = BTreeMap::from([("w".to_string(), template["w"].copy())]);
+        let start = Instant::now();
+        GaussianNoise::new(mode, 1.0, 1.0, &template, &mut rng)?.add(&mut sums, &mut rng)?;
+        Ok(numel as f64 / start.elapsed().as_secs_f64())
+    };
+    let (mut secure, mut torch) = (Vec::new(), Vec::new());
+    for _ in 0..repeats.max(1) {
+        secure.push(time(NoiseMode::Secure)?);
+        torch.push(time(NoiseMode::Fast)?);
+    }
+    Ok((median(secure), median(torch)))
 }
 
 /// Median seconds per DP step with independent noise and with correlated BLT noise of
 /// `buffers` buffers (optimized for 1,000 steps, the noise kept in model-sized buffers),
-/// interleaved step by step on the same model shape.
+/// interleaved step by step on the same model shape, both drawn by [`CorrelatedNoise`] (the
+/// independent one with the identity recurrence) so that only the streaming differs.
 pub fn time_correlated_noise(
     config: &BenchConfig,
     buffers: usize,
@@ -187,6 +270,7 @@ pub fn time_correlated_noise(
     )?;
     let recurrence = Strategy::blt(n, &blt)?.recurrence().clone();
     let mut correlated = CorrelatedNoise::new(recurrence, 1.0)?;
+    let mut fresh = CorrelatedNoise::new(NoiseRecurrence::Independent, 1.0)?;
     let (independent, mf) = (Bench::new(config), Bench::new(config));
     let (independent_engine, mf_engine) = (
         ClippingEngine::new(&independent.vs, 1.0)?,
@@ -198,12 +282,16 @@ pub fn time_correlated_noise(
     for round in 0..=config.steps.max(1) {
         let start = Instant::now();
         independent.dp_step(&independent_engine, |sums| {
-            add_gaussian_noise(sums, 1.0, &mut rng)
+            fresh.add_to(sums, &mut rng);
+            Ok(())
         })?;
         independent.synchronize();
         let independent_s = start.elapsed().as_secs_f64();
         let start = Instant::now();
-        mf.dp_step(&mf_engine, |sums| correlated.add_to(sums, &mut rng))?;
+        mf.dp_step(&mf_engine, |sums| {
+            correlated.add_to(sums, &mut rng);
+            Ok(())
+        })?;
         mf.synchronize();
         if round > 0 {
             independent_times.push(independent_s);

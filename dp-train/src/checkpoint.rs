@@ -183,7 +183,7 @@ impl Checkpointing {
                 &dir.join("optimizer.safetensors"),
                 state.optimizer_steps,
             )?,
-            rng: PrivacyRng::restore(&state.rng).ok_or_else(|| corrupt("bad generator state"))?,
+            rng: PrivacyRng::resume(&state.rng).ok_or_else(|| corrupt("bad generator state"))?,
             correlated_noise: state
                 .ledger
                 .correlated_steps

@@ -3,7 +3,9 @@
 //! Each step: draw a logical batch by Poisson sampling (rate `q = B / N`); split it into
 //! physical batches of at most `P` examples (memory bound, no effect on privacy); clip each
 //! example's gradient to `C` and sum (book-keeping, one backward pass per physical batch);
-//! record the step in the ledger; add `N(0, sigma^2 C^2)`; divide by the *expected* batch size
+//! record the step in the ledger; add Gaussian noise of standard deviation `sigma C` in the
+//! configured [`NoiseMode`] (the ledger accounts the event the sampler and the noise mechanism
+//! report, and each release is checked against it); divide by the *expected* batch size
 //! `B` (never the realised one, which would leak it); take an SGD step. Empty batches still add
 //! noise and count as a step. The optimizer (SGD with momentum, Adam, AdamW) steps on the
 //! privatized mean gradient.
@@ -14,12 +16,16 @@
 //! the correlated noise `(C^{-1} Z)_t` of a factorization chosen for that participation
 //! pattern. There is no sampling, so no amplification: the run is accounted as one Gaussian
 //! mechanism over the whole plan.
+//! Correlated noise is floating-point (ChaCha20 normals combined by `C^{-1}`), so it runs
+//! only in the fast noise mode.
 
 use std::collections::BTreeMap;
 
 use dp_accounting::mf::NoiseRecurrence;
-use dp_core::noise::add_gaussian_noise;
-use dp_core::{ClippingEngine, CorrelatedNoise, PoissonSampler, PrivacyRng, Tape};
+use dp_accounting::DpEvent;
+use dp_core::{
+    ClippingEngine, CorrelatedNoise, GaussianNoise, NoiseMode, PoissonSampler, PrivacyRng, Tape,
+};
 use tch::{nn, Kind, Reduction, Tensor};
 
 use crate::checkpoint::Checkpointing;
@@ -41,6 +47,8 @@ pub struct DpSgdConfig {
     /// Noise standard deviation over C; 0 adds no noise (NOT PRIVATE: the ledger then reports
     /// an infinite epsilon and only an infinite budget lets the run proceed).
     pub noise_multiplier: f64,
+    /// How the noise is drawn: `Secure` for real runs, `Fast` for research.
+    pub noise: NoiseMode,
     /// Base learning rate.
     pub learning_rate: f64,
     /// The optimizer stepping on the privatized gradient.
@@ -112,6 +120,18 @@ pub struct TrainSummary {
     pub stopped_by_budget: bool,
 }
 
+/// The noise a run adds at each step.
+enum StepNoise {
+    /// DP-SGD's independent Gaussian noise (none for a NOT PRIVATE run), and the event each
+    /// release must report: the one the ledger accounts.
+    Independent {
+        gaussian: Option<GaussianNoise>,
+        event: DpEvent,
+    },
+    /// Correlated (matrix-factorization) noise.
+    Correlated(CorrelatedNoise),
+}
+
 /// How a run forms its logical batches.
 enum Batching {
     /// Each example independently with the sampler's rate.
@@ -164,22 +184,36 @@ pub fn train_with_hooks(
     let n = data.labels.size()[0];
     validate(config, n)?;
     let engine = ClippingEngine::new(vs, config.clip_norm)?;
-    let (batching, mut correlated, mut ledger) = match &config.mechanism {
+    let (batching, mut noise, ledger) = match &config.mechanism {
         Mechanism::PoissonGaussian => {
             let sampler = PoissonSampler::new(n as usize, config.expected_batch_size / n as f64)?;
-            let ledger = PrivacyLedger::new(
-                sampler.rate(),
-                config.noise_multiplier,
+            let gaussian = (config.noise_multiplier > 0.0)
+                .then(|| {
+                    let (sigma, clip) = (config.noise_multiplier, config.clip_norm);
+                    GaussianNoise::new(config.noise, sigma, clip, &engine.zero_sums(), rng)
+                })
+                .transpose()?;
+            let event = gaussian
+                .as_ref()
+                .map_or(DpEvent::NonPrivate, GaussianNoise::event);
+            let ledger = PrivacyLedger::for_step(
+                &sampler.event(event.clone()),
                 config.delta,
                 config.epsilon_budget,
             )?;
-            (Batching::Poisson(sampler), None, ledger)
+            let noise = StepNoise::Independent { gaussian, event };
+            (Batching::Poisson(sampler), noise, ledger)
         }
         Mechanism::CyclicCorrelated {
             batches,
             recurrence,
             sensitivity,
         } => {
+            if config.noise == NoiseMode::Secure {
+                return Err(TrainError::Config(
+                    "secure (grid) noise is not offered for correlated noise, which is floating-point: choose the fast noise mode".into(),
+                ));
+            }
             let std = config.noise_multiplier * config.clip_norm * sensitivity;
             let ledger = PrivacyLedger::correlated(
                 1.0 / *batches as f64,
@@ -189,9 +223,14 @@ pub fn train_with_hooks(
                 config.epsilon_budget,
             )?;
             let noise = CorrelatedNoise::new(recurrence.clone(), std)?;
-            (Batching::Cyclic(*batches), Some(noise), ledger)
+            (
+                Batching::Cyclic(*batches),
+                StepNoise::Correlated(noise),
+                ledger,
+            )
         }
     };
+    let mut ledger = ledger.with_randomness(config.noise, rng.seed());
     let variables = vs.variables();
     let mut optimizer = OptimizerState::new(config.optimizer);
     if let Some(resumed) = checkpointing
@@ -202,13 +241,14 @@ pub fn train_with_hooks(
         let same_plan = resumed.ledger.sampling_rate() == ledger.sampling_rate()
             && resumed.ledger.noise_multiplier() == ledger.noise_multiplier()
             && resumed.ledger.delta() == ledger.delta()
-            && resumed.ledger.correlated_steps() == ledger.correlated_steps();
+            && resumed.ledger.correlated_steps() == ledger.correlated_steps()
+            && resumed.ledger.noise_mode() == ledger.noise_mode();
         if !same_plan {
             return Err(TrainError::Config(
-                "the run folder's checkpoint was made with a different sampling, noise or delta; use a new folder".into(),
+                "the run folder's checkpoint was made with a different sampling, noise, noise mode or delta; use a new folder".into(),
             ));
         }
-        if let Some(noise) = correlated.as_mut() {
+        if let StepNoise::Correlated(noise) = &mut noise {
             let state = resumed.correlated_noise.ok_or_else(|| {
                 TrainError::Config("the checkpoint has no correlated-noise state".into())
             })?;
@@ -226,6 +266,13 @@ pub fn train_with_hooks(
                 (turn..n).step_by(*batches as usize).collect()
             }
         };
+        if let StepNoise::Independent {
+            gaussian: Some(gaussian),
+            ..
+        } = &mut noise
+        {
+            gaussian.start(rng);
+        }
         let mut sums = engine.zero_sums();
         let (mut loss_sum, mut correct) = (0.0, 0i64);
         for chunk in batch.chunks(config.physical_batch_size) {
@@ -256,12 +303,19 @@ pub fn train_with_hooks(
             Err(e) => return Err(e),
         }
         hooks.before_noise(ledger.steps(), &mut sums);
-        match correlated.as_mut() {
-            Some(noise) => noise.add_to(&mut sums, rng),
-            None if config.noise_multiplier > 0.0 => {
-                add_gaussian_noise(&mut sums, config.noise_multiplier * config.clip_norm, rng)
+        match &mut noise {
+            StepNoise::Correlated(correlated) => correlated.add_to(&mut sums, rng),
+            StepNoise::Independent {
+                gaussian: Some(gaussian),
+                event,
+            } => {
+                if gaussian.add(&mut sums, rng)? != *event {
+                    return Err(TrainError::Config(
+                        "the noise mechanism ran a different event than the ledger accounts".into(),
+                    ));
+                }
             }
-            None => {}
+            StepNoise::Independent { gaussian: None, .. } => {}
         }
         hooks.after_noise(ledger.steps(), &sums);
         let mean_gradient: BTreeMap<String, Tensor> = sums
@@ -274,7 +328,11 @@ pub fn train_with_hooks(
         optimizer.step(&variables, &mean_gradient, lr);
         if let Some(c) = checkpointing {
             if ledger.steps() % c.every.max(1) == 0 || ledger.steps() == config.steps {
-                c.save(vs, &optimizer, rng, &ledger, correlated.as_ref())?;
+                let correlated = match &noise {
+                    StepNoise::Correlated(correlated) => Some(correlated),
+                    StepNoise::Independent { .. } => None,
+                };
+                c.save(vs, &optimizer, rng, &ledger, correlated)?;
             }
         }
         on_step(&StepReport {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use dp_accounting::{calibrate_noise_multiplier, AccountantKind};
-use dp_core::PrivacyRng;
+use dp_core::{NoiseMode, PrivacyRng};
 use serde::Serialize;
 use tch::{nn, Device, Tensor};
 
@@ -56,6 +56,8 @@ pub struct RunConfig {
     pub seed: Option<u64>,
     /// A NOT PRIVATE baseline: clipping as configured, no noise, infinite epsilon.
     pub no_noise: bool,
+    /// How the noise is drawn.
+    pub noise_mode: NoiseMode,
 }
 
 impl Default for RunConfig {
@@ -74,6 +76,7 @@ impl Default for RunConfig {
             train_subset: None,
             seed: None,
             no_noise: false,
+            noise_mode: NoiseMode::Secure,
         }
     }
 }
@@ -220,6 +223,7 @@ pub fn run(
         steps,
         clip_norm: config.clip_norm,
         noise_multiplier,
+        noise: config.noise_mode,
         learning_rate: config.learning_rate,
         optimizer: config.optimizer,
         schedule: config.schedule,

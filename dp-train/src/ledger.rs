@@ -2,16 +2,22 @@
 //! that would take epsilon past the budget is refused before it happens.
 //!
 //! DP-SGD: each step is one Poisson-subsampled Gaussian mechanism with the run's sampling rate
-//! and noise multiplier; the ledger keeps its one-step RDP curve and composes by
-//! multiplication.
+//! and noise multiplier, as the sampler and the noise mechanism report it; the ledger keeps its
+//! one-step RDP curve and composes by multiplication.
 //!
 //! Correlated (matrix-factorization) noise: the whole planned run is one Gaussian mechanism
 //! whose sensitivity covers every participation the plan allows (Choquette-Choo et al. 2023),
 //! so its epsilon is spent in full from the first step (exact Gaussian profile, Balle and Wang
 //! 2018), and any step beyond the plan is refused: the sensitivity would not cover it.
+//!
+//! The ledger also records how the noise was drawn and the generator's seed, if the run was
+//! seeded.
 
 use dp_accounting::mf::gaussian_epsilon;
-use dp_accounting::{epsilon_from_rdp, subsampled_gaussian_rdp, EpsilonAtOrder, DEFAULT_ORDERS};
+use dp_accounting::{
+    epsilon_from_rdp, subsampled_gaussian_rdp, DpEvent, EpsilonAtOrder, DEFAULT_ORDERS,
+};
+use dp_core::NoiseMode;
 
 use crate::error::TrainError;
 
@@ -33,6 +39,12 @@ pub struct LedgerRecord {
     /// Correlated noise: the planned number of steps its sensitivity covers (null for DP-SGD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlated_steps: Option<u64>,
+    /// How the noise was drawn (null in ledgers written before noise modes existed).
+    #[serde(default)]
+    pub noise_mode: Option<NoiseMode>,
+    /// The privacy generator's seed, if the run was seeded (its noise is then reproducible).
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 /// How the ledger accounts a step.
@@ -53,6 +65,8 @@ pub struct PrivacyLedger {
     budget: f64,
     accounting: Accounting,
     steps: u64,
+    noise_mode: Option<NoiseMode>,
+    seed: Option<u64>,
 }
 
 impl PrivacyLedger {
@@ -81,6 +95,8 @@ impl PrivacyLedger {
             budget,
             accounting: Accounting::Poisson { step_rdp },
             steps: 0,
+            noise_mode: None,
+            seed: None,
         })
     }
 
@@ -104,7 +120,45 @@ impl PrivacyLedger {
                 epsilon: gaussian_epsilon(noise_multiplier, delta)?,
             },
             steps: 0,
+            noise_mode: None,
+            seed: None,
         })
+    }
+
+    /// A ledger for steps that each run `step`: a Poisson-sampled Gaussian mechanism (or a
+    /// Poisson-sampled non-private release, noise multiplier 0), as the sampler and the noise
+    /// mechanism report it.
+    pub fn for_step(step: &DpEvent, delta: f64, budget: f64) -> Result<Self, TrainError> {
+        let DpEvent::PoissonSampled {
+            sampling_probability,
+            event,
+        } = step
+        else {
+            return Err(TrainError::Config(format!(
+                "the ledger accounts Poisson-sampled steps, not {}",
+                step.name()
+            )));
+        };
+        let noise_multiplier = match **event {
+            DpEvent::Gaussian { noise_multiplier } => noise_multiplier,
+            DpEvent::NonPrivate => 0.0,
+            ref other => {
+                return Err(TrainError::Config(format!(
+                    "the ledger accounts Gaussian noise, not {}",
+                    other.name()
+                )))
+            }
+        };
+        Self::new(*sampling_probability, noise_multiplier, delta, budget)
+    }
+
+    /// This ledger, recording how the noise is drawn and the generator's seed (if any).
+    pub fn with_randomness(self, noise_mode: NoiseMode, seed: Option<u64>) -> Self {
+        Self {
+            noise_mode: Some(noise_mode),
+            seed,
+            ..self
+        }
     }
 
     /// Whether the run adds correlated noise (one Gaussian mechanism for the planned run).
@@ -148,6 +202,8 @@ impl PrivacyLedger {
             steps: self.steps,
             epsilon_spent: spent.is_finite().then_some(spent),
             correlated_steps: self.correlated_steps(),
+            noise_mode: self.noise_mode,
+            seed: self.seed,
         })
     }
 
@@ -170,6 +226,8 @@ impl PrivacyLedger {
             )?,
         };
         ledger.steps = record.steps;
+        ledger.noise_mode = record.noise_mode;
+        ledger.seed = record.seed;
         Ok(ledger)
     }
 
@@ -191,6 +249,16 @@ impl PrivacyLedger {
     /// The noise multiplier of every step.
     pub fn noise_multiplier(&self) -> f64 {
         self.noise_multiplier
+    }
+
+    /// How the noise is drawn, if recorded.
+    pub fn noise_mode(&self) -> Option<NoiseMode> {
+        self.noise_mode
+    }
+
+    /// The privacy generator's seed, if the run was seeded.
+    pub fn seed(&self) -> Option<u64> {
+        self.seed
     }
 
     /// The delta at which epsilon is reported.

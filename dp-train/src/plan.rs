@@ -9,6 +9,7 @@ use dp_accounting::mf::{
     Workload,
 };
 use dp_accounting::{calibrate_noise_multiplier, AccountantKind, DpEvent};
+use dp_core::NoiseMode;
 use serde::{Deserialize, Serialize};
 
 use crate::dpsgd::Mechanism;
@@ -104,6 +105,11 @@ pub struct PrivacySection {
     /// `{ strategy = "identity" }`), optimized for the plan's steps and epochs.
     #[serde(default)]
     pub mf: Option<MfSection>,
+    /// How the noise is drawn: "secure" (discrete noise on a grid, for real runs) or "fast"
+    /// (floating-point normals, research only; required by noise = "mf", whose correlated
+    /// noise is floating-point).
+    #[serde(default = "secure")]
+    pub noise_mode: NoiseMode,
     /// The accountant: "rdp" for DP-SGD, "gaussian" (exact) for correlated noise.
     #[serde(default = "rdp")]
     pub accountant: String,
@@ -141,6 +147,9 @@ pub enum MfSection {
 
 fn gaussian() -> String {
     "gaussian".into()
+}
+fn secure() -> NoiseMode {
+    NoiseMode::Secure
 }
 fn rdp() -> String {
     "rdp".into()
@@ -339,6 +348,11 @@ impl TrainConfig {
             }
         }
         if p.noise == "mf" {
+            if p.noise_mode == NoiseMode::Secure {
+                return Err(config_error(
+                    "privacy.noise_mode: secure (grid) noise is not offered for correlated noise, which is floating-point; set noise_mode = \"fast\" to accept that",
+                ));
+            }
             return self.resolve_correlated();
         }
         if p.mf.is_some() {

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use dp_accounting::round_up;
+use dp_core::NoiseMode;
 use serde::Serialize;
 
 use crate::error::TrainError;
@@ -39,6 +40,8 @@ pub struct PrivacyStatement {
     pub steps: u64,
     /// The seed of the privacy generator, if the run was seeded (reproducible, not secret).
     pub seed: Option<u64>,
+    /// How the noise was drawn, as the ledger recorded it.
+    pub noise_mode: Option<NoiseMode>,
 }
 
 /// Infinity as the string "inf" (JSON has no infinity), as the accounting command writes it.
@@ -75,6 +78,7 @@ impl PrivacyStatement {
             clip_norm,
             steps: ledger.steps(),
             seed,
+            noise_mode: ledger.noise_mode(),
         })
     }
 }
@@ -139,6 +143,12 @@ impl fmt::Display for PrivacyStatement {
             }
         }
         writeln!(f, "  not on        the model, the learning rate, the data values, or C itself (noise scales with C)")?;
+        match self.noise_mode {
+            Some(NoiseMode::Secure) => writeln!(f, "  noise         secure: discrete Gaussian integers on a power-of-two grid, added exactly (no floating-point leak); accounted with the rounding's sensitivity C + grid sqrt(d)")?,
+            Some(NoiseMode::Fast) if self.correlated_steps.is_some() => writeln!(f, "  noise         fast: floating-point ChaCha20 normals combined by C^-1 (correlated noise has no secure mode): NOT resistant to floating-point attacks")?,
+            Some(NoiseMode::Fast) => writeln!(f, "  noise         fast: libtorch floating-point normals, for research: NOT resistant to floating-point attacks; use noise_mode = \"secure\" for a release")?,
+            None => writeln!(f, "  noise         not recorded (a ledger from before noise modes)")?,
+        }
         match self.seed {
             Some(seed) => writeln!(f, "  randomness    seeded with {seed}: reproducible, so anyone who knows the seed can remove the noise; use an unseeded run for a real guarantee"),
             None => writeln!(f, "  randomness    ChaCha20 seeded from the operating system"),

@@ -15,7 +15,7 @@ use dp_accounting::{
     calibrate_noise_multiplier, tnb_gamma, Accountant, AccountantKind, DpEvent, RdpAccountant,
     RunCount,
 };
-use dp_core::PrivacyRng;
+use dp_core::{NoiseMode, PrivacyRng};
 use serde::{Deserialize, Serialize};
 
 use crate::dpsgd::{Batches, DpSgdConfig, Mechanism};
@@ -311,6 +311,7 @@ pub fn tune(
             steps,
             clip_norm: p.clip_norm,
             noise_multiplier: noise,
+            noise: NoiseMode::Secure,
             learning_rate: lr,
             optimizer: Default::default(),
             schedule: Default::default(),

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use dp_core::layers::DpLinear;
-use dp_core::{PrivacyRng, Tape};
+use dp_core::{NoiseMode, PrivacyRng, Tape};
 use dp_train::data::assets_dir;
 use dp_train::fashion_mnist::{self, FashionMnist, RunConfig};
 use dp_train::{train, Batches, DpSgdConfig, Mechanism, PrivacyLedger, TrainError};
@@ -96,6 +96,7 @@ fn empty_batches_still_add_noise_and_count_as_steps() {
         steps: 5,
         clip_norm: 1.0,
         noise_multiplier: 1.0,
+        noise: NoiseMode::Secure,
         learning_rate: 0.1,
         optimizer: Default::default(),
         schedule: Default::default(),
@@ -1015,6 +1016,7 @@ mod correlated_noise {
             steps,
             clip_norm: 1.0,
             noise_multiplier: 1.0,
+            noise: NoiseMode::Fast,
             learning_rate: 0.1,
             optimizer: Default::default(),
             schedule: Default::default(),

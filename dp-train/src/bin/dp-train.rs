@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use dp_accounting::audit::posterior_cdf;
 use dp_accounting::plot::{line_chart, Marker, Series};
-use dp_core::PrivacyRng;
+use dp_core::{NoiseMode, PrivacyRng};
 use dp_train::audit::{self, AuditConfig, CanaryKind, Sabotage};
 use dp_train::bench::{self, BenchConfig, StepMode};
 use dp_train::checkpoint::Checkpointing;
@@ -65,10 +65,12 @@ enum Command {
     ///
     /// Example: dp-train tune --config examples/tune_fashion_mnist.toml
     Tune(TuneArgs),
-    /// Time a DP step against a non-private step of the same BERT-style encoder on the same
-    /// batch (one process), and measure each mode's peak memory (one child process each).
+    /// Time DP steps (secure and/or fast noise) against a non-private step of the same
+    /// BERT-style encoder on the same batch (one process, interleaved), time the noise alone
+    /// (secure against libtorch's randn), and measure each mode's peak memory (one child
+    /// process each).
     ///
-    /// Example: dp-train bench --shape minilm --batch 32 --seq 128
+    /// Example: dp-train bench --shape minilm --batch 32 --seq 128 --noise both
     Bench(BenchArgs),
 }
 
@@ -97,6 +99,9 @@ struct BenchArgs {
     /// correlated BLT noise of this many buffers (matrix factorization), side by side.
     #[arg(long, value_name = "BUFFERS")]
     correlated: Option<usize>,
+    /// Noise of the DP steps: secure, fast, or both (timed side by side, interleaved).
+    #[arg(long, default_value = "both", value_parser = ["secure", "fast", "both"])]
+    noise: String,
     /// Internal: run one mode only and report its peak memory.
     #[arg(long, hide = true, value_parser = ["dp", "nonprivate"])]
     only: Option<String>,
@@ -248,6 +253,10 @@ struct FashionMnistArgs {
     /// seed. Without it, the generator is seeded from the operating system.
     #[arg(long)]
     seed: Option<u64>,
+    /// How the noise is drawn: secure (discrete noise on a grid, for real runs) or fast
+    /// (libtorch's floating-point randn, research only).
+    #[arg(long, default_value = "secure", value_parser = ["secure", "fast"])]
+    noise_mode: String,
     /// Folder with the Fashion-MNIST IDX files [default: $DP_ASSETS/fashion-mnist].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -327,6 +336,7 @@ fn fashion_mnist_command(args: FashionMnistArgs) -> Result<(), TrainError> {
         train_subset: args.train_subset,
         seed: args.seed,
         no_noise: args.no_noise,
+        noise_mode: args.noise_mode.parse().map_err(TrainError::Config)?,
     };
     let dir = args
         .data_dir
@@ -618,20 +628,26 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
         }
         return Ok(());
     }
+    let noises: Vec<NoiseMode> = match args.noise.as_str() {
+        "both" => vec![NoiseMode::Secure, NoiseMode::Fast],
+        one => vec![one.parse().map_err(TrainError::Config)?],
+    };
     if let Some(only) = &args.only {
         let mode = if only == "dp" {
             StepMode::Dp
         } else {
             StepMode::NonPrivate
         };
-        let seconds = bench::time_mode(&config, mode)?;
+        let seconds = bench::time_mode(&config, mode, noises[0])?;
         println!(
             "{}",
             serde_json::json!({ "step_s": seconds, "peak_bytes": bench::peak_resident_bytes() })
         );
         return Ok(());
     }
-    let (dp, nonprivate) = bench::time_both(&config)?;
+    let numel = bench::trainable_coordinates(&config);
+    let (secure_rate, torch_rate) = bench::noise_throughput(numel, 3)?;
+    let (dp, nonprivate) = bench::time_all(&config, &noises)?;
     let peak = |mode: &str| -> Option<u64> {
         let exe = std::env::current_exe().ok()?;
         let out = std::process::Command::new(exe)
@@ -649,6 +665,8 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
                 &args.device,
                 "--precision",
                 &args.precision,
+                "--noise",
+                noises[0].name(),
                 "--only",
                 mode,
             ])
@@ -658,20 +676,40 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
         v["peak_bytes"].as_u64()
     };
     let (dp_peak, nonprivate_peak) = (peak("dp"), peak("nonprivate"));
-    let ratio = nonprivate / dp;
     let memory_ratio = dp_peak
         .zip(nonprivate_peak)
         .map(|(d, n)| d as f64 / n as f64);
+    let step_s: serde_json::Map<String, serde_json::Value> = dp
+        .iter()
+        .map(|(m, s)| (m.name().to_string(), (*s).into()))
+        .collect();
+    let ratio: serde_json::Map<String, serde_json::Value> = dp
+        .iter()
+        .map(|(m, s)| (m.name().to_string(), (nonprivate / s).into()))
+        .collect();
+    let secure_over_fast = match dp.as_slice() {
+        [(NoiseMode::Secure, secure), (NoiseMode::Fast, fast)] => Some(secure / fast),
+        _ => None,
+    };
     let out = serde_json::json!({
         "shape": args.shape, "batch": args.batch, "seq": args.seq, "device": format!("{device:?}"),
         "precision": args.precision,
-        "dp_step_s": dp, "nonprivate_step_s": nonprivate, "throughput_ratio": ratio,
+        "dp_step_s": step_s, "nonprivate_step_s": nonprivate, "throughput_ratio": ratio,
+        "secure_over_fast_step": secure_over_fast,
+        "noise_coordinates": numel,
+        "noise_gsamples_per_s": { "secure": secure_rate / 1e9, "libtorch_randn": torch_rate / 1e9 },
         "dp_peak_bytes": dp_peak, "nonprivate_peak_bytes": nonprivate_peak, "peak_memory_ratio": memory_ratio,
     });
     if args.json {
         println!("{out}");
     } else {
-        println!("{} encoder, batch {}, seq {}, {:?}, {} activations: DP step {:.3} s, non-private step {:.3} s, throughput ratio {:.3}", args.shape, args.batch, args.seq, device, args.precision, dp, nonprivate, ratio);
+        for (mode, seconds) in &dp {
+            println!("{} encoder, batch {}, seq {}, {:?}, {} activations: DP step ({mode} noise) {:.3} s, non-private step {:.3} s, throughput ratio {:.3}", args.shape, args.batch, args.seq, device, args.precision, seconds, nonprivate, nonprivate / seconds);
+        }
+        if let Some(r) = secure_over_fast {
+            println!("secure / fast DP step time: {r:.3}");
+        }
+        println!("noise on {numel} coordinates (CPU): secure {:.3} Gsamples/s, libtorch randn {:.3} Gsamples/s", secure_rate / 1e9, torch_rate / 1e9);
         if let (Some(d), Some(n), Some(r)) = (dp_peak, nonprivate_peak, memory_ratio) {
             println!("peak resident memory: DP {:.2} GiB, non-private {:.2} GiB, ratio {:.2} (whole process, libtorch included)", d as f64 / 1073741824.0, n as f64 / 1073741824.0, r);
         }
@@ -756,6 +794,7 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
         steps: plan.steps,
         clip_norm: config.privacy.clip_norm,
         noise_multiplier: plan.noise_multiplier,
+        noise: config.privacy.noise_mode,
         learning_rate: config.training.learning_rate,
         optimizer: config.training.optimizer,
         schedule: config.training.schedule,
