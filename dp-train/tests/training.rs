@@ -989,6 +989,8 @@ mod correlated_noise {
                 ("privacy.sampling=\"poisson\"", "privacy.sampling"),
                 ("privacy.accountant=\"rdp\"", "privacy.accountant"),
                 ("privacy.noise=\"gaussian\"", "privacy.accountant"),
+                // Correlated noise is floating-point: asking for secure noise is refused.
+                ("privacy.noise_mode=\"secure\"", "privacy.noise_mode"),
             ],
         );
     }
