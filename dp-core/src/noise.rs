@@ -23,12 +23,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use dp_accounting::DpEvent;
-use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::CoreError;
 use crate::rng::{NoiseMode, PrivacyRng};
-use crate::secure::{fill, Grid, Table, BLOCK, CLAMP};
+use crate::secure::{fill, release_in_place, Grid, Table, BLOCK, CLAMP};
 
 /// The Gaussian mechanism applied to every logical batch's clipped sums.
 #[derive(Debug)]
@@ -148,13 +147,13 @@ impl GaussianNoise {
     pub fn start(&mut self, rng: &mut PrivacyRng) {
         if let (true, Some(stream)) = (self.overlap, &mut self.secure) {
             if stream.ahead.is_none() {
-                stream.start(self.dim, rng);
+                stream.start(&self.layout, rng);
             }
         }
     }
 
-    /// Releases `sums` (replaced by their noisy versions) and returns the event that ran. Noise
-    /// that was not [started](Self::start) is drawn now, keyed from `rng`.
+    /// Releases `sums` (replaced by their noisy versions) and returns the event that ran. Noise that was not [started](Self::start) is drawn now,
+    /// keyed from `rng`.
     pub fn add(
         &mut self,
         sums: &mut BTreeMap<String, Tensor>,
@@ -171,15 +170,23 @@ impl GaussianNoise {
             ));
         }
         match &mut self.secure {
-            Some(stream) => {
-                let noise = stream.take(self.dim, rng)?;
-                let mut offset = 0;
-                for sum in sums.values_mut() {
-                    let n = sum.numel();
-                    *sum = release(sum, &noise[offset..offset + n], &stream.grid)?;
-                    offset += n;
+            Some(stream) => match stream.ahead.take() {
+                Some(handle) => {
+                    let noise = handle.join().map_err(|_| CoreError::NoiseThread)?;
+                    let mut offset = 0;
+                    for sum in sums.values_mut() {
+                        let n = sum.numel();
+                        *sum = release_with_tensors(sum, &noise[offset..offset + n], &stream.grid)?;
+                        offset += n;
+                    }
                 }
-            }
+                None => {
+                    let keys = block_keys(&self.layout, rng);
+                    for (sum, keys) in sums.values_mut().zip(&keys) {
+                        release(sum, &stream.table, &stream.grid, keys)?;
+                    }
+                }
+            },
             None => {
                 let std = self.noise_multiplier * self.clip_norm;
                 for sum in sums.values_mut() {
@@ -193,75 +200,73 @@ impl GaussianNoise {
 }
 
 impl SecureStream {
-    /// Starts generating the next release's `dim` integers on a background thread.
-    fn start(&mut self, dim: usize, rng: &mut PrivacyRng) {
-        let keys = rng.stream_keys(dim.div_ceil(BLOCK));
+    /// Starts generating the next release's integers on a background thread.
+    fn start(&mut self, layout: &[(String, Vec<i64>)], rng: &mut PrivacyRng) {
+        let keys = block_keys(layout, rng);
+        let sizes: Vec<usize> = layout.iter().map(|(_, s)| numel(s)).collect();
         let table = Arc::clone(&self.table);
         self.ahead = Some(std::thread::spawn(move || {
-            let mut out = vec![0i64; dim];
-            fill(&table, &keys, &mut out);
+            let mut out = vec![0i64; sizes.iter().sum()];
+            let mut rest = out.as_mut_slice();
+            for (n, keys) in sizes.iter().zip(&keys) {
+                let (part, tail) = rest.split_at_mut(*n);
+                fill(&table, keys, part);
+                rest = tail;
+            }
             out
         }));
     }
-
-    /// The integers generated ahead, waiting for them if needed (and starting them first if
-    /// nothing was started).
-    fn take(&mut self, dim: usize, rng: &mut PrivacyRng) -> Result<Vec<i64>, CoreError> {
-        if self.ahead.is_none() {
-            self.start(dim, rng);
-        }
-        let handle = self.ahead.take().ok_or(CoreError::NoiseThread)?;
-        handle.join().map_err(|_| CoreError::NoiseThread)
-    }
 }
 
-/// `gamma (round(x / gamma) + z)` per coordinate, formed exactly in integers: fused on the CPU
-/// for f32 and f64 sums, with libtorch operations elsewhere (the same arithmetic).
-fn release(sum: &Tensor, noise: &[i64], grid: &Grid) -> Result<Tensor, CoreError> {
-    let (inv, step) = (2f64.powi(-grid.log2_step), grid.step());
-    let flat = sum.f_flatten(0, -1)?;
-    let n = noise.len();
-    let out = match (sum.device(), sum.kind()) {
+/// Keys of the noise's ChaCha20 streams: per parameter (in the sums' order), one per block of
+/// [`BLOCK`] coordinates.
+fn block_keys(layout: &[(String, Vec<i64>)], rng: &mut PrivacyRng) -> Vec<Vec<[u8; 32]>> {
+    layout
+        .iter()
+        .map(|(_, size)| rng.stream_keys(numel(size).div_ceil(BLOCK)))
+        .collect()
+}
+
+fn numel(size: &[i64]) -> usize {
+    size.iter().product::<i64>().max(0) as usize
+}
+
+/// Releases one sum with noise drawn now from `keys`: on the CPU, f32 and f64 sums are copied
+/// out once, released as their noise is drawn (never holding the whole noise) and copied back;
+/// elsewhere with libtorch operations (the same integers and the same arithmetic).
+fn release(
+    sum: &mut Tensor,
+    table: &Table,
+    grid: &Grid,
+    keys: &[[u8; 32]],
+) -> Result<(), CoreError> {
+    let n = sum.numel();
+    let released = match (sum.device(), sum.kind()) {
         (Device::Cpu, Kind::Float) => {
-            let mut x = vec![0f32; n];
-            flat.f_copy_data(&mut x, n)?;
-            x.par_iter_mut()
-                .zip(noise.par_iter())
-                .for_each(|(x, &z)| *x = on_grid(f64::from(*x), z, inv, step) as f32);
-            Tensor::from_slice(&x)
+            let mut values = vec![0f32; n];
+            sum.f_copy_data(&mut values, n)?;
+            release_in_place(table, grid, keys, &mut values);
+            Tensor::f_from_slice(&values)?
         }
         (Device::Cpu, Kind::Double) => {
-            let mut x = vec![0f64; n];
-            flat.f_copy_data(&mut x, n)?;
-            x.par_iter_mut()
-                .zip(noise.par_iter())
-                .for_each(|(x, &z)| *x = on_grid(*x, z, inv, step));
-            Tensor::from_slice(&x)
+            let mut values = vec![0f64; n];
+            sum.f_copy_data(&mut values, n)?;
+            release_in_place(table, grid, keys, &mut values);
+            Tensor::f_from_slice(&values)?
         }
-        _ => return release_with_tensors(sum, noise, inv, step),
+        _ => {
+            let mut noise = vec![0i64; n];
+            fill(table, keys, &mut noise);
+            release_with_tensors(sum, &noise, grid)?
+        }
     };
-    Ok(out.f_reshape(sum.size())?)
+    *sum = released.f_reshape(sum.size())?;
+    Ok(())
 }
 
-/// One coordinate: the integer `round(x / gamma)` (ties to even; NaN as 0; clamped to
-/// `2^62`), plus `z`, exactly; then one conversion to a float and an exact scaling.
-fn on_grid(x: f64, z: i64, inv: f64, step: f64) -> f64 {
-    let k = (x * inv).round_ties_even();
-    let k = if k.is_nan() {
-        0.0
-    } else {
-        k.clamp(-CLAMP, CLAMP)
-    };
-    (k as i64 + z) as f64 * step
-}
-
-/// [`on_grid`] with libtorch operations, on the sums' device.
-fn release_with_tensors(
-    sum: &Tensor,
-    noise: &[i64],
-    inv: f64,
-    step: f64,
-) -> Result<Tensor, CoreError> {
+/// [`crate::secure::on_grid`] with libtorch operations, on the sums' device.
+fn release_with_tensors(sum: &Tensor, noise: &[i64], grid: &Grid) -> Result<Tensor, CoreError> {
+    let (inv, step) = (2f64.powi(-grid.log2_step), grid.step());
     let k = sum
         .f_to_kind(Kind::Double)?
         .f_mul_scalar(inv)?
@@ -283,25 +288,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fused_and_tensor_releases_agree_bit_for_bit() {
+    fn in_place_and_tensor_releases_agree_bit_for_bit() {
         let grid = Grid::new(0.7, 1.3, 1000).unwrap();
-        let x = Tensor::randn([1000], (Kind::Float, Device::Cpu)) * 50.0;
+        let table = Table::new(&grid);
+        let n = 3 * BLOCK as i64 / 2 + 77;
+        let x = Tensor::randn([n], (Kind::Float, Device::Cpu)) * 50.0;
         let x = x.where_self(&x.abs().lt(120.0), &(x.zeros_like() + f64::NAN));
         // Ties: half-integer multiples of the step, positive and negative.
-        let ties = (Tensor::arange(1000, (Kind::Double, Device::Cpu)) - 500.0 + 0.5) * grid.step();
+        let ties =
+            (Tensor::arange(n, (Kind::Double, Device::Cpu)) - n as f64 / 2.0 + 0.5) * grid.step();
         let x = x.where_self(
-            &Tensor::arange(1000, (Kind::Int64, Device::Cpu))
+            &Tensor::arange(n, (Kind::Int64, Device::Cpu))
                 .remainder(3)
                 .ne(0),
             &ties.to_kind(Kind::Float),
         );
-        let noise: Vec<i64> = (0..1000i64).map(|i| (i - 500) * 987_654_321_987).collect();
+        let keys = PrivacyRng::from_seed(5).stream_keys((n as usize).div_ceil(BLOCK));
+        let mut noise = vec![0i64; n as usize];
+        fill(&table, &keys, &mut noise);
         for kind in [Kind::Float, Kind::Double] {
             let x = x.to_kind(kind);
-            let fused = release(&x, &noise, &grid).unwrap();
-            let (inv, step) = (2f64.powi(-grid.log2_step), grid.step());
-            let tensors = release_with_tensors(&x, &noise, inv, step).unwrap();
-            assert!(fused.equal(&tensors), "{kind:?}");
+            let mut in_place = x.copy();
+            release(&mut in_place, &table, &grid, &keys).unwrap();
+            let tensors = release_with_tensors(&x, &noise, &grid).unwrap();
+            assert!(in_place.equal(&tensors), "{kind:?}");
+            assert!(!in_place.equal(&x));
         }
     }
 }

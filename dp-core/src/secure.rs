@@ -292,7 +292,9 @@ impl Table {
         }
     }
 
-    /// One draw from the truncated discrete Gaussian.
+    /// One draw from the truncated discrete Gaussian (after a rejection: rare).
+    #[cold]
+    #[inline(never)]
     fn sample(&self, bits: &mut Bits) -> i64 {
         loop {
             let word = bits.word();
@@ -304,7 +306,7 @@ impl Table {
 
     /// One attempt of the rejection sampler from its first word (and the word's slot); more
     /// bits come from `bits` when a test needs them.
-    #[inline]
+    #[inline(always)]
     fn attempt(&self, word: u64, slot: Slot, bits: &mut Bits) -> Option<i64> {
         // The word: the slot, the leading bits of three uniforms (the stay test, the bin's
         // acceptance test, the offset test's first trial) and the offset's leading bits.
@@ -343,6 +345,8 @@ impl Table {
     /// Bernoulli(exp(-g)), `g = (z^2 - nearest^2) / 2s^2`, by von Neumann's alternating
     /// series: count the successes of Bernoulli(g / i), i = 1, 2, ... up to the first failure;
     /// accept when the count is even. `first` holds the first trial's `LEAD` leading bits.
+    #[cold]
+    #[inline(never)]
     fn accept_offset(&self, z: i64, nearest: i64, first: u8, bits: &mut Bits) -> bool {
         let (a, b) = (z.unsigned_abs() as u128, nearest.unsigned_abs() as u128);
         let numerator = (a - b) * (a + b);
@@ -427,6 +431,95 @@ fn alias_table(weights: &[u64]) -> (Vec<u64>, Vec<u16>) {
         }
     }
     (threshold, alias)
+}
+
+/// Positions drawn at a time when noise is released as it is drawn: a multiple of 64, so the
+/// draws are those of one [`Table::fill_block`] over the whole block.
+const CHUNK: usize = 4096;
+
+/// A float type a release writes in place.
+pub(crate) trait GridFloat: Copy + Send + Sync {
+    fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
+}
+
+impl GridFloat for f32 {
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl GridFloat for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+/// Releases `values` in place: each becomes `gamma (round(x / gamma) + z)` with `z` drawn as
+/// by [`fill`] with the same keys (the same integers, bit for bit), a chunk at a time, so the
+/// noise never exists as a whole and the values are read and written once.
+pub(crate) fn release_in_place<T: GridFloat>(
+    table: &Table,
+    grid: &Grid,
+    keys: &[[u8; 32]],
+    values: &mut [T],
+) {
+    let (inv, step) = (2f64.powi(-grid.log2_step), grid.step());
+    values
+        .par_chunks_mut(BLOCK)
+        .zip(keys.par_iter())
+        .for_each(|(block, key)| {
+            let mut bits = Bits::new(ChaCha20Rng::from_seed(*key));
+            let mut noise = [0i64; CHUNK];
+            for xs in block.chunks_mut(CHUNK) {
+                let noise = &mut noise[..xs.len()];
+                table.fill_block(noise, &mut bits);
+                for (x, &z) in xs.iter_mut().zip(noise.iter()) {
+                    *x = T::from_f64(on_grid(x.to_f64(), z, inv, step));
+                }
+            }
+        });
+}
+
+/// One coordinate: the integer `round(x / gamma)` (ties to even; NaN as 0; clamped to
+/// `2^62`), plus `z`, exactly; then one conversion to a float and an exact scaling.
+/// Below `2^52` (and `|z| < 2^52`, as the support guarantees) `k + z` is exact in f64, so the
+/// common case needs no integer conversion of `k`.
+#[inline]
+pub(crate) fn on_grid(x: f64, z: i64, inv: f64, step: f64) -> f64 {
+    let k = round_ties_even(x * inv);
+    if k.abs() < TWO_52 {
+        return (k + z as f64) * step;
+    }
+    let k = if k.is_nan() {
+        0.0
+    } else {
+        k.clamp(-CLAMP, CLAMP)
+    };
+    (k as i64 + z) as f64 * step
+}
+
+/// `2^52`: doubles at or above it in magnitude are integers.
+const TWO_52: f64 = 4_503_599_627_370_496.0;
+
+/// `x.round_ties_even()` without a library call: below `2^52` in magnitude, adding and
+/// subtracting `2^52` (with `x`'s sign) rounds to the nearest integer, ties to even, in the
+/// default rounding mode (the result keeps `x`'s sign, as -0.5 rounds to -0); at or above it
+/// every double is an integer. NaN stays NaN.
+#[inline]
+fn round_ties_even(x: f64) -> f64 {
+    if x.abs() < TWO_52 {
+        let shift = TWO_52.copysign(x);
+        ((x + shift) - shift).copysign(x)
+    } else {
+        x
+    }
 }
 
 /// Fills `out` with draws, each block of [`BLOCK`] from its own ChaCha20 key, in parallel.
@@ -751,6 +844,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rounding_is_ties_to_even_everywhere() {
+        let mut cases = vec![
+            0.5,
+            1.5,
+            2.5,
+            -0.5,
+            -1.5,
+            -2.5,
+            0.49999999999999994,
+            2.0f64.powi(52) - 0.5,
+        ];
+        cases.extend([
+            1e300,
+            -1e300,
+            2.0f64.powi(52) + 1.0,
+            3.7,
+            -3.7,
+            0.0,
+            -0.0,
+            f64::INFINITY,
+        ]);
+        cases.extend((0..10_000).map(|i| (i as f64 - 5000.0) * 0.25 + 1e-3 * (i % 7) as f64));
+        for x in cases {
+            assert_eq!(
+                round_ties_even(x).to_bits(),
+                x.round_ties_even().to_bits(),
+                "{x}"
+            );
+        }
+        assert!(round_ties_even(f64::NAN).is_nan());
+    }
+
+    #[test]
     fn certified_exponentials_bracket_the_value() {
         for &(num, den, shift) in &[
             (1u128, 2u64, 0u32),
@@ -845,6 +971,8 @@ mod tests {
             let span = (1u128 << table.bin_bits) - 1;
             let nearest = (table.half_bins as u128 - 1) << table.bin_bits;
             assert!(5 * span * (2 * nearest + span) < table.two_s2);
+            // Every draw is below 2^52 in magnitude: `on_grid` adds it exactly in f64.
+            assert!(table.half_bins << table.bin_bits < 1i64 << 52);
         }
         let grid = Grid::new(1.0, 1.0, 1000).unwrap();
         let table = Table::new(&grid);
