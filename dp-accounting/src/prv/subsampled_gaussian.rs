@@ -46,24 +46,6 @@ impl SubsampledGaussianPrv {
         0.5 * ((1.0 - self.q) * erfc(u0 / s) + self.q * erfc(u1 / s))
     }
 
-    /// A point at or beyond which `P[Y > t]` is exactly 0.0 in double precision, searched
-    /// up to `limit` (returned if the survival is still positive there).
-    pub fn survival_underflow(&self, limit: f64) -> f64 {
-        if self.survival(limit) > 0.0 {
-            return limit;
-        }
-        let (mut positive, mut zero) = (0.0, limit);
-        for _ in 0..100 {
-            let mid = 0.5 * (positive + zero);
-            if self.survival(mid) > 0.0 {
-                positive = mid;
-            } else {
-                zero = mid;
-            }
-        }
-        zero
-    }
-
     /// The density of Y at `t` (0 below the support).
     pub fn pdf(&self, t: f64) -> f64 {
         let Some(z) = self.threshold(t) else {
