@@ -14,8 +14,20 @@
 //! - LayerNorm/RMSNorm `y = x_hat gamma + beta`: `grad gamma_i = sum_t x_hat_t g_t`,
 //!   `grad beta_i = sum_t g_t`, explicit (they are small); `x_hat` is recomputed from the input.
 //!
-//! With `c_i = min(1, C / ||G_i||)` from the total norm over all layers (flat clipping), the
-//! clipped sum is formed directly (Bu et al. 2023, book-keeping):
+//! - 2-D convolution: the unfolded input `U(a_i)` (im2col, one row per output position) makes it
+//!   a linear layer over its output positions (Bu, Mao and Xu 2022), with the same rules.
+//!
+//! Clipping styles ([`ClippingStyle`]), each bounding every example's contribution by `C` in
+//! L2 norm, so the sensitivity and the noise `N(0, sigma^2 C^2)` are the same for all three:
+//! - flat (Abadi et al. 2016): `c_i = min(1, C / ||G_i||)` from the total norm over all layers;
+//! - per layer (group-wise; McMahan et al. 2018, He et al. 2023): layer `k` of the `K` layers
+//!   with trained parameters is clipped on its own to `C_k = C / sqrt(K)`,
+//!   `c_{i,k} = min(1, C_k / ||G_{i,k}||)`, so `||(c_{i,k} G_{i,k})_k|| <= sqrt(K C_k^2) = C`;
+//! - automatic (AUTO-S, Bu et al. 2023, "Automatic clipping"): `c_i = C / (||G_i|| + gamma)`
+//!   (gamma = 0.01 by default): every gradient is normalised, `||c_i G_i|| < C`, and no
+//!   threshold needs tuning (C only rescales the learning rate).
+//!
+//! The clipped sum is formed directly (Bu et al. 2023, book-keeping):
 //! `sum_i c_i G_i = (c . g)^T a` flattened over (B, T), one matmul per layer.
 //! Examples whose norm is not finite get `c_i = 0` and are counted, never propagated.
 //!
@@ -28,6 +40,7 @@ use std::collections::{BTreeMap, HashMap};
 use tch::{nn, Kind, Tensor};
 
 use crate::error::CoreError;
+use crate::layers::Conv2dGeometry;
 use crate::tape::Record;
 
 /// Clipped gradient sums of one physical batch, before noise.
@@ -50,11 +63,28 @@ impl ClippedBatch {
     }
 }
 
+/// How each example's gradient is bounded by the clip norm C (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClippingStyle {
+    /// `min(1, C / ||G_i||)` on the total norm over all layers.
+    #[default]
+    Flat,
+    /// Each of the K layers with trained parameters clipped to `C / sqrt(K)` on its own.
+    PerLayer,
+    /// `C / (||G_i|| + stability)`: normalised gradients (AUTO-S).
+    Automatic {
+        /// The stability constant gamma > 0 (0.01 in Bu et al.).
+        stability: f64,
+    },
+}
+
 /// Computes per-example clipped gradient sums for the trainable variables of a `VarStore`.
 #[derive(Debug)]
 pub struct ClippingEngine {
     trainable: HashMap<String, Tensor>,
     clip_norm: f64,
+    style: ClippingStyle,
 }
 
 impl ClippingEngine {
@@ -72,7 +102,23 @@ impl ClippingEngine {
         Ok(Self {
             trainable,
             clip_norm,
+            style: ClippingStyle::Flat,
         })
+    }
+
+    /// The same engine clipping in `style`.
+    pub fn with_style(self, style: ClippingStyle) -> Result<Self, CoreError> {
+        if let ClippingStyle::Automatic { stability } = style {
+            if !(stability.is_finite() && stability > 0.0) {
+                return Err(CoreError::Stability(stability));
+            }
+        }
+        Ok(Self { style, ..self })
+    }
+
+    /// The clipping style.
+    pub fn style(&self) -> ClippingStyle {
+        self.style
     }
 
     /// The clip norm C.
@@ -101,24 +147,45 @@ impl ClippingEngine {
         let grads = Tensor::f_run_backward(&[losses.sum(losses.kind())], &outputs, false, false)?;
         let acc_kind = accumulation_kind(losses.kind());
 
+        // Per record: its squared per-example norm, if it has trained parameters.
+        let mut layer_norm2 = Vec::with_capacity(records.len());
         let mut norm2 = Tensor::zeros([batch], (acc_kind, losses.device()));
         for (record, g) in records.iter().zip(&grads) {
-            if g.defined() {
-                norm2 += self.squared_norms(record, g, acc_kind)?;
-            }
+            let trained = record.parameters().any(|p| self.is_trainable(p));
+            let n2 = if g.defined() && trained {
+                let n2 = self.squared_norms(record, g, acc_kind)?;
+                norm2 += &n2;
+                Some(n2)
+            } else {
+                trained.then(|| norm2.zeros_like())
+            };
+            layer_norm2.push(n2);
         }
         let norms = norm2.sqrt();
         let finite = norms.isfinite();
         let nonfinite = batch - finite.sum(Kind::Int64).int64_value(&[]);
-        let factors = (norms.reciprocal() * self.clip_norm).clamp_max(1.0);
-        let factors = factors.where_self(&finite, &factors.zeros_like());
+        let keep_finite = |f: Tensor| f.where_self(&finite, &f.zeros_like());
+        let flat_factors = match self.style {
+            ClippingStyle::Automatic { stability } => {
+                keep_finite((norms.shallow_clone() + stability).reciprocal() * self.clip_norm)
+            }
+            _ => keep_finite((norms.reciprocal() * self.clip_norm).clamp_max(1.0)),
+        };
+        let layers = layer_norm2.iter().flatten().count().max(1);
+        let layer_clip = self.clip_norm / (layers as f64).sqrt();
 
         let mut sums = BTreeMap::new();
-        for (record, g) in records.iter().zip(&grads) {
+        for ((record, g), n2) in records.iter().zip(&grads).zip(&layer_norm2) {
             let g = if g.defined() {
                 g.shallow_clone()
             } else {
                 record.output().zeros_like()
+            };
+            let factors = match (self.style, n2) {
+                (ClippingStyle::PerLayer, Some(n2)) => {
+                    keep_finite((n2.sqrt().reciprocal() * layer_clip).clamp_max(1.0))
+                }
+                _ => flat_factors.shallow_clone(),
             };
             self.accumulate(record, &g, &factors, &finite, nonfinite > 0, &mut sums)?;
         }
@@ -167,12 +234,23 @@ impl ClippingEngine {
 
     /// Per-example squared gradient norms of one record's trainable parameters, shape (B).
     fn squared_norms(&self, record: &Record, g: &Tensor, kind: Kind) -> Result<Tensor, CoreError> {
-        let g = per_example_rows(g, kind);
+        let g = match record {
+            Record::Conv2d { .. } => g.to_kind(kind),
+            _ => per_example_rows(g, kind),
+        };
         let mut n2 = Tensor::zeros([g.size()[0]], (kind, g.device()));
         let per_position_sum_norms = |v: &Tensor| {
             v.sum_dim_intlist(1, false, kind)
                 .square()
                 .sum_dim_intlist(1, false, kind)
+        };
+        let mut linear = |a: &Tensor, g: &Tensor, weight: &str, bias: Option<&str>| {
+            if self.is_trainable(weight) {
+                n2 += linear_weight_norms(a, g, kind);
+            }
+            if bias.is_some_and(|b| self.is_trainable(b)) {
+                n2 += per_position_sum_norms(g);
+            }
         };
         match record {
             Record::Linear {
@@ -180,13 +258,16 @@ impl ClippingEngine {
                 weight,
                 bias,
                 ..
+            } => linear(&per_example_rows(input, kind), &g, weight, bias.as_deref()),
+            Record::Conv2d {
+                input,
+                geometry,
+                weight,
+                bias,
+                ..
             } => {
-                if self.is_trainable(weight) {
-                    n2 += linear_weight_norms(&per_example_rows(input, kind), &g, kind);
-                }
-                if bias.as_deref().is_some_and(|b| self.is_trainable(b)) {
-                    n2 += per_position_sum_norms(&g);
-                }
+                let (a, g) = conv_rows(input, geometry, &g, kind)?;
+                linear(&a, &g, weight, bias.as_deref());
             }
             Record::Embedding {
                 ids,
@@ -250,8 +331,11 @@ impl ClippingEngine {
                 t
             }
         };
-        let scaled = masked(per_example_rows(g, kind) * factors.to_kind(kind).view([batch, 1, 1]));
-        let p = scaled.size()[2];
+        let factors = factors.to_kind(kind);
+        let scaled = match record {
+            Record::Conv2d { .. } => masked(g.to_kind(kind) * factors.view([batch, 1, 1, 1])),
+            _ => masked(per_example_rows(g, kind) * factors.view([batch, 1, 1])),
+        };
         let over_examples_and_positions =
             |t: &Tensor| t.sum_dim_intlist([0, 1].as_slice(), false, kind);
         match record {
@@ -261,21 +345,18 @@ impl ClippingEngine {
                 bias,
                 ..
             } => {
-                if self.is_trainable(weight) {
-                    let a = masked(per_example_rows(input, kind));
-                    let d = a.size()[2];
-                    add_into(
-                        sums,
-                        weight,
-                        scaled
-                            .reshape([-1, p])
-                            .transpose(0, 1)
-                            .mm(&a.reshape([-1, d])),
-                    );
-                }
-                if let Some(b) = bias.as_deref().filter(|b| self.is_trainable(b)) {
-                    add_into(sums, b, over_examples_and_positions(&scaled));
-                }
+                let a = per_example_rows(input, kind);
+                self.linear_sums(&masked(a), &scaled, weight, bias.as_deref(), sums);
+            }
+            Record::Conv2d {
+                input,
+                geometry,
+                weight,
+                bias,
+                ..
+            } => {
+                let (a, scaled) = conv_rows(input, geometry, &scaled, kind)?;
+                self.linear_sums(&masked(a), &scaled, weight, bias.as_deref(), sums);
             }
             Record::Embedding {
                 ids,
@@ -319,6 +400,53 @@ impl ClippingEngine {
         }
         Ok(())
     }
+
+    /// Adds `sum_i c_i G_i` of a linear map (rows `a` (B, T, d), scaled output gradients
+    /// (B, T, p)) to the weight's and bias's sums, in the parameters' shapes.
+    fn linear_sums(
+        &self,
+        a: &Tensor,
+        scaled: &Tensor,
+        weight: &str,
+        bias: Option<&str>,
+        sums: &mut BTreeMap<String, Tensor>,
+    ) {
+        let (p, d) = (scaled.size()[2], a.size()[2]);
+        if let Some(w) = self.trainable.get(weight) {
+            let sum = scaled
+                .reshape([-1, p])
+                .transpose(0, 1)
+                .mm(&a.reshape([-1, d]));
+            add_into(sums, weight, sum.reshape(w.size()));
+        }
+        if let Some(b) = bias.filter(|b| self.is_trainable(b)) {
+            let kind = scaled.kind();
+            add_into(
+                sums,
+                b,
+                scaled.sum_dim_intlist([0, 1].as_slice(), false, kind),
+            );
+        }
+    }
+}
+
+/// A convolution as a linear map over its output positions: the unfolded input (im2col,
+/// (B, T_out, d k_h k_w)) and the output gradient (B, p, H_out, W_out) as (B, T_out, p).
+fn conv_rows(
+    input: &Tensor,
+    geometry: &Conv2dGeometry,
+    g: &Tensor,
+    kind: Kind,
+) -> Result<(Tensor, Tensor), CoreError> {
+    let g = g.to_kind(kind);
+    let (b, p) = (g.size()[0], g.size()[1]);
+    let a = input.to_kind(kind).f_im2col(
+        geometry.kernel,
+        geometry.dilation,
+        geometry.padding,
+        geometry.stride,
+    )?;
+    Ok((a.transpose(1, 2), g.reshape([b, p, -1]).transpose(1, 2)))
 }
 
 /// Linear weight norms: ghost norm (Li et al. 2022) `sum_{t,t'} (a_t . a_t')(g_t . g_t')` when

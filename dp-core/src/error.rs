@@ -27,6 +27,9 @@ pub enum CoreError {
     /// The clipping was asked with a bad clip norm.
     #[error("clip norm must be finite and positive, got {0}")]
     ClipNorm(f64),
+    /// The automatic-clipping stability constant is not finite and positive.
+    #[error("automatic clipping: the stability constant must be finite and positive, got {0}")]
+    Stability(f64),
     /// The sampling rate is outside (0, 1].
     #[error("sampling rate must be in (0, 1], got {0}")]
     SamplingRate(f64),

@@ -2,14 +2,16 @@
 //! libtorch tensors.
 //!
 //! The design avoids module hooks (tch has none):
-//! 1. DP layers ([`layers::DpLinear`], [`layers::DpEmbedding`], [`layers::DpNorm`]) record their input `a` and output `z` on a [`Tape`]
-//!    during the forward pass;
+//! 1. DP layers ([`layers::DpLinear`], [`layers::DpConv2d`], [`layers::DpEmbedding`],
+//!    [`layers::DpNorm`]) record their input `a` and output `z` on a [`Tape`] during the
+//!    forward pass;
 //! 2. one backward pass of the summed per-example losses with respect to all recorded outputs
 //!    (`Tensor::run_backward`) yields the output gradients `g`; no parameter gradient is asked
 //!    of autograd;
 //! 3. the [`ClippingEngine`] computes per-example gradient norms from `(a, g)` (ghost norms or
-//!    explicit per-example gradients), the clip factors `c_i = min(1, C / ||G_i||)`, and the
-//!    clipped gradient sums directly (book-keeping: `sum_i c_i G_i` as one matmul per layer);
+//!    explicit per-example gradients), the clip factors of its [`ClippingStyle`] (flat, per
+//!    layer or automatic), and the clipped gradient sums directly (book-keeping:
+//!    `sum_i c_i G_i` as one matmul per layer);
 //! 4. [`noise`] adds Gaussian noise of standard deviation `sigma C` once per logical batch in
 //!    the [`NoiseMode`] the caller chose (secure: exact discrete noise on a power-of-two grid;
 //!    fast: libtorch's `randn`), every draw keyed by the run's [`PrivacyRng`], and reports the
@@ -31,7 +33,7 @@ mod secure;
 mod tape;
 
 pub use correlated::CorrelatedNoise;
-pub use engine::{ClippedBatch, ClippingEngine};
+pub use engine::{ClippedBatch, ClippingEngine, ClippingStyle};
 pub use error::CoreError;
 pub use noise::GaussianNoise;
 pub use rng::{NoiseMode, PrivacyRng, RngSnapshot};

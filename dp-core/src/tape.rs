@@ -6,6 +6,8 @@
 
 use tch::Tensor;
 
+use crate::layers::Conv2dGeometry;
+
 /// One DP layer call, with the names of the parameters it owns.
 #[derive(Debug)]
 pub enum Record {
@@ -16,6 +18,19 @@ pub enum Record {
         /// Layer output `z`, a node of the autograd graph.
         output: Tensor,
         /// Full variable name of the weight `W` (p x d).
+        weight: String,
+        /// Full variable name of the bias `b` (p), if any.
+        bias: Option<String>,
+    },
+    /// A 2-D convolution `z = W * a + b`, `a` of shape (B, d, H, W), one group.
+    Conv2d {
+        /// Layer input `a`.
+        input: Tensor,
+        /// Layer output `z`, (B, p, H_out, W_out).
+        output: Tensor,
+        /// Kernel, stride, padding and dilation.
+        geometry: Conv2dGeometry,
+        /// Full variable name of the weight `W` (p x d x k_h x k_w).
         weight: String,
         /// Full variable name of the bias `b` (p), if any.
         bias: Option<String>,
@@ -54,6 +69,7 @@ impl Record {
     pub fn output(&self) -> &Tensor {
         match self {
             Record::Linear { output, .. }
+            | Record::Conv2d { output, .. }
             | Record::Embedding { output, .. }
             | Record::Norm { output, .. } => output,
         }
@@ -62,9 +78,9 @@ impl Record {
     /// Names of the parameters this call used.
     pub fn parameters(&self) -> impl Iterator<Item = &str> {
         let (first, second) = match self {
-            Record::Linear { weight, bias, .. } | Record::Norm { weight, bias, .. } => {
-                (weight, bias.as_deref())
-            }
+            Record::Linear { weight, bias, .. }
+            | Record::Conv2d { weight, bias, .. }
+            | Record::Norm { weight, bias, .. } => (weight, bias.as_deref()),
             Record::Embedding { table, .. } => (table, None),
         };
         std::iter::once(first.as_str()).chain(second)

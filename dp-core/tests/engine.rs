@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 
 use dp_accounting::DpEvent;
-use dp_core::layers::{DpEmbedding, DpLinear, DpNorm};
-use dp_core::reference::batch_size_one_reference;
+use dp_core::layers::{Conv2dGeometry, DpConv2d, DpEmbedding, DpLinear, DpNorm};
+use dp_core::reference::{batch_size_one_reference, batch_size_one_reference_with_style};
 use dp_core::{
-    ClippingEngine, CoreError, GaussianNoise, NoiseMode, PoissonSampler, PrivacyRng, Tape,
+    ClippingEngine, ClippingStyle, CoreError, GaussianNoise, NoiseMode, PoissonSampler, PrivacyRng,
+    Tape,
 };
 use tch::{nn, Device, Kind, Tensor};
 
@@ -944,4 +945,165 @@ fn bf16_activations_are_clipped_with_f32_norms_and_sums() {
         .max()
         .double_value(&[]);
     assert!(gap > 1e-5, "bf16 and f32 sums agree to {gap}");
+}
+
+/// Three convolutions (padding, stride, dilation; explicit and ghost norms) and a linear head
+/// on (B, 3, 7, 7) images, in f64.
+struct SmallCnn {
+    convs: Vec<DpConv2d>,
+    head: DpLinear,
+}
+
+impl SmallCnn {
+    fn new(vs: &nn::VarStore, bias: bool) -> Self {
+        let root = vs.root();
+        let geometry = |k, stride, padding, dilation| Conv2dGeometry {
+            kernel: [k, k],
+            stride: [stride, stride],
+            padding: [padding, padding],
+            dilation: [dilation, dilation],
+        };
+        Self {
+            convs: vec![
+                // 7x7 -> 7x7 (T_out = 49: explicit per-example gradients).
+                DpConv2d::new(&(&root / "c1"), 3, 4, geometry(3, 1, 1, 1), bias),
+                // 7x7 -> 5x5 with dilation 2 and padding 1 (T_out = 25: explicit).
+                DpConv2d::new(&(&root / "c2"), 4, 8, geometry(3, 1, 1, 2), bias),
+                // 5x5 -> 2x2 with stride 2 (T_out = 4, p d = 6 * 32: ghost norms).
+                DpConv2d::new(&(&root / "c3"), 8, 6, geometry(2, 2, 0, 1), bias),
+            ],
+            head: DpLinear::new(&(&root / "head"), 6 * 4, 3, bias),
+        }
+    }
+
+    fn losses(&self, x: &Tensor, tape: &mut Tape) -> Tensor {
+        let h = self
+            .convs
+            .iter()
+            .fold(x.shallow_clone(), |h, c| c.forward(&h, tape).tanh());
+        let y = self.head.forward(&h.flatten(1, -1), tape);
+        y.sin().sum_dim_intlist(1, false, Kind::Double)
+    }
+}
+
+fn check_cnn(style: ClippingStyle, bias: bool, clip: f64) {
+    tch::manual_seed(21);
+    let vs = vs_f64();
+    let model = SmallCnn::new(&vs, bias);
+    let x = Tensor::randn([5, 3, 7, 7], (Kind::Double, Device::Cpu));
+    let engine = ClippingEngine::new(&vs, clip)
+        .unwrap()
+        .with_style(style)
+        .unwrap();
+    let mut tape = Tape::recording();
+    let losses = model.losses(&x, &mut tape);
+    let batch = engine.clip(tape.take(), &losses).unwrap();
+    let loss_of = |i: i64| {
+        model
+            .losses(&x.narrow(0, i, 1), &mut Tape::off())
+            .sum(Kind::Double)
+    };
+    let (norms, sums) = batch_size_one_reference_with_style(&vs, 5, loss_of, clip, style);
+    let what = format!("{style:?}, bias {bias}, clip {clip}");
+    assert_close(
+        &batch.norms,
+        &Tensor::from_slice(&norms),
+        1e-10,
+        1e-8,
+        &what,
+    );
+    assert_eq!(batch.sums.len(), sums.len(), "{what}");
+    for (name, want) in &sums {
+        assert_close(
+            &batch.sums[name],
+            want,
+            1e-10,
+            1e-8,
+            &format!("{name}, {what}"),
+        );
+    }
+    if clip < 1e3 {
+        assert!(norms.iter().any(|&n| n > clip), "{what}: none clipped");
+    }
+}
+
+#[test]
+fn convolutions_match_batch_size_one_reference_in_f64() {
+    check_cnn(ClippingStyle::Flat, true, 0.5);
+    check_cnn(ClippingStyle::Flat, false, 0.5);
+    check_cnn(ClippingStyle::Flat, true, 1e6);
+}
+
+#[test]
+fn per_layer_and_automatic_clipping_match_their_references() {
+    for style in [
+        ClippingStyle::PerLayer,
+        ClippingStyle::Automatic { stability: 0.01 },
+    ] {
+        check_cnn(style, true, 0.5);
+        check_cnn(style, false, 2.0);
+    }
+    // The styles really differ: on the same batch their sums are not the same.
+    tch::manual_seed(21);
+    let vs = vs_f64();
+    let model = SmallCnn::new(&vs, true);
+    let x = Tensor::randn([5, 3, 7, 7], (Kind::Double, Device::Cpu));
+    let sums = |style| {
+        let engine = ClippingEngine::new(&vs, 0.5)
+            .unwrap()
+            .with_style(style)
+            .unwrap();
+        let mut tape = Tape::recording();
+        let losses = model.losses(&x, &mut tape);
+        engine.clip(tape.take(), &losses).unwrap().sums["c1.weight"].copy()
+    };
+    let flat = sums(ClippingStyle::Flat);
+    for style in [
+        ClippingStyle::PerLayer,
+        ClippingStyle::Automatic { stability: 0.01 },
+    ] {
+        let gap = (&flat - sums(style)).abs().max().double_value(&[]);
+        assert!(gap > 1e-6, "{style:?} equals flat clipping ({gap})");
+    }
+    assert!(matches!(
+        ClippingEngine::new(&vs, 1.0)
+            .unwrap()
+            .with_style(ClippingStyle::Automatic { stability: 0.0 }),
+        Err(CoreError::Stability(_))
+    ));
+}
+
+/// Whatever the style, no example's clipped gradient is longer than C: each example alone,
+/// batch of one, through the engine.
+#[test]
+fn every_style_bounds_each_example_by_the_clip_norm() {
+    tch::manual_seed(22);
+    let vs = vs_f64();
+    let model = SmallCnn::new(&vs, true);
+    let x = Tensor::randn([6, 3, 7, 7], (Kind::Double, Device::Cpu)) * 3.0;
+    let clip = 0.3;
+    for style in [
+        ClippingStyle::Flat,
+        ClippingStyle::PerLayer,
+        ClippingStyle::Automatic { stability: 0.01 },
+    ] {
+        let engine = ClippingEngine::new(&vs, clip)
+            .unwrap()
+            .with_style(style)
+            .unwrap();
+        for i in 0..6 {
+            let mut tape = Tape::recording();
+            let losses = model.losses(&x.narrow(0, i, 1), &mut tape);
+            let sums = engine.clip(tape.take(), &losses).unwrap().sums;
+            let norm = sums
+                .values()
+                .map(|s| s.square().sum(Kind::Double).double_value(&[]))
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                norm <= clip * (1.0 + 1e-12),
+                "{style:?}: example {i}: {norm}"
+            );
+        }
+    }
 }

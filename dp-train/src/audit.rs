@@ -21,7 +21,7 @@ use dp_accounting::audit::{
     estimate_epsilon, one_run_epsilon_lower_bound, AuditCounts, AuditEstimate,
 };
 use dp_accounting::{calibrate_noise_multiplier, AccountantKind};
-use dp_core::{NoiseMode, PrivacyRng, Tape};
+use dp_core::{ClippingStyle, NoiseMode, PrivacyRng, Tape};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use tch::{nn, Device, Kind, Reduction, Tensor};
@@ -217,6 +217,7 @@ fn run_config(config: &AuditConfig, plan: &Plan) -> DpSgdConfig {
         delta: config.delta,
         epsilon_budget: config.epsilon,
         mechanism: Mechanism::PoissonGaussian,
+        clipping: ClippingStyle::Flat,
     };
     match config.sabotage {
         Sabotage::None => {}

@@ -24,7 +24,8 @@ use std::collections::BTreeMap;
 use dp_accounting::mf::NoiseRecurrence;
 use dp_accounting::DpEvent;
 use dp_core::{
-    ClippingEngine, CorrelatedNoise, GaussianNoise, NoiseMode, PoissonSampler, PrivacyRng, Tape,
+    ClippingEngine, ClippingStyle, CorrelatedNoise, GaussianNoise, NoiseMode, PoissonSampler,
+    PrivacyRng, Tape,
 };
 use tch::{nn, Kind, Reduction, Tensor};
 
@@ -61,6 +62,9 @@ pub struct DpSgdConfig {
     pub epsilon_budget: f64,
     /// How batches are formed and noised.
     pub mechanism: Mechanism,
+    /// How each example's gradient is bounded by `clip_norm` (every style keeps the
+    /// sensitivity at `clip_norm`).
+    pub clipping: ClippingStyle,
 }
 
 /// How batches are formed and noised: what the ledger accounts.
@@ -183,7 +187,7 @@ pub fn train_with_hooks(
 ) -> Result<TrainSummary, TrainError> {
     let n = data.labels.size()[0];
     validate(config, n)?;
-    let engine = ClippingEngine::new(vs, config.clip_norm)?;
+    let engine = ClippingEngine::new(vs, config.clip_norm)?.with_style(config.clipping)?;
     let (batching, mut noise, ledger) = match &config.mechanism {
         Mechanism::PoissonGaussian => {
             let sampler = PoissonSampler::new(n as usize, config.expected_batch_size / n as f64)?;

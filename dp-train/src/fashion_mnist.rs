@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use dp_accounting::{calibrate_noise_multiplier, AccountantKind};
-use dp_core::{NoiseMode, PrivacyRng};
+use dp_core::{ClippingStyle, NoiseMode, PrivacyRng};
 use serde::Serialize;
 use tch::{nn, Device, Tensor};
 
@@ -230,6 +230,7 @@ pub fn run(
         delta: config.delta,
         epsilon_budget: budget,
         mechanism: Mechanism::PoissonGaussian,
+        clipping: ClippingStyle::Flat,
     };
     let mut rng = match config.seed {
         Some(seed) => {

@@ -9,7 +9,7 @@ use dp_accounting::mf::{
     Workload,
 };
 use dp_accounting::{calibrate_noise_multiplier, AccountantKind, DpEvent};
-use dp_core::NoiseMode;
+use dp_core::{ClippingStyle, NoiseMode};
 use serde::{Deserialize, Serialize};
 
 use crate::dpsgd::Mechanism;
@@ -170,6 +170,12 @@ pub struct TrainingSection {
     /// Learning-rate schedule.
     #[serde(default)]
     pub schedule: Schedule,
+    /// How each example's gradient is bounded by C: `{ kind = "flat" }` (default),
+    /// `{ kind = "per_layer" }` (each of K layers to C / sqrt(K)) or
+    /// `{ kind = "automatic", stability = 0.01 }` (C / (norm + stability)). Every style keeps
+    /// each example's contribution within C, so the accounting does not change.
+    #[serde(default)]
+    pub clipping: ClippingStyle,
 }
 
 /// `[performance]`: cannot change the mechanism.
@@ -284,6 +290,13 @@ impl TrainConfig {
                 return Err(config_error(format!(
                     "data.dataset: unknown dataset '{other}' ({DATASETS})"
                 )))
+            }
+        }
+        if let ClippingStyle::Automatic { stability } = self.training.clipping {
+            if !(stability.is_finite() && stability > 0.0) {
+                return Err(config_error(
+                    "training.clipping: automatic clipping needs a stability > 0 (0.01 in Bu et al.)",
+                ));
             }
         }
         if self.model.kind == "mlp" && self.model.precision != Precision::F32 {

@@ -15,7 +15,7 @@ use dp_accounting::{
     calibrate_noise_multiplier, tnb_gamma, Accountant, AccountantKind, DpEvent, RdpAccountant,
     RunCount,
 };
-use dp_core::{NoiseMode, PrivacyRng};
+use dp_core::{ClippingStyle, NoiseMode, PrivacyRng};
 use serde::{Deserialize, Serialize};
 
 use crate::dpsgd::{Batches, DpSgdConfig, Mechanism};
@@ -318,6 +318,7 @@ pub fn tune(
             delta: p.delta,
             epsilon_budget: budget,
             mechanism: Mechanism::PoissonGaussian,
+            clipping: ClippingStyle::Flat,
         };
         let trained = train_mlp(train_data, &evaluate, hidden, &dp, rng, None, |_| {})?;
         Ok(Trial {

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use dp_core::layers::DpLinear;
-use dp_core::{NoiseMode, PrivacyRng, Tape};
+use dp_core::{ClippingStyle, NoiseMode, PrivacyRng, Tape};
 use dp_train::data::assets_dir;
 use dp_train::fashion_mnist::{self, FashionMnist, RunConfig};
 use dp_train::{train, Batches, DpSgdConfig, Mechanism, PrivacyLedger, TrainError};
@@ -103,6 +103,7 @@ fn empty_batches_still_add_noise_and_count_as_steps() {
         delta: 1e-5,
         epsilon_budget: 100.0,
         mechanism: Mechanism::PoissonGaussian,
+        clipping: ClippingStyle::Flat,
     };
     let mut sizes = Vec::new();
     let summary = train(
@@ -895,6 +896,11 @@ mod plans {
                 ("privacy.noise=\"laplace\"", "privacy.noise"),
                 ("model.precision=\"bf16\"", "model.precision"),
                 ("model.precision=\"f16\"", "precision"),
+                ("training.clipping={ kind = \"auto\" }", "training.clipping"),
+                (
+                    "training.clipping={ kind = \"automatic\", stability = 0 }",
+                    "training.clipping",
+                ),
             ],
         );
     }
@@ -1029,6 +1035,7 @@ mod correlated_noise {
                 recurrence: strategy.recurrence().clone(),
                 sensitivity: strategy.sensitivity(&participation).value(),
             },
+            clipping: ClippingStyle::Flat,
         };
         tch::manual_seed(3);
         let inputs = Tensor::randn([n, 5], (Kind::Float, Device::Cpu));

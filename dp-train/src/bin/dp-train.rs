@@ -801,6 +801,7 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
         delta: config.privacy.delta,
         epsilon_budget: plan.epsilon_budget,
         mechanism: plan.mechanism.clone(),
+        clipping: config.training.clipping,
     };
     let (trainable, total) = job.parameter_counts();
     if !args.json {

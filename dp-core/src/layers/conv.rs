@@ -1,0 +1,112 @@
+//! A 2-D convolution `z = W * a + b` that records `(a, z)` for per-example clipping.
+//!
+//! Per-example gradients follow from unfolding (im2col): with `U(a_i)` of shape
+//! `(T_out, d k_h k_w)` (one row per output position) and `g_i` of shape `(T_out, p)`, the
+//! convolution is the linear map `U(a_i) W^T`, so `G_i = g_i^T U(a_i)` and the linear layer's
+//! ghost/explicit norms and book-keeping sums apply with the `T_out` output positions as the
+//! sequence (Bu, Mao and Xu 2022, "Scalable and efficient training of large convolutional
+//! neural networks with differential privacy").
+
+use tch::nn::{self, Init};
+use tch::Tensor;
+
+use crate::tape::{Record, Tape};
+
+/// Convolution geometry: kernel, stride, padding and dilation, each (height, width).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    /// Kernel size.
+    pub kernel: [i64; 2],
+    /// Stride.
+    pub stride: [i64; 2],
+    /// Zero padding on each side.
+    pub padding: [i64; 2],
+    /// Dilation.
+    pub dilation: [i64; 2],
+}
+
+impl Conv2dGeometry {
+    /// A square `k x k` kernel with stride 1, no padding and no dilation.
+    pub fn square(k: i64) -> Self {
+        Self {
+            kernel: [k, k],
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+        }
+    }
+}
+
+/// 2-D convolution on inputs (B, d, H, W), one group, initialised like `tch::nn::conv2d`.
+#[derive(Debug)]
+pub struct DpConv2d {
+    /// Weight, shape (out, in, k_h, k_w).
+    pub weight: Tensor,
+    /// Bias, shape (out), if any.
+    pub bias: Option<Tensor>,
+    geometry: Conv2dGeometry,
+    weight_name: String,
+    bias_name: Option<String>,
+}
+
+impl DpConv2d {
+    /// Creates the layer's variables `weight` (and `bias`) under `path`.
+    pub fn new(
+        path: &nn::Path,
+        in_channels: i64,
+        out_channels: i64,
+        geometry: Conv2dGeometry,
+        bias: bool,
+    ) -> Self {
+        let [kh, kw] = geometry.kernel;
+        let weight = path.var(
+            "weight",
+            &[out_channels, in_channels, kh, kw],
+            nn::init::DEFAULT_KAIMING_UNIFORM,
+        );
+        let bound = 1.0 / ((in_channels * kh * kw) as f64).sqrt();
+        let bias = bias.then(|| {
+            path.var(
+                "bias",
+                &[out_channels],
+                Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            )
+        });
+        let bias_name = bias.as_ref().map(|_| path.path("bias"));
+        Self {
+            weight,
+            bias,
+            geometry,
+            weight_name: path.path("weight"),
+            bias_name,
+        }
+    }
+
+    /// Applies the convolution (in the input's precision), recording `(input, output)` if the
+    /// tape is on.
+    pub fn forward(&self, input: &Tensor, tape: &mut Tape) -> Tensor {
+        let kind = input.kind();
+        let g = self.geometry;
+        let output = input.conv2d(
+            &self.weight.to_kind(kind),
+            self.bias.as_ref().map(|b| b.to_kind(kind)).as_ref(),
+            g.stride,
+            g.padding,
+            g.dilation,
+            1,
+        );
+        if tape.wants(&output) {
+            tape.push(Record::Conv2d {
+                input: input.shallow_clone(),
+                output: output.shallow_clone(),
+                geometry: g,
+                weight: self.weight_name.clone(),
+                bias: self.bias_name.clone(),
+            });
+        }
+        output
+    }
+}
