@@ -36,6 +36,11 @@ fn noise(c: &mut Criterion) {
         });
     }
     group.finish();
+    // Built once per run: the secure sampler's certified tables.
+    c.bench_function("secure_mechanism_build", |b| {
+        let mut rng = PrivacyRng::from_seed(0);
+        b.iter(|| GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &template, &mut rng).unwrap())
+    });
 }
 
 /// Three 384 -> 384 linear layers with tanh, batch 32, sequence 64 (MiniLM's width).
