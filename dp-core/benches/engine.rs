@@ -35,6 +35,10 @@ fn noise(c: &mut Criterion) {
             )
         });
     }
+    group.bench_function("chacha20_ziggurat_normals", |b| {
+        let mut rng = PrivacyRng::from_seed(0);
+        b.iter(|| rng.standard_normals(COORDINATES as usize))
+    });
     group.finish();
     // Built once per run: the secure sampler's certified tables.
     c.bench_function("secure_mechanism_build", |b| {

@@ -89,15 +89,20 @@ impl Bench {
         &self,
         mode: StepMode,
         engine: &ClippingEngine,
-        noise: &mut GaussianNoise,
+        noise: &mut Option<GaussianNoise>,
         rng: &mut PrivacyRng,
     ) -> Result<(), TrainError> {
         let lr = 1e-4 / self.labels.size()[0] as f64;
         let variables = self.vs.trainable_variables();
         match mode {
             StepMode::Dp => {
-                noise.start(rng);
-                self.dp_step(engine, |sums| noise.add(sums, rng).map(|_| ()))?;
+                if let Some(noise) = noise.as_mut() {
+                    noise.start(rng);
+                }
+                self.dp_step(engine, |sums| match noise.as_mut() {
+                    Some(noise) => noise.add(sums, rng).map(|_| ()),
+                    None => Ok(()),
+                })?;
             }
             StepMode::NonPrivate => {
                 self.losses(&mut Tape::off()).sum(Kind::Float).backward();
@@ -140,14 +145,17 @@ impl Bench {
         }
     }
 
-    /// The clipping engine and a noise mechanism (sigma = C = 1) for this model.
+    /// The clipping engine and a noise mechanism (sigma = C = 1) for this model; no noise
+    /// for `None` (a DP step that only clips, to time the engine alone).
     fn machinery(
         &self,
-        noise: NoiseMode,
+        noise: Option<NoiseMode>,
         rng: &mut PrivacyRng,
-    ) -> Result<(ClippingEngine, GaussianNoise), TrainError> {
+    ) -> Result<(ClippingEngine, Option<GaussianNoise>), TrainError> {
         let engine = ClippingEngine::new(&self.vs, 1.0)?;
-        let noise = GaussianNoise::new(noise, 1.0, 1.0, &engine.zero_sums(), rng)?;
+        let noise = noise
+            .map(|mode| GaussianNoise::new(mode, 1.0, 1.0, &engine.zero_sums(), rng))
+            .transpose()?;
         Ok((engine, noise))
     }
 }
@@ -157,7 +165,7 @@ impl Bench {
 pub fn time_mode(
     config: &BenchConfig,
     mode: StepMode,
-    noise: NoiseMode,
+    noise: Option<NoiseMode>,
 ) -> Result<f64, TrainError> {
     let bench = Bench::new(config);
     let mut rng = PrivacyRng::from_seed(0);
@@ -172,12 +180,16 @@ pub fn time_mode(
     Ok(median(times))
 }
 
-/// Median seconds per DP step in each of `noises` and per non-private step, all interleaved
-/// step by step so that drifts in the machine's speed affect them alike.
+/// A DP step's noise (`None`: clipping only) and its median seconds.
+pub type DpStepTime = (Option<NoiseMode>, f64);
+
+/// Median seconds per DP step in each of `noises` (`None`: clipping without noise) and per
+/// non-private step, all interleaved step by step so that drifts in the machine's speed affect
+/// them alike.
 pub fn time_all(
     config: &BenchConfig,
-    noises: &[NoiseMode],
-) -> Result<(Vec<(NoiseMode, f64)>, f64), TrainError> {
+    noises: &[Option<NoiseMode>],
+) -> Result<(Vec<DpStepTime>, f64), TrainError> {
     let mut rng = PrivacyRng::from_seed(0);
     let mut runs = noises
         .iter()
@@ -188,7 +200,7 @@ pub fn time_all(
         })
         .collect::<Result<Vec<_>, TrainError>>()?;
     let plain = Bench::new(config);
-    let (plain_engine, mut plain_noise) = plain.machinery(NoiseMode::Fast, &mut rng)?;
+    let (plain_engine, mut plain_noise) = plain.machinery(None, &mut rng)?;
     let mut plain_times = Vec::new();
     for round in 0..=config.steps.max(1) {
         for (_, bench, engine, mechanism, times) in &mut runs {

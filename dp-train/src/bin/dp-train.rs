@@ -99,7 +99,8 @@ struct BenchArgs {
     /// correlated BLT noise of this many buffers (matrix factorization), side by side.
     #[arg(long, value_name = "BUFFERS")]
     correlated: Option<usize>,
-    /// Noise of the DP steps: secure, fast, or both (timed side by side, interleaved).
+    /// Noise of the DP steps: secure, fast, or both (timed side by side, interleaved). A DP
+    /// step that only clips (no noise) is always timed too, to show the engine's own cost.
     #[arg(long, default_value = "both", value_parser = ["secure", "fast", "both"])]
     noise: String,
     /// Internal: run one mode only and report its peak memory.
@@ -628,9 +629,9 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
         }
         return Ok(());
     }
-    let noises: Vec<NoiseMode> = match args.noise.as_str() {
-        "both" => vec![NoiseMode::Secure, NoiseMode::Fast],
-        one => vec![one.parse().map_err(TrainError::Config)?],
+    let mut noises: Vec<Option<NoiseMode>> = match args.noise.as_str() {
+        "both" => vec![Some(NoiseMode::Secure), Some(NoiseMode::Fast)],
+        one => vec![Some(one.parse().map_err(TrainError::Config)?)],
     };
     if let Some(only) = &args.only {
         let mode = if only == "dp" {
@@ -645,6 +646,7 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
         );
         return Ok(());
     }
+    noises.push(None);
     let numel = bench::trainable_coordinates(&config);
     let (secure_rate, torch_rate) = bench::noise_throughput(numel, 3)?;
     let (dp, nonprivate) = bench::time_all(&config, &noises)?;
@@ -666,7 +668,7 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
                 "--precision",
                 &args.precision,
                 "--noise",
-                noises[0].name(),
+                noises[0].map_or("fast", NoiseMode::name),
                 "--only",
                 mode,
             ])
@@ -679,16 +681,17 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
     let memory_ratio = dp_peak
         .zip(nonprivate_peak)
         .map(|(d, n)| d as f64 / n as f64);
-    let step_s: serde_json::Map<String, serde_json::Value> = dp
-        .iter()
-        .map(|(m, s)| (m.name().to_string(), (*s).into()))
-        .collect();
+    let name = |m: &Option<NoiseMode>| m.map_or("clip_only", NoiseMode::name).to_string();
+    let step_s: serde_json::Map<String, serde_json::Value> =
+        dp.iter().map(|(m, s)| (name(m), (*s).into())).collect();
     let ratio: serde_json::Map<String, serde_json::Value> = dp
         .iter()
-        .map(|(m, s)| (m.name().to_string(), (nonprivate / s).into()))
+        .map(|(m, s)| (name(m), (nonprivate / s).into()))
         .collect();
     let secure_over_fast = match dp.as_slice() {
-        [(NoiseMode::Secure, secure), (NoiseMode::Fast, fast)] => Some(secure / fast),
+        [(Some(NoiseMode::Secure), secure), (Some(NoiseMode::Fast), fast), ..] => {
+            Some(secure / fast)
+        }
         _ => None,
     };
     let out = serde_json::json!({
@@ -704,7 +707,11 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
         println!("{out}");
     } else {
         for (mode, seconds) in &dp {
-            println!("{} encoder, batch {}, seq {}, {:?}, {} activations: DP step ({mode} noise) {:.3} s, non-private step {:.3} s, throughput ratio {:.3}", args.shape, args.batch, args.seq, device, args.precision, seconds, nonprivate, nonprivate / seconds);
+            let what = match mode {
+                Some(mode) => format!("DP step ({mode} noise)"),
+                None => "DP step without noise (clipping only)".to_string(),
+            };
+            println!("{} encoder, batch {}, seq {}, {:?}, {} activations: {what} {:.3} s, non-private step {:.3} s, throughput ratio {:.3}", args.shape, args.batch, args.seq, device, args.precision, seconds, nonprivate, nonprivate / seconds);
         }
         if let Some(r) = secure_over_fast {
             println!("secure / fast DP step time: {r:.3}");
