@@ -149,11 +149,12 @@ impl ClippingEngine {
 
         // Per record: its squared per-example norm, if it has trained parameters.
         let mut layer_norm2 = Vec::with_capacity(records.len());
+        let mut grams = GramCache::new();
         let mut norm2 = Tensor::zeros([batch], (acc_kind, losses.device()));
         for (record, g) in records.iter().zip(&grads) {
             let trained = record.parameters().any(|p| self.is_trainable(p));
             let n2 = if g.defined() && trained {
-                let n2 = self.squared_norms(record, g, acc_kind)?;
+                let n2 = self.squared_norms(record, g, acc_kind, &mut grams)?;
                 norm2 += &n2;
                 Some(n2)
             } else {
@@ -233,7 +234,13 @@ impl ClippingEngine {
     }
 
     /// Per-example squared gradient norms of one record's trainable parameters, shape (B).
-    fn squared_norms(&self, record: &Record, g: &Tensor, kind: Kind) -> Result<Tensor, CoreError> {
+    fn squared_norms(
+        &self,
+        record: &Record,
+        g: &Tensor,
+        kind: Kind,
+        grams: &mut GramCache,
+    ) -> Result<Tensor, CoreError> {
         let g = match record {
             Record::Conv2d { .. } => g.to_kind(kind),
             _ => per_example_rows(g, kind),
@@ -244,21 +251,28 @@ impl ClippingEngine {
                 .square()
                 .sum_dim_intlist(1, false, kind)
         };
-        let mut linear = |a: &Tensor, g: &Tensor, weight: &str, bias: Option<&str>| {
-            if self.is_trainable(weight) {
-                n2 += linear_weight_norms(a, g, kind);
-            }
-            if bias.is_some_and(|b| self.is_trainable(b)) {
-                n2 += per_position_sum_norms(g);
-            }
-        };
+        let mut linear =
+            |input: Option<&Tensor>, a: &Tensor, g: &Tensor, weight: &str, bias: Option<&str>| {
+                if self.is_trainable(weight) {
+                    n2 += linear_weight_norms(input, a, g, kind, grams);
+                }
+                if bias.is_some_and(|b| self.is_trainable(b)) {
+                    n2 += per_position_sum_norms(g);
+                }
+            };
         match record {
             Record::Linear {
                 input,
                 weight,
                 bias,
                 ..
-            } => linear(&per_example_rows(input, kind), &g, weight, bias.as_deref()),
+            } => linear(
+                Some(input),
+                &per_example_rows(input, kind),
+                &g,
+                weight,
+                bias.as_deref(),
+            ),
             Record::Conv2d {
                 input,
                 geometry,
@@ -267,7 +281,8 @@ impl ClippingEngine {
                 ..
             } => {
                 let (a, g) = conv_rows(input, geometry, &g, kind)?;
-                linear(&a, &g, weight, bias.as_deref());
+                // No shared Gram: two convolutions of one input may unfold it differently.
+                linear(None, &a, &g, weight, bias.as_deref());
             }
             Record::Embedding {
                 ids,
@@ -430,6 +445,10 @@ impl ClippingEngine {
     }
 }
 
+/// Gram matrices `a a^T` of layer inputs for one `clip` call, keyed by the input's address,
+/// shape, strides and kind and the accumulation kind.
+type GramCache = HashMap<(usize, Vec<i64>, Vec<i64>, Kind, Kind), Tensor>;
+
 /// A convolution as a linear map over its output positions: the unfolded input (im2col,
 /// (B, T_out, d k_h k_w)) and the output gradient (B, p, H_out, W_out) as (B, T_out, p).
 fn conv_rows(
@@ -451,10 +470,34 @@ fn conv_rows(
 
 /// Linear weight norms: ghost norm (Li et al. 2022) `sum_{t,t'} (a_t . a_t')(g_t . g_t')` when
 /// `2 T^2 < p d`, else the explicit per-example gradient `g_i^T a_i`.
-fn linear_weight_norms(a: &Tensor, g: &Tensor, kind: Kind) -> Tensor {
+///
+/// `a` is the rows of the linear layer's `input`; layers reading the same input (the query, key
+/// and value projections; a LoRA adapter's down projection) share `a a^T` through `grams`.
+fn linear_weight_norms(
+    input: Option<&Tensor>,
+    a: &Tensor,
+    g: &Tensor,
+    kind: Kind,
+    grams: &mut GramCache,
+) -> Tensor {
     let (t, d, p) = (a.size()[1], a.size()[2], g.size()[2]);
     if 2 * t * t < p * d {
-        let gram_a = a.bmm(&a.transpose(1, 2));
+        // Every recorded input is alive during one `clip` call, so its address, shape, strides
+        // and kind identify its values.
+        let gram = || a.bmm(&a.transpose(1, 2));
+        let gram_a = match input {
+            Some(input) => {
+                let key = (
+                    input.data_ptr() as usize,
+                    input.size(),
+                    input.stride(),
+                    input.kind(),
+                    kind,
+                );
+                grams.entry(key).or_insert_with(gram).shallow_clone()
+            }
+            None => gram(),
+        };
         let gram_g = g.bmm(&g.transpose(1, 2));
         (gram_a * gram_g).sum_dim_intlist([1, 2].as_slice(), false, kind)
     } else {

@@ -1107,3 +1107,42 @@ fn every_style_bounds_each_example_by_the_clip_norm() {
         }
     }
 }
+
+/// Layers reading the same input share its Gram matrix in the ghost norm; a layer reading
+/// another tensor of the same shape must not. Exact against the batch-size-1 reference in f64.
+#[test]
+fn layers_sharing_an_input_share_its_gram_matrix_exactly() {
+    tch::manual_seed(23);
+    let vs = vs_f64();
+    let root = vs.root();
+    // T = 3, d = p = 16: 2 T^2 < p d, so every layer takes the ghost norm.
+    let layers: Vec<DpLinear> = ["q", "k", "v", "w"]
+        .iter()
+        .map(|n| DpLinear::new(&(&root / *n), 16, 16, true))
+        .collect();
+    let losses = |x: &Tensor, tape: &mut Tape| {
+        let q = layers[0].forward(x, tape);
+        let k = layers[1].forward(x, tape);
+        let v = layers[2].forward(&x.shallow_clone(), tape);
+        let w = layers[3].forward(&(x * 2.0 + 0.5), tape);
+        (q * k + v.sin() + w.tanh()).sum_dim_intlist([1, 2].as_slice(), false, Kind::Double)
+    };
+    let x = Tensor::randn([4, 3, 16], (Kind::Double, Device::Cpu));
+    let engine = ClippingEngine::new(&vs, 1.0).unwrap();
+    let mut tape = Tape::recording();
+    let l = losses(&x, &mut tape);
+    let batch = engine.clip(tape.take(), &l).unwrap();
+    let loss_of = |i: i64| losses(&x.narrow(0, i, 1), &mut Tape::off()).sum(Kind::Double);
+    let (norms, sums) = batch_size_one_reference(&vs, 4, loss_of, 1.0);
+    assert!(norms.iter().any(|&n| n > 1.0));
+    assert_close(
+        &batch.norms,
+        &Tensor::from_slice(&norms),
+        1e-10,
+        1e-8,
+        "norms",
+    );
+    for (name, want) in &sums {
+        assert_close(&batch.sums[name], want, 1e-10, 1e-8, name);
+    }
+}
