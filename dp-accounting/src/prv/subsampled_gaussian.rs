@@ -9,8 +9,17 @@
 //!
 //! Both the CDF and the survival function are formed from `erfc` (not one from the other), so
 //! small masses in either tail keep their relative precision.
+//!
+//! The log-density's slope: with `w(x) = (2x - 1)/(2 sigma^2)`, `Y = g(x) = log(1 - q + q e^w)`,
+//! `g'(x) = s / sigma^2` for `s = q e^w / (1 - q + q e^w) = 1 - (1 - q) e^(-t)` (at `t = g(x)`;
+//! increasing in t), and `s` is also the posterior weight of the mean-1 component, so
+//! `(log pdf_X)'(x) = -(x - s)/sigma^2` and `(log g')'(x) = (1 - s)/sigma^2`. Hence
+//!
+//! `d/dt log pdf_Y(t) = ((log pdf_X)' - (log g')')(x) / g'(x) = -(x + 1 - 2 s) / s`, `x = z(t)`.
 
-use std::f64::consts::{PI, SQRT_2};
+#[cfg(test)]
+use std::f64::consts::PI;
+use std::f64::consts::SQRT_2;
 
 use crate::special::erfc;
 
@@ -26,6 +35,23 @@ impl SubsampledGaussianPrv {
     fn threshold(&self, t: f64) -> Option<f64> {
         let inner = t.exp_m1() + self.q; // e^t - 1 + q, accurate near the support's start
         (inner > 0.0).then(|| self.sigma * self.sigma * (inner.ln() - self.q.ln()) + 0.5)
+    }
+
+    /// At `t`: `P[Y <= t]` if `t < 0`, else `P[Y > t]`, with `z(t)` and `s(t)` (see the module
+    /// docs). Below the support: `(0, -inf, 0)`.
+    pub fn tail_and_slope_terms(&self, t: f64) -> (f64, f64, f64) {
+        let e_m1 = t.exp_m1();
+        let inner = e_m1 + self.q;
+        if inner <= 0.0 {
+            return (0.0, f64::NEG_INFINITY, 0.0);
+        }
+        let z = self.sigma * self.sigma * (inner.ln() - self.q.ln()) + 0.5;
+        let tail = if t < 0.0 {
+            self.mixture_tail(-z, 1.0 - z)
+        } else {
+            self.mixture_tail(z, z - 1.0)
+        };
+        (tail, z, inner / (1.0 + e_m1))
     }
 
     /// `P[Y <= t]`.
@@ -46,7 +72,8 @@ impl SubsampledGaussianPrv {
         0.5 * ((1.0 - self.q) * erfc(u0 / s) + self.q * erfc(u1 / s))
     }
 
-    /// The density of Y at `t` (0 below the support).
+    /// The density of Y at `t` (0 below the support); the tests check the other functions with it.
+    #[cfg(test)]
     pub fn pdf(&self, t: f64) -> f64 {
         let Some(z) = self.threshold(t) else {
             return 0.0;
@@ -92,5 +119,22 @@ mod tests {
         );
         let below = (0.99f64).ln() - 1e-9;
         assert_eq!((prv.cdf(below), prv.survival(below)), (0.0, 1.0));
+    }
+
+    #[test]
+    fn log_density_slope_matches_finite_differences() {
+        for (q, sigma) in [(0.01, 1.0), (0.3, 0.6), (1.0, 2.0)] {
+            let prv = SubsampledGaussianPrv { q, sigma };
+            for t in [-0.005, 0.01, 0.3, 2.0] {
+                let (_, z, s) = prv.tail_and_slope_terms(t);
+                let slope = -(z + 1.0 - 2.0 * s) / s;
+                let d = 1e-6;
+                let numeric = (prv.pdf(t + d).ln() - prv.pdf(t - d).ln()) / (2.0 * d);
+                assert!(
+                    (slope - numeric).abs() < 1e-5 * (1.0 + slope.abs()),
+                    "q {q} sigma {sigma} t {t}: {slope} vs {numeric}"
+                );
+            }
+        }
     }
 }
