@@ -616,9 +616,11 @@ struct ComposedPrv {
     /// First index with a non-negative value (or the last below it): only those matter for
     /// epsilon >= 0.
     start: usize,
-    /// `sum_{j >= i} p_j` and `sum_{j >= i} p_j e^(-t_j)`, for i >= start.
+    /// For i >= start: `M_i = sum_{j >= i} p_j` and `S_i = sum_{j >= i} p_j e^(t_i - t_j)`.
+    /// Scaled by `e^(t_i)`, `S_i <= M_i` cannot overflow, whatever the epsilon (an unscaled
+    /// `sum p_j e^(-t_j)` underflows past t = 745, and `e^t` overflows past 709).
     tail_mass: Vec<f64>,
-    tail_weighted: Vec<f64>,
+    tail_scaled: Vec<f64>,
 }
 
 impl ComposedPrv {
@@ -626,17 +628,18 @@ impl ComposedPrv {
         let n = pmf.p.len();
         let start = ((-pmf.start).max(0) as usize).min(n - 1);
         let len = n - start;
-        let (mut tail_mass, mut tail_weighted) = (vec![0.0; len + 1], vec![0.0; len + 1]);
+        let decay = (-pmf.mesh).exp();
+        let (mut tail_mass, mut tail_scaled) = (vec![0.0; len + 1], vec![0.0; len + 1]);
         for i in (0..len).rev() {
-            let j = start + i;
-            tail_mass[i] = tail_mass[i + 1] + pmf.p[j];
-            tail_weighted[i] = tail_weighted[i + 1] + pmf.p[j] * (-pmf.value(j)).exp();
+            let p = pmf.p[start + i];
+            tail_mass[i] = tail_mass[i + 1] + p;
+            tail_scaled[i] = p + decay * tail_scaled[i + 1];
         }
         Self {
             pmf,
             start,
             tail_mass,
-            tail_weighted,
+            tail_scaled,
         }
     }
 
@@ -644,37 +647,39 @@ impl ComposedPrv {
         self.pmf.value(self.start + i)
     }
 
-    /// Index (relative to `start`) of the first grid value >= `epsilon`.
-    fn first_at_or_above(&self, epsilon: f64) -> usize {
-        let i = ((epsilon - self.t(0)) / self.pmf.mesh).ceil().max(0.0) as usize;
-        i.min(self.tail_mass.len() - 1)
+    /// `delta` on `[t_{i-1}, t_i]`: `M_i - e^(epsilon - t_i) S_i`.
+    fn delta_below(&self, i: usize, epsilon: f64) -> f64 {
+        if self.tail_mass[i] == 0.0 {
+            return 0.0;
+        }
+        (self.tail_mass[i] - (epsilon - self.t(i)).exp() * self.tail_scaled[i]).max(0.0)
     }
 
     /// `delta(epsilon) = sum_{t_j >= epsilon} p_j (1 - e^(epsilon - t_j))`.
     fn delta(&self, epsilon: f64) -> f64 {
-        let i = self.first_at_or_above(epsilon.max(0.0));
-        (self.tail_mass[i] - epsilon.exp() * self.tail_weighted[i]).max(0.0)
+        let epsilon = epsilon.max(0.0);
+        let i = ((epsilon - self.t(0)) / self.pmf.mesh).ceil().max(0.0) as usize;
+        self.delta_below(i.min(self.tail_mass.len() - 1), epsilon)
     }
 
     /// The smallest epsilon >= 0 with `delta(epsilon) <= delta`.
     fn epsilon(&self, delta: f64) -> f64 {
-        let at = |i: usize| self.tail_mass[i] - self.t(i).exp() * self.tail_weighted[i];
         if self.delta(0.0) <= delta {
             return 0.0;
         }
-        // delta at grid points decreases with i: find the first i with at(i) <= delta.
+        // delta at grid points, M_i - S_i, decreases with i: find the first i at or below.
         let (mut lo, mut hi) = (0usize, self.tail_mass.len() - 1);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            if at(mid) <= delta {
+            if self.tail_mass[mid] - self.tail_scaled[mid] <= delta {
                 hi = mid;
             } else {
                 lo = mid + 1;
             }
         }
-        // On [t_{i-1}, t_i], delta(eps) = tail_mass[i] - e^eps tail_weighted[i].
+        // On [t_{i-1}, t_i], delta(eps) = M_i - e^(eps - t_i) S_i.
         let i = lo.max(1);
-        let eps = ((self.tail_mass[i] - delta) / self.tail_weighted[i]).ln();
+        let eps = self.t(i) + ((self.tail_mass[i] - delta) / self.tail_scaled[i]).ln();
         eps.clamp(self.t(i - 1).max(0.0), self.t(i))
     }
 }
@@ -863,6 +868,20 @@ mod tests {
         let (kinds, _) = acc.discretise(&plan, 1e-8).unwrap();
         assert!(kinds[0].pmf.mesh < plan.fine_mesh, "{plan:?}");
         let exact = gaussian_epsilon(100.0, 1e-5).unwrap();
+        let b = acc.epsilon_bounds(1e-5).unwrap();
+        assert!(b.lower <= exact && exact <= b.upper, "{b:?} vs {exact}");
+    }
+
+    /// Epsilon far above 709, where `e^epsilon` overflows and `e^(-t)` underflows: 20 Gaussian
+    /// steps of noise 0.1 are one Gaussian of noise 0.1 / sqrt(20) (epsilon about 1,100), and
+    /// the bracket must hold its exact epsilon (it was infinite before the tail sums were
+    /// scaled).
+    #[test]
+    fn large_epsilons_are_finite_and_bracket_the_exact_gaussian() {
+        let mut acc = PrvAccountant::new(0.01).unwrap();
+        acc.compose(&DpEvent::dp_sgd(1.0, 0.1, 20)).unwrap();
+        let exact = gaussian_epsilon(0.1 / 20f64.sqrt(), 1e-5).unwrap();
+        assert!(exact > 900.0, "{exact}");
         let b = acc.epsilon_bounds(1e-5).unwrap();
         assert!(b.lower <= exact && exact <= b.upper, "{b:?} vs {exact}");
     }
