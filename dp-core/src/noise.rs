@@ -23,11 +23,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use dp_accounting::DpEvent;
+use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::CoreError;
 use crate::rng::{NoiseMode, PrivacyRng};
-use crate::secure::{fill, release_in_place, Grid, Table, BLOCK, CLAMP};
+use crate::secure::{fill, release_block, Grid, Table, BLOCK, CLAMP};
 
 /// The Gaussian mechanism applied to every logical batch's clipped sums.
 #[derive(Debug)]
@@ -182,9 +183,7 @@ impl GaussianNoise {
                 }
                 None => {
                     let keys = block_keys(&self.layout, rng);
-                    for (sum, keys) in sums.values_mut().zip(&keys) {
-                        release(sum, &stream.table, &stream.grid, keys)?;
-                    }
+                    release(sums, &stream.table, &stream.grid, &keys)?;
                 }
             },
             None => {
@@ -231,36 +230,74 @@ fn numel(size: &[i64]) -> usize {
     size.iter().product::<i64>().max(0) as usize
 }
 
-/// Releases one sum with noise drawn now from `keys`: on the CPU, f32 and f64 sums are copied
-/// out once, released as their noise is drawn (never holding the whole noise) and copied back;
-/// elsewhere with libtorch operations (the same integers and the same arithmetic).
+/// A sum's values copied out of libtorch.
+enum HostValues {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// One block of a sum's host values.
+enum HostBlock<'a> {
+    F32(&'a mut [f32]),
+    F64(&'a mut [f64]),
+}
+
+/// Releases every sum with noise drawn now from its `keys` (one per block of [`BLOCK`]). On
+/// the CPU, f32 and f64 sums are copied out once, every block of every sum is released in one
+/// parallel pass as its noise is drawn (parameters of a few blocks leave no core idle, and the
+/// whole noise never exists), and the values are copied back; elsewhere with libtorch
+/// operations (the same integers and the same arithmetic).
 fn release(
-    sum: &mut Tensor,
+    sums: &mut BTreeMap<String, Tensor>,
     table: &Table,
     grid: &Grid,
-    keys: &[[u8; 32]],
+    keys: &[Vec<[u8; 32]>],
 ) -> Result<(), CoreError> {
-    let n = sum.numel();
-    let released = match (sum.device(), sum.kind()) {
-        (Device::Cpu, Kind::Float) => {
-            let mut values = vec![0f32; n];
-            sum.f_copy_data(&mut values, n)?;
-            release_in_place(table, grid, keys, &mut values);
-            Tensor::f_from_slice(&values)?
+    let mut host = Vec::new();
+    for (sum, keys) in sums.values_mut().zip(keys) {
+        let n = sum.numel();
+        let values = match (sum.device(), sum.kind()) {
+            (Device::Cpu, Kind::Float) => {
+                let mut values = vec![0f32; n];
+                sum.f_copy_data(&mut values, n)?;
+                HostValues::F32(values)
+            }
+            (Device::Cpu, Kind::Double) => {
+                let mut values = vec![0f64; n];
+                sum.f_copy_data(&mut values, n)?;
+                HostValues::F64(values)
+            }
+            _ => {
+                let mut noise = vec![0i64; n];
+                fill(table, keys, &mut noise);
+                *sum = release_with_tensors(sum, &noise, grid)?;
+                continue;
+            }
+        };
+        host.push((sum, values, keys));
+    }
+    let mut blocks = Vec::new();
+    for (_, values, keys) in &mut host {
+        match values {
+            HostValues::F32(v) => {
+                blocks.extend(v.chunks_mut(BLOCK).map(HostBlock::F32).zip(keys.iter()))
+            }
+            HostValues::F64(v) => {
+                blocks.extend(v.chunks_mut(BLOCK).map(HostBlock::F64).zip(keys.iter()))
+            }
         }
-        (Device::Cpu, Kind::Double) => {
-            let mut values = vec![0f64; n];
-            sum.f_copy_data(&mut values, n)?;
-            release_in_place(table, grid, keys, &mut values);
-            Tensor::f_from_slice(&values)?
-        }
-        _ => {
-            let mut noise = vec![0i64; n];
-            fill(table, keys, &mut noise);
-            release_with_tensors(sum, &noise, grid)?
-        }
-    };
-    *sum = released.f_reshape(sum.size())?;
+    }
+    blocks.into_par_iter().for_each(|(block, key)| match block {
+        HostBlock::F32(b) => release_block(table, grid, key, b),
+        HostBlock::F64(b) => release_block(table, grid, key, b),
+    });
+    for (sum, values, _) in host {
+        let released = match values {
+            HostValues::F32(v) => Tensor::f_from_slice(&v)?,
+            HostValues::F64(v) => Tensor::f_from_slice(&v)?,
+        };
+        *sum = released.f_reshape(sum.size())?;
+    }
     Ok(())
 }
 
@@ -303,16 +340,25 @@ mod tests {
                 .ne(0),
             &ties.to_kind(Kind::Float),
         );
-        let keys = PrivacyRng::from_seed(5).stream_keys((n as usize).div_ceil(BLOCK));
-        let mut noise = vec![0i64; n as usize];
-        fill(&table, &keys, &mut noise);
-        for kind in [Kind::Float, Kind::Double] {
-            let x = x.to_kind(kind);
-            let mut in_place = x.copy();
-            release(&mut in_place, &table, &grid, &keys).unwrap();
-            let tensors = release_with_tensors(&x, &noise, &grid).unwrap();
-            assert!(in_place.equal(&tensors), "{kind:?}");
-            assert!(!in_place.equal(&x));
+        // Two parameters released together, f32 and f64, of different lengths: each keeps its
+        // own keys and blocks.
+        let (a, b) = (
+            x.to_kind(Kind::Float),
+            x.narrow(0, 0, n - 1000).to_kind(Kind::Double),
+        );
+        let mut rng = PrivacyRng::from_seed(5);
+        let keys: Vec<Vec<[u8; 32]>> = [&a, &b]
+            .iter()
+            .map(|t| rng.stream_keys(t.numel().div_ceil(BLOCK)))
+            .collect();
+        let mut sums = BTreeMap::from([("a".to_string(), a.copy()), ("b".to_string(), b.copy())]);
+        release(&mut sums, &table, &grid, &keys).unwrap();
+        for ((name, x), keys) in [("a", &a), ("b", &b)].into_iter().zip(&keys) {
+            let mut noise = vec![0i64; x.numel()];
+            fill(&table, keys, &mut noise);
+            let tensors = release_with_tensors(x, &noise, &grid).unwrap();
+            assert!(sums[name].equal(&tensors), "{name}");
+            assert!(!sums[name].equal(x));
         }
     }
 }

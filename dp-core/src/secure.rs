@@ -461,30 +461,26 @@ impl GridFloat for f64 {
     }
 }
 
-/// Releases `values` in place: each becomes `gamma (round(x / gamma) + z)` with `z` drawn as
-/// by [`fill`] with the same keys (the same integers, bit for bit), a chunk at a time, so the
-/// noise never exists as a whole and the values are read and written once.
-pub(crate) fn release_in_place<T: GridFloat>(
+/// Releases one block of [`BLOCK`] values (or the last, shorter one) in place: each becomes
+/// `gamma (round(x / gamma) + z)` with `z` drawn from `key` as by [`fill`] (the same integers,
+/// bit for bit), a chunk at a time, so the noise never exists as a whole and the values are
+/// read and written once.
+pub(crate) fn release_block<T: GridFloat>(
     table: &Table,
     grid: &Grid,
-    keys: &[[u8; 32]],
-    values: &mut [T],
+    key: &[u8; 32],
+    block: &mut [T],
 ) {
     let (inv, step) = (2f64.powi(-grid.log2_step), grid.step());
-    values
-        .par_chunks_mut(BLOCK)
-        .zip(keys.par_iter())
-        .for_each(|(block, key)| {
-            let mut bits = Bits::new(ChaCha20Rng::from_seed(*key));
-            let mut noise = [0i64; CHUNK];
-            for xs in block.chunks_mut(CHUNK) {
-                let noise = &mut noise[..xs.len()];
-                table.fill_block(noise, &mut bits);
-                for (x, &z) in xs.iter_mut().zip(noise.iter()) {
-                    *x = T::from_f64(on_grid(x.to_f64(), z, inv, step));
-                }
-            }
-        });
+    let mut bits = Bits::new(ChaCha20Rng::from_seed(*key));
+    let mut noise = [0i64; CHUNK];
+    for xs in block.chunks_mut(CHUNK) {
+        let noise = &mut noise[..xs.len()];
+        table.fill_block(noise, &mut bits);
+        for (x, &z) in xs.iter_mut().zip(noise.iter()) {
+            *x = T::from_f64(on_grid(x.to_f64(), z, inv, step));
+        }
+    }
 }
 
 /// One coordinate: the integer `round(x / gamma)` (ties to even; NaN as 0; clamped to
