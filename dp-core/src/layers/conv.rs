@@ -7,9 +7,10 @@
 //! sequence (Bu, Mao and Xu 2022, "Scalable and efficient training of large convolutional
 //! neural networks with differential privacy").
 
-use tch::nn::{self, Init};
+use tch::nn;
 use tch::Tensor;
 
+use super::weight_and_bias;
 use crate::tape::{Record, Tape};
 
 /// Convolution geometry: kernel, stride, padding and dilation, each (height, width).
@@ -59,28 +60,17 @@ impl DpConv2d {
         bias: bool,
     ) -> Self {
         let [kh, kw] = geometry.kernel;
-        let weight = path.var(
-            "weight",
+        let (weight, bias, weight_name, bias_name) = weight_and_bias(
+            path,
             &[out_channels, in_channels, kh, kw],
-            nn::init::DEFAULT_KAIMING_UNIFORM,
+            in_channels * kh * kw,
+            bias,
         );
-        let bound = 1.0 / ((in_channels * kh * kw) as f64).sqrt();
-        let bias = bias.then(|| {
-            path.var(
-                "bias",
-                &[out_channels],
-                Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                },
-            )
-        });
-        let bias_name = bias.as_ref().map(|_| path.path("bias"));
         Self {
             weight,
             bias,
             geometry,
-            weight_name: path.path("weight"),
+            weight_name,
             bias_name,
         }
     }

@@ -4,9 +4,10 @@
 //! `b` (kept in f32 as the optimizer's master copy) are cast to bf16 for the product, so the
 //! matmul runs in bf16; the engine widens `a` and `g` to f32 for norms and sums.
 
-use tch::nn::{self, Init};
+use tch::nn;
 use tch::Tensor;
 
+use super::weight_and_bias;
 use crate::tape::{Record, Tape};
 
 /// Linear layer on inputs of shape (B, d) or (B, T, d), initialised like `tch::nn::linear`
@@ -24,27 +25,12 @@ pub struct DpLinear {
 impl DpLinear {
     /// Creates the layer's variables `weight` (and `bias`) under `path`.
     pub fn new(path: &nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Self {
-        let weight = path.var(
-            "weight",
-            &[out_dim, in_dim],
-            nn::init::DEFAULT_KAIMING_UNIFORM,
-        );
-        let bound = 1.0 / (in_dim as f64).sqrt();
-        let bias = bias.then(|| {
-            path.var(
-                "bias",
-                &[out_dim],
-                Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                },
-            )
-        });
-        let bias_name = bias.as_ref().map(|_| path.path("bias"));
+        let (weight, bias, weight_name, bias_name) =
+            weight_and_bias(path, &[out_dim, in_dim], in_dim, bias);
         Self {
             weight,
             bias,
-            weight_name: path.path("weight"),
+            weight_name,
             bias_name,
         }
     }

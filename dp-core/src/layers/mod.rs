@@ -12,3 +12,31 @@ pub use embedding::DpEmbedding;
 pub use linear::DpLinear;
 pub use lora::LoraAdapter;
 pub use norm::DpNorm;
+
+use tch::nn::{self, Init};
+use tch::Tensor;
+
+/// The variables of a linear map or a convolution under `path`: `weight` of `shape`
+/// (Kaiming-uniform, as `tch::nn::linear` and `tch::nn::conv2d`) and, if asked, `bias` of
+/// `shape[0]` uniform in `+-1/sqrt(fan_in)`, with their full names.
+fn weight_and_bias(
+    path: &nn::Path,
+    shape: &[i64],
+    fan_in: i64,
+    bias: bool,
+) -> (Tensor, Option<Tensor>, String, Option<String>) {
+    let weight = path.var("weight", shape, nn::init::DEFAULT_KAIMING_UNIFORM);
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let bias = bias.then(|| {
+        path.var(
+            "bias",
+            &shape[..1],
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )
+    });
+    let bias_name = bias.as_ref().map(|_| path.path("bias"));
+    (weight, bias, path.path("weight"), bias_name)
+}
