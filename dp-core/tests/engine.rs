@@ -7,8 +7,8 @@ use dp_accounting::DpEvent;
 use dp_core::layers::{Conv2dGeometry, DpConv2d, DpEmbedding, DpLinear, DpNorm};
 use dp_core::reference::{batch_size_one_reference, batch_size_one_reference_with_style};
 use dp_core::{
-    ClippingEngine, ClippingStyle, CoreError, GaussianNoise, NoiseMode, PoissonSampler, PrivacyRng,
-    Tape,
+    ClippedBatch, ClippingEngine, ClippingStyle, CoreError, GaussianNoise, NoiseMode,
+    PoissonSampler, PrivacyRng, Tape,
 };
 use tch::{nn, Device, Kind, Tensor};
 
@@ -72,6 +72,37 @@ fn assert_close(got: &Tensor, want: &Tensor, atol: f64, rtol: f64, what: &str) {
     );
 }
 
+/// The engine's per-example norms and clipped sums equal the batch-size-1 reference's in f64
+/// (1e-10 absolute + 1e-8 relative), for exactly the reference's parameters.
+fn assert_matches_reference(
+    batch: &ClippedBatch,
+    norms: &[f64],
+    sums: &BTreeMap<String, Tensor>,
+    what: &str,
+) {
+    assert_close(
+        &batch.norms,
+        &Tensor::from_slice(norms),
+        1e-10,
+        1e-8,
+        &format!("norms, {what}"),
+    );
+    assert_eq!(
+        batch.sums.keys().collect::<Vec<_>>(),
+        sums.keys().collect::<Vec<_>>(),
+        "{what}"
+    );
+    for (name, want) in sums {
+        assert_close(
+            &batch.sums[name],
+            want,
+            1e-10,
+            1e-8,
+            &format!("{name}, {what}"),
+        );
+    }
+}
+
 fn check_against_reference(shape: &[i64], hidden: i64, out: i64, bias: bool, clip: f64) {
     tch::manual_seed(7);
     let vs = vs_f64();
@@ -90,26 +121,7 @@ fn check_against_reference(shape: &[i64], hidden: i64, out: i64, bias: bool, cli
 
     let what = format!("shape {shape:?} hidden {hidden} out {out} bias {bias} clip {clip}");
     assert_eq!(batch.nonfinite, 0);
-    assert_close(
-        &batch.norms,
-        &Tensor::from_slice(&norms),
-        1e-10,
-        1e-8,
-        &format!("norms, {what}"),
-    );
-    assert_eq!(
-        batch.sums.keys().collect::<Vec<_>>(),
-        sums.keys().collect::<Vec<_>>()
-    );
-    for (name, want) in &sums {
-        assert_close(
-            &batch.sums[name],
-            want,
-            1e-10,
-            1e-8,
-            &format!("{name}, {what}"),
-        );
-    }
+    assert_matches_reference(&batch, &norms, &sums, &what);
     // The test must be able to fail: some examples are clipped, some are not.
     if clip < 1e3 {
         assert!(
@@ -347,26 +359,11 @@ fn embeddings_and_norms_match_batch_size_one_reference_in_f64() {
                 .sum(Kind::Double)
         };
         let (norms, sums) = batch_size_one_reference(&vs, 4, loss_of, clip);
-        assert_close(
-            &batch.norms,
-            &Tensor::from_slice(&norms),
-            1e-10,
-            1e-8,
-            "norms",
-        );
+        assert_matches_reference(&batch, &norms, &sums, &format!("clip {clip}"));
         if clip < 1.0 {
             assert!(
                 norms.iter().any(|&n| n > clip),
                 "some example must be clipped"
-            );
-        }
-        for (name, want) in &sums {
-            assert_close(
-                &batch.sums[name],
-                want,
-                1e-10,
-                1e-8,
-                &format!("{name}, clip {clip}"),
             );
         }
         // The padding row never moves.
@@ -1005,23 +1002,7 @@ fn check_cnn(style: ClippingStyle, bias: bool, clip: f64) {
     };
     let (norms, sums) = batch_size_one_reference_with_style(&vs, 5, loss_of, clip, style);
     let what = format!("{style:?}, bias {bias}, clip {clip}");
-    assert_close(
-        &batch.norms,
-        &Tensor::from_slice(&norms),
-        1e-10,
-        1e-8,
-        &what,
-    );
-    assert_eq!(batch.sums.len(), sums.len(), "{what}");
-    for (name, want) in &sums {
-        assert_close(
-            &batch.sums[name],
-            want,
-            1e-10,
-            1e-8,
-            &format!("{name}, {what}"),
-        );
-    }
+    assert_matches_reference(&batch, &norms, &sums, &what);
     if clip < 1e3 {
         assert!(norms.iter().any(|&n| n > clip), "{what}: none clipped");
     }
@@ -1135,14 +1116,5 @@ fn layers_sharing_an_input_share_its_gram_matrix_exactly() {
     let loss_of = |i: i64| losses(&x.narrow(0, i, 1), &mut Tape::off()).sum(Kind::Double);
     let (norms, sums) = batch_size_one_reference(&vs, 4, loss_of, 1.0);
     assert!(norms.iter().any(|&n| n > 1.0));
-    assert_close(
-        &batch.norms,
-        &Tensor::from_slice(&norms),
-        1e-10,
-        1e-8,
-        "norms",
-    );
-    for (name, want) in &sums {
-        assert_close(&batch.sums[name], want, 1e-10, 1e-8, name);
-    }
+    assert_matches_reference(&batch, &norms, &sums, "shared input");
 }
