@@ -124,24 +124,20 @@ pub struct TrainSummary {
     pub stopped_by_budget: bool,
 }
 
-/// The noise a run adds at each step.
-enum StepNoise {
-    /// DP-SGD's independent Gaussian noise (none for a NOT PRIVATE run), and the event each
-    /// release must report: the one the ledger accounts.
-    Independent {
+/// How a run forms its logical batches and noises their sums.
+enum Steps {
+    /// Each example independently with the sampler's rate; independent Gaussian noise (none for
+    /// a NOT PRIVATE run), and the event each release must report: the one the ledger accounts.
+    Poisson {
+        sampler: PoissonSampler,
         gaussian: Option<GaussianNoise>,
         event: DpEvent,
     },
-    /// Correlated (matrix-factorization) noise.
-    Correlated(CorrelatedNoise),
-}
-
-/// How a run forms its logical batches.
-enum Batching {
-    /// Each example independently with the sampler's rate.
-    Poisson(PoissonSampler),
-    /// Example `i` in batch `i mod b`, batch `t mod b` at step `t`.
-    Cyclic(u64),
+    /// Example `i` in batch `i mod b`, batch `t mod b` at step `t`; correlated noise.
+    Cyclic {
+        batches: u64,
+        correlated: CorrelatedNoise,
+    },
 }
 
 /// Observers of each step's gradient sums, for privacy audits.
@@ -188,7 +184,7 @@ pub fn train_with_hooks(
     let n = data.labels.size()[0];
     validate(config, n)?;
     let engine = ClippingEngine::new(vs, config.clip_norm)?.with_style(config.clipping)?;
-    let (batching, mut noise, ledger) = match &config.mechanism {
+    let (mut steps, ledger) = match &config.mechanism {
         Mechanism::PoissonGaussian => {
             let sampler = PoissonSampler::new(n as usize, config.expected_batch_size / n as f64)?;
             let gaussian = (config.noise_multiplier > 0.0)
@@ -205,8 +201,12 @@ pub fn train_with_hooks(
                 config.delta,
                 config.epsilon_budget,
             )?;
-            let noise = StepNoise::Independent { gaussian, event };
-            (Batching::Poisson(sampler), noise, ledger)
+            let steps = Steps::Poisson {
+                sampler,
+                gaussian,
+                event,
+            };
+            (steps, ledger)
         }
         Mechanism::CyclicCorrelated {
             batches,
@@ -226,12 +226,11 @@ pub fn train_with_hooks(
                 config.delta,
                 config.epsilon_budget,
             )?;
-            let noise = CorrelatedNoise::new(recurrence.clone(), std)?;
-            (
-                Batching::Cyclic(*batches),
-                StepNoise::Correlated(noise),
-                ledger,
-            )
+            let steps = Steps::Cyclic {
+                batches: *batches,
+                correlated: CorrelatedNoise::new(recurrence.clone(), std)?,
+            };
+            (steps, ledger)
         }
     };
     let mut ledger = ledger.with_randomness(config.noise, rng.seed());
@@ -252,31 +251,32 @@ pub fn train_with_hooks(
                 "the run folder's checkpoint was made with a different sampling, noise, noise mode or delta; use a new folder".into(),
             ));
         }
-        if let StepNoise::Correlated(noise) = &mut noise {
+        if let Steps::Cyclic { correlated, .. } = &mut steps {
             let state = resumed.correlated_noise.ok_or_else(|| {
                 TrainError::Config("the checkpoint has no correlated-noise state".into())
             })?;
-            noise.restore(state, resumed.ledger.steps())?;
+            correlated.restore(state, resumed.ledger.steps())?;
         }
         (ledger, optimizer, *rng) = (resumed.ledger, resumed.optimizer, resumed.rng);
     }
     let mut nonfinite_examples = 0;
     let mut stopped_by_budget = false;
     while ledger.steps() < config.steps {
-        let batch = match &batching {
-            Batching::Poisson(sampler) => sampler.sample(rng),
-            Batching::Cyclic(batches) => {
-                let turn = (ledger.steps() % batches) as i64;
+        let batch: Vec<i64> = match &mut steps {
+            Steps::Poisson {
+                sampler, gaussian, ..
+            } => {
+                let batch = sampler.sample(rng);
+                if let Some(gaussian) = gaussian {
+                    gaussian.start(rng);
+                }
+                batch
+            }
+            Steps::Cyclic { batches, .. } => {
+                let turn = (ledger.steps() % *batches) as i64;
                 (turn..n).step_by(*batches as usize).collect()
             }
         };
-        if let StepNoise::Independent {
-            gaussian: Some(gaussian),
-            ..
-        } = &mut noise
-        {
-            gaussian.start(rng);
-        }
         let mut sums = engine.zero_sums();
         let (mut loss_sum, mut correct) = (0.0, 0i64);
         for chunk in batch.chunks(config.physical_batch_size) {
@@ -307,11 +307,12 @@ pub fn train_with_hooks(
             Err(e) => return Err(e),
         }
         hooks.before_noise(ledger.steps(), &mut sums);
-        match &mut noise {
-            StepNoise::Correlated(correlated) => correlated.add_to(&mut sums, rng),
-            StepNoise::Independent {
+        match &mut steps {
+            Steps::Cyclic { correlated, .. } => correlated.add_to(&mut sums, rng),
+            Steps::Poisson {
                 gaussian: Some(gaussian),
                 event,
+                ..
             } => {
                 if gaussian.add(&mut sums, rng)? != *event {
                     return Err(TrainError::Config(
@@ -319,7 +320,7 @@ pub fn train_with_hooks(
                     ));
                 }
             }
-            StepNoise::Independent { gaussian: None, .. } => {}
+            Steps::Poisson { gaussian: None, .. } => {}
         }
         hooks.after_noise(ledger.steps(), &sums);
         let mean_gradient: BTreeMap<String, Tensor> = sums
@@ -332,9 +333,9 @@ pub fn train_with_hooks(
         optimizer.step(&variables, &mean_gradient, lr);
         if let Some(c) = checkpointing {
             if ledger.steps() % c.every.max(1) == 0 || ledger.steps() == config.steps {
-                let correlated = match &noise {
-                    StepNoise::Correlated(correlated) => Some(correlated),
-                    StepNoise::Independent { .. } => None,
+                let correlated = match &steps {
+                    Steps::Cyclic { correlated, .. } => Some(correlated),
+                    Steps::Poisson { .. } => None,
                 };
                 c.save(vs, &optimizer, rng, &ledger, correlated)?;
             }
