@@ -69,7 +69,7 @@ use crate::error::{check_range, AccountingError};
 use crate::event::{matrix_factorization_equivalent, DpEvent};
 use crate::rdp::RdpAccountant;
 pub(crate) use pmf::fast_fft_size;
-use pmf::{chernoff_window, lattice_window, Composer, Pmf, Window};
+use pmf::{chernoff_window, lattice_window, smooth_at_most, Composer, Pmf, Window};
 use subsampled_gaussian::SubsampledGaussianPrv;
 
 /// Share of the variance budget planned for the fine stage's rounding.
@@ -188,7 +188,7 @@ impl PrvAccountant {
             let parts: Vec<(&OneStep, u64)> = kinds.iter().zip(counts.iter().copied()).collect();
             let window = fine_window(&parts, delta_error / 6.0);
             let inputs: Vec<&Pmf> = kinds.iter().map(|k| &k.pmf).collect();
-            let composed = composer.compose(self.epsilon_error, &inputs, &[(counts, window)])?;
+            let composed = composer.compose(self.epsilon_error, &inputs, &[(counts, window)], 1)?;
             return Ok(ComposedPrv::new(
                 composed.into_iter().next().expect("one request"),
             ));
@@ -206,17 +206,15 @@ impl PrvAccountant {
                 .iter()
                 .map(|&(length, _)| (vec![length], fine_window(&[(kind, length)], block_beta)))
                 .collect();
-            let sums = composer.compose(self.epsilon_error, &[&kind.pmf], &requests)?;
-            for (sum, &(_, number)) in sums.iter().zip(&groups) {
-                blocks.push((sum.regrid(ratio), number));
-            }
+            let sums = composer.compose(self.epsilon_error, &[&kind.pmf], &requests, ratio)?;
+            blocks.extend(sums.into_iter().zip(groups.iter().map(|g| g.1)));
         }
         // Stage 2: all blocks on the coarse lattice.
         let parts: Vec<(&Pmf, u64)> = blocks.iter().map(|(p, n)| (p, *n)).collect();
         let window = chernoff_window(&parts, delta_error / 12.0);
         let inputs: Vec<&Pmf> = blocks.iter().map(|(p, _)| p).collect();
         let numbers = blocks.iter().map(|(_, n)| *n).collect();
-        let composed = composer.compose(self.epsilon_error, &inputs, &[(numbers, window)])?;
+        let composed = composer.compose(self.epsilon_error, &inputs, &[(numbers, window)], 1)?;
         Ok(ComposedPrv::new(
             composed.into_iter().next().expect("one request"),
         ))
@@ -327,7 +325,7 @@ impl Plan {
         Some(if self.blocks < 2 || ratio < 2 {
             1
         } else {
-            ratio
+            smooth_at_most(ratio as usize) as i64
         })
     }
 }

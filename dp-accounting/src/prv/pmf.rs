@@ -1,5 +1,6 @@
 //! Probability mass functions on lattices `k h` (k an integer), their FFT composition on a
-//! window, the mean-preserving move to a coarser lattice, and the tail bounds that size windows.
+//! window with the mean-preserving move to a coarser lattice, and the tail bounds that size
+//! windows.
 //!
 //! - Composition: the pmf of `sum_i` (`c_i` independent copies of input `i`) is
 //!   `irfft(prod_i rfft(p_i)^(c_i))` on a circle of `n` points. Slot `s` holds lattice index
@@ -9,7 +10,9 @@
 //! - Regridding to mesh `m h`: mass at `x = k h`, between coarse points `g_j <= x < g_(j+1)`,
 //!   goes to `g_j` with weight `(g_(j+1) - x) / (m h)` and to `g_(j+1)` with the rest. As a
 //!   randomised rounding, its error has conditional mean zero and lies in `[g_j - x, g_(j+1) - x]`,
-//!   an interval of width `m h`.
+//!   an interval of width `m h`. The split is a convolution with a triangle and a sampling, so
+//!   it is done on the composed spectrum (`coarse_spectrum`) before the inverse transform, which
+//!   then has `m` times fewer points; for many steps most of that spectrum is zero.
 //! - Chernoff window: `P[S > b] <= exp(-lambda b + sum_i c_i log E[e^(lambda Y_i)])` for every
 //!   `lambda > 0` (and the mirror image for the left tail). As a function of `log lambda`, the
 //!   bound on `b` for a budget `beta`, `(K(lambda) - log beta) / lambda` with `K` the convex
@@ -46,6 +49,20 @@ pub(crate) fn fast_fft_size(n: usize) -> usize {
         p5 *= 5;
     }
     best
+}
+
+/// The largest `2^a 3^b 5^c` at or below `n` (at least 1): coarse ratios of this form keep the
+/// fine circle, `ratio` times a fast size, fast too.
+pub(super) fn smooth_at_most(n: usize) -> usize {
+    let smooth = |mut k: usize| {
+        for p in [2, 3, 5] {
+            while k % p == 0 {
+                k /= p;
+            }
+        }
+        k == 1
+    };
+    (1..=n).rev().find(|&k| smooth(k)).unwrap_or(1)
 }
 
 fn fft_error(e: impl std::fmt::Display) -> AccountingError {
@@ -94,29 +111,6 @@ impl Pmf {
             })
             .sum();
         lambda * anchor + sum.ln()
-    }
-
-    /// The pmf moved to the lattice of mesh `ratio * mesh` by the mean-preserving split.
-    pub fn regrid(&self, ratio: i64) -> Pmf {
-        let start = self.start.div_euclid(ratio);
-        let mut p = vec![0.0; (self.end().div_euclid(ratio) - start + 2) as usize];
-        let inv = 1.0 / ratio as f64;
-        // Fine index k = (start + j) ratio + r, 0 <= r < ratio.
-        let (mut j, mut r) = (0, self.start.rem_euclid(ratio));
-        for &mass in &self.p {
-            let upper = r as f64 * inv * mass;
-            p[j] += mass - upper;
-            p[j + 1] += upper;
-            r += 1;
-            if r == ratio {
-                (j, r) = (j + 1, 0);
-            }
-        }
-        Pmf {
-            start,
-            mesh: ratio as f64 * self.mesh,
-            p,
-        }
     }
 }
 
@@ -199,30 +193,43 @@ fn golden_section_min(f: impl Fn(f64) -> f64, mut lo: f64, mut hi: f64) -> f64 {
 
 /// Composes pmfs on one lattice by FFT, with the plans of one size built once.
 pub(super) struct Composer {
-    planner: RealFftPlanner<f64>,
+    forward: RealFftPlanner<f64>,
+    inverse: RealFftPlanner<f64>,
 }
 
 impl Composer {
     pub fn new() -> Self {
         Self {
-            planner: RealFftPlanner::new(),
+            forward: RealFftPlanner::new(),
+            inverse: RealFftPlanner::new(),
         }
     }
 
     /// For each request (a count per input, a window), the pmf of the sum of `count_i`
-    /// independent copies of input `i`, read off on the window. The inputs are transformed once.
+    /// independent copies of input `i`, moved to the lattice of mesh `ratio` times the inputs'
+    /// (1: unchanged) and read off there on the coarse window `[floor(a / ratio), ceil(b /
+    /// ratio)]` (where the window `[a, b]` of the sum goes). The inputs are transformed once.
     pub fn compose(
         &mut self,
         epsilon_error: f64,
         inputs: &[&Pmf],
         requests: &[(Vec<u64>, Window)],
+        ratio: i64,
     ) -> Result<Vec<Pmf>, AccountingError> {
-        let longest = requests
+        let m = ratio as usize;
+        let windows: Vec<Window> = requests
             .iter()
-            .map(|(_, (a, b))| (b - a + 1) as usize)
+            .map(|(_, (a, b))| (a.div_euclid(ratio), (b + ratio - 1).div_euclid(ratio)))
+            .collect();
+        // The coarse points of a window take mass from fine indices less than `m` beyond its
+        // ends: those `(b - a + 2) m - 1` indices need distinct slots of the fine circle.
+        let needed = windows
+            .iter()
+            .map(|(a, b)| (((b - a + 2) * ratio - 1) as usize).div_ceil(m))
             .max()
             .unwrap_or(1);
-        let n = fast_fft_size(longest);
+        let coarse_n = fast_fft_size(needed);
+        let n = coarse_n * m;
         if n > MAX_GRID {
             return Err(AccountingError::InvalidParameter {
                 name: "epsilon_error",
@@ -231,51 +238,54 @@ impl Composer {
                     "a coarser error: the PRV grid would exceed 2^28 points (use --accountant rdp)",
             });
         }
-        let forward = self.planner.plan_fft_forward(n);
-        let inverse = self.planner.plan_fft_inverse(n);
-        let spectra = inputs
-            .par_iter()
-            .map(|pmf| {
-                // Longer inputs fold onto the circle: the circular convolution is unchanged.
-                let mut buffer = forward.make_input_vec();
-                for chunk in pmf.p.chunks(n) {
-                    buffer.iter_mut().zip(chunk).for_each(|(b, p)| *b += p);
-                }
-                let mut spectrum = forward.make_output_vec();
-                forward
-                    .process(&mut buffer, &mut spectrum)
-                    .map_err(fft_error)?;
-                Ok(spectrum)
-            })
-            .collect::<Result<Vec<_>, AccountingError>>()?;
-        let mesh = inputs[0].mesh;
-        let scale = 1.0 / n as f64;
+        let (forward_planner, inverse_planner) = (&mut self.forward, &mut self.inverse);
+        let (spectra, inverse) = rayon::join(
+            || {
+                let forward = forward_planner.plan_fft_forward(n);
+                inputs
+                    .par_iter()
+                    .map(|pmf| {
+                        // Longer inputs fold onto the circle: the circular convolution is
+                        // unchanged.
+                        let mut buffer = forward.make_input_vec();
+                        for chunk in pmf.p.chunks(n) {
+                            buffer.iter_mut().zip(chunk).for_each(|(b, p)| *b += p);
+                        }
+                        let mut spectrum = forward.make_output_vec();
+                        forward
+                            .process(&mut buffer, &mut spectrum)
+                            .map_err(fft_error)?;
+                        Ok(spectrum)
+                    })
+                    .collect::<Result<Vec<_>, AccountingError>>()
+            },
+            || inverse_planner.plan_fft_inverse(coarse_n),
+        );
+        let spectra = spectra?;
+        let mesh = inputs[0].mesh * ratio as f64;
         requests
             .par_iter()
-            .map(|(counts, (first, last))| {
-                let mut product = vec![Complex64::new(scale, 0.0); n / 2 + 1];
+            .zip(&windows)
+            .map(|((counts, _), &(first, last))| {
                 let mut origin: i128 = 0;
-                for ((spectrum, &count), pmf) in spectra.iter().zip(counts).zip(inputs) {
-                    if count == 0 {
-                        continue;
-                    }
+                for (&count, pmf) in counts.iter().zip(inputs) {
                     origin += count as i128 * pmf.start as i128;
-                    let count = u32::try_from(count).map_err(|_| {
-                        AccountingError::Numerical(format!("{count} steps exceed 2^32"))
-                    })?;
-                    product
-                        .par_iter_mut()
-                        .zip(spectrum)
-                        .for_each(|(s, f)| *s *= f.powu(count));
                 }
+                let product = spectrum_product(&spectra, counts, 1.0 / coarse_n as f64)?;
+                // Fine slot `s` holds index `origin + s`; coarse slot `j` is fine slot
+                // `j m + offset`, the coarse index `coarse_origin + j`.
+                let offset = (-origin).rem_euclid(m as i128);
+                let coarse_origin = (origin + offset) / m as i128;
+                let mut spectrum = coarse_spectrum(&product, coarse_n, m, offset as usize);
                 let mut circle = inverse.make_output_vec();
                 inverse
-                    .process(&mut product, &mut circle)
+                    .process(&mut spectrum, &mut circle)
                     .map_err(fft_error)?;
-                // The window starts at slot (first - origin) mod n and runs on, wrapping once.
-                let slot = (*first as i128 - origin).rem_euclid(n as i128) as usize;
+                // The window starts at slot (first - coarse_origin) mod n and runs on, wrapping
+                // once.
+                let slot = (first as i128 - coarse_origin).rem_euclid(coarse_n as i128) as usize;
                 let len = (last - first + 1) as usize;
-                let head = len.min(n - slot);
+                let head = len.min(coarse_n - slot);
                 // Rounding leaves values of about 1e-17 where the mass is 0, some negative: 0.
                 let p = circle[slot..slot + head]
                     .iter()
@@ -283,13 +293,90 @@ impl Composer {
                     .map(|&x| x.max(0.0))
                     .collect();
                 Ok(Pmf {
-                    start: *first,
+                    start: first,
                     mesh,
                     p,
                 })
             })
             .collect()
     }
+}
+
+/// `scale prod_i spectrum_i^(count_i)`, with the entries below `e^-700` in magnitude set to
+/// exactly zero (spectra of pmfs have magnitude at most 1, so a factor `|f|^c < e^-700` bounds
+/// the product). For many steps most entries vanish, which the move to the coarse lattice uses.
+fn spectrum_product(
+    spectra: &[Vec<Complex64>],
+    counts: &[u64],
+    scale: f64,
+) -> Result<Vec<Complex64>, AccountingError> {
+    let zero = Complex64::new(0.0, 0.0);
+    let mut product = vec![Complex64::new(scale, 0.0); spectra[0].len()];
+    for (spectrum, &count) in spectra.iter().zip(counts) {
+        if count == 0 {
+            continue;
+        }
+        let floor = (-2.0 * UNDERFLOW_LOG / count as f64).exp();
+        let count = u32::try_from(count)
+            .map_err(|_| AccountingError::Numerical(format!("{count} steps exceed 2^32")))?;
+        product.par_iter_mut().zip(spectrum).for_each(|(s, f)| {
+            if *s != zero {
+                *s = if f.norm_sqr() < floor {
+                    zero
+                } else {
+                    *s * f.powu(count)
+                };
+            }
+        });
+    }
+    Ok(product)
+}
+
+/// Magnitudes below `e^-UNDERFLOW_LOG` are dropped from spectrum products.
+const UNDERFLOW_LOG: f64 = 700.0;
+
+/// The half spectrum (`coarse_n / 2 + 1` entries) of the fine circle's pmf (half spectrum
+/// `fine`, `n = m coarse_n` points) moved to the lattice of mesh `m` by the mean-preserving
+/// split, with coarse slot `j` at fine slot `j m + offset`.
+///
+/// The split sends fine index `k` to the coarse points within `m` of it with weights
+/// `1 - |k - j m| / m`: a circular convolution with that triangle, whose transform is the Fejér
+/// kernel `(sin(pi k m / n) / sin(pi k / n))^2 / m`, then sampling every `m`-th slot from
+/// `offset`, which folds the `m` aliases `k = l + a coarse_n` of each coarse frequency `l`:
+/// `C_l = sum_a F_k e^(2 pi i k offset / n) K_k / m`. Zero entries are skipped.
+fn coarse_spectrum(fine: &[Complex64], coarse_n: usize, m: usize, offset: usize) -> Vec<Complex64> {
+    use std::f64::consts::PI;
+    let n = coarse_n * m;
+    let half = coarse_n / 2;
+    let mut coarse = vec![Complex64::new(0.0, 0.0); half + 1];
+    for (k, &f) in fine.iter().enumerate() {
+        if f.re == 0.0 && f.im == 0.0 {
+            continue;
+        }
+        let value = if m == 1 || k == 0 {
+            f
+        } else {
+            let kernel = (PI * k as f64 / coarse_n as f64).sin()
+                / (m as f64 * (PI * k as f64 / n as f64).sin());
+            let angle = 2.0 * PI * ((k * offset) % n) as f64 / n as f64;
+            f * kernel * kernel * Complex64::from_polar(1.0, angle)
+        };
+        let l = k % coarse_n;
+        if l <= half {
+            coarse[l] += value;
+        }
+        // The upper half of the fine spectrum, entry n - k, is the conjugate.
+        if k > 0 && 2 * k < n {
+            let l = (n - k) % coarse_n;
+            if l <= half {
+                coarse[l] += value.conj();
+            }
+        }
+    }
+    // A real signal's first and last (even length) entries are real.
+    coarse[0].im = 0.0;
+    coarse[half].im = 0.0;
+    coarse
 }
 
 #[cfg(test)]
@@ -307,15 +394,37 @@ mod tests {
         (mass, mean)
     }
 
+    /// The mean-preserving split of a pmf to mesh `m` times its own, done in the time domain.
+    fn split(pmf: &Pmf, m: i64) -> Pmf {
+        let start = pmf.start.div_euclid(m);
+        let mut p = vec![0.0; (pmf.end().div_euclid(m) - start + 2) as usize];
+        for (i, &mass) in pmf.p.iter().enumerate() {
+            let k = pmf.start + i as i64;
+            let (j, r) = ((k.div_euclid(m) - start) as usize, k.rem_euclid(m));
+            let upper = r as f64 / m as f64 * mass;
+            p[j] += mass - upper;
+            p[j + 1] += upper;
+        }
+        Pmf {
+            start,
+            mesh: m as f64 * pmf.mesh,
+            p,
+        }
+    }
+
     #[test]
-    fn regridding_keeps_mass_and_mean_and_moves_to_the_coarse_lattice() {
+    fn the_split_keeps_mass_and_mean_and_moves_to_the_coarse_lattice() {
         let pmf = Pmf {
             start: -7,
             mesh: 0.1,
             p: vec![0.1, 0.2, 0.05, 0.15, 0.3, 0.2],
         };
-        let coarse = pmf.regrid(4);
-        assert_eq!((coarse.start, coarse.mesh), (-2, 0.4));
+        let coarse = Composer::new()
+            .compose(0.01, &[&pmf], &[(vec![1], (-7, -2))], 4)
+            .unwrap()
+            .remove(0);
+        assert_eq!((coarse.start, coarse.p.len()), (-2, 3));
+        assert!((coarse.mesh - 0.4).abs() < 1e-15);
         let ((m0, e0), (m1, e1)) = (moments(&pmf), moments(&coarse));
         assert!(
             (m0 - m1).abs() < 1e-15 && (e0 - e1).abs() < 1e-15,
@@ -328,9 +437,59 @@ mod tests {
             0.25 * 0.1 + 0.5 * 0.2 + 0.75 * 0.05 + 0.15 + 0.75 * 0.3 + 0.5 * 0.2,
             0.25 * 0.3 + 0.5 * 0.2,
         ];
-        assert_eq!(coarse.p.len(), want.len());
         for (got, want) in coarse.p.iter().zip(want) {
             assert!((got - want).abs() < 1e-15, "{:?}", coarse.p);
+        }
+    }
+
+    /// Composing and splitting in the frequency domain equals convolving, then splitting in the
+    /// time domain, for every ratio and window offset (the sum's first index is -5), read off
+    /// on the sum's window or a wider one.
+    #[test]
+    fn composed_split_matches_convolution_then_split() {
+        let a = Pmf {
+            start: -3,
+            mesh: 0.25,
+            p: vec![0.1, 0.3, 0.05, 0.25, 0.2, 0.1],
+        };
+        let b = Pmf {
+            start: 1,
+            mesh: 0.25,
+            p: vec![0.6, 0.1, 0.3],
+        };
+        let convolve = |x: &Pmf, y: &Pmf| {
+            let mut p = vec![0.0; x.p.len() + y.p.len() - 1];
+            for (i, u) in x.p.iter().enumerate() {
+                for (j, v) in y.p.iter().enumerate() {
+                    p[i + j] += u * v;
+                }
+            }
+            Pmf {
+                start: x.start + y.start,
+                mesh: x.mesh,
+                p,
+            }
+        };
+        let sum = convolve(&convolve(&a, &a), &b);
+        for ratio in [1, 2, 3, 4, 5, 7] {
+            for window in [(sum.start, sum.end()), (sum.start - 4, sum.end() + 3)] {
+                let got = Composer::new()
+                    .compose(0.01, &[&a, &b], &[(vec![2, 1], window)], ratio)
+                    .unwrap()
+                    .remove(0);
+                let want = split(&sum, ratio);
+                assert_eq!(got.start, window.0.div_euclid(ratio), "ratio {ratio}");
+                for (i, g) in got.p.iter().enumerate() {
+                    let k = got.start + i as i64 - want.start;
+                    let w =
+                        usize::try_from(k).map_or(0.0, |k| want.p.get(k).copied().unwrap_or(0.0));
+                    assert!(
+                        (g - w).abs() < 1e-15,
+                        "ratio {ratio} {window:?}: {:?}",
+                        got.p
+                    );
+                }
+            }
         }
     }
 
@@ -348,7 +507,7 @@ mod tests {
         };
         // a + a + b: indices 1..=6, binomial(4) / 16 shifted by 1.
         let out = Composer::new()
-            .compose(0.01, &[&a, &b], &[(vec![2, 1], (0, 7))])
+            .compose(0.01, &[&a, &b], &[(vec![2, 1], (0, 7))], 1)
             .unwrap();
         let want = [0.0, 1.0, 5.0, 10.0, 10.0, 5.0, 1.0, 0.0].map(|x| x / 32.0);
         for (got, want) in out[0].p.iter().zip(want) {
