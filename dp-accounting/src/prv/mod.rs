@@ -374,36 +374,26 @@ impl OneStep {
                 Cell::new(prv, mass, mesh, centre, (&w[0], &w[1]), full)
             })
             .collect();
-        let second_moment: f64 = cells.par_iter().map(|c| c.second_moment).sum();
         // The rough cells' computed part, then the smooth cells' remainders with the two end
         // terms of each run of smooth cells and the rough cells' remainders (module docs).
-        let known: f64 = cells.par_iter().map(|c| c.known).sum();
         let smooth = |j: Option<usize>| j.and_then(|j| cells.get(j)).is_some_and(|c| c.smooth);
-        let bias = known.abs()
-            + (0..cells.len())
-                .map(|j| {
-                    let c = &cells[j];
-                    let ends = if c.smooth {
-                        !smooth(j.checked_sub(1)) as u8 + !smooth(Some(j + 1)) as u8
-                    } else {
-                        0
-                    };
-                    c.remainder + f64::from(ends) * c.end_term
-                })
-                .sum::<f64>();
+        let (mut second_moment, mut known, mut unknown) = (0.0, 0.0, 0.0);
+        for (j, c) in cells.iter().enumerate() {
+            second_moment += c.second_moment;
+            known += c.known;
+            let ends = if c.smooth {
+                !smooth(j.checked_sub(1)) as u8 + !smooth(Some(j + 1)) as u8
+            } else {
+                0
+            };
+            unknown += c.remainder + f64::from(ends) * c.end_term;
+        }
+        let bias = known.abs() + unknown;
         let p: Vec<f64> = cells.iter().map(|c| c.p).collect();
         let pmf = Pmf { start, mesh, p };
-        let mean: f64 = pmf
-            .p
-            .par_iter()
-            .enumerate()
-            .map(|(i, p)| p * pmf.value(i))
-            .sum();
-        let variance: f64 = pmf
-            .p
-            .par_iter()
-            .enumerate()
-            .map(|(i, p)| p * (pmf.value(i) - mean).powi(2))
+        let mean: f64 = (0..pmf.p.len()).map(|i| pmf.p[i] * pmf.value(i)).sum();
+        let variance: f64 = (0..pmf.p.len())
+            .map(|i| pmf.p[i] * (pmf.value(i) - mean).powi(2))
             .sum();
         let mut rdp = RdpAccountant::default();
         rdp.compose(&DpEvent::dp_sgd(prv.q, prv.sigma, 1))?;
@@ -460,11 +450,18 @@ impl Edge {
     /// `(low, high)` bounding `d/dt log pdf = -(z + 1 - 2 s) / s` on `[a, b]`, z and s being
     /// increasing in t.
     fn slope_range(&self, b: &Edge) -> (f64, f64) {
-        let numerator = [self.z + 1.0 - 2.0 * b.s, b.z + 1.0 - 2.0 * self.s];
-        let corners = numerator.map(|v| [-v / self.s, -v / b.s]).concat();
-        let low = corners.iter().copied().fold(f64::INFINITY, f64::min);
-        let high = corners.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        (low, high)
+        let (lowest, highest) = (self.z + 1.0 - 2.0 * b.s, b.z + 1.0 - 2.0 * self.s);
+        let corners = [
+            -lowest / self.s,
+            -lowest / b.s,
+            -highest / self.s,
+            -highest / b.s,
+        ];
+        corners
+            .into_iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), c| {
+                (low.min(c), high.max(c))
+            })
     }
 }
 
