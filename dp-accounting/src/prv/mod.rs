@@ -60,6 +60,7 @@
 //! symmetric domain.
 
 mod pmf;
+mod spectrum;
 mod subsampled_gaussian;
 
 use rayon::prelude::*;

@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use realfft::num_complex::Complex64;
 use realfft::RealFftPlanner;
 
+use super::spectrum::{cutoff, from_low_spectrum, low_spectrum, transform_size, Roots};
 use crate::error::AccountingError;
 
 /// Grids beyond this (2 GiB per buffer) are refused rather than attempted.
@@ -63,10 +64,6 @@ pub(super) fn smooth_at_most(n: usize) -> usize {
         k == 1
     };
     (1..=n).rev().find(|&k| smooth(k)).unwrap_or(1)
-}
-
-fn fft_error(e: impl std::fmt::Display) -> AccountingError {
-    AccountingError::Numerical(format!("FFT failed: {e}"))
 }
 
 /// Masses `p[i]` at the values `(start + i) mesh`.
@@ -193,22 +190,21 @@ fn golden_section_min(f: impl Fn(f64) -> f64, mut lo: f64, mut hi: f64) -> f64 {
 
 /// Composes pmfs on one lattice by FFT, with the plans of one size built once.
 pub(super) struct Composer {
-    forward: RealFftPlanner<f64>,
-    inverse: RealFftPlanner<f64>,
+    planner: RealFftPlanner<f64>,
 }
 
 impl Composer {
     pub fn new() -> Self {
         Self {
-            forward: RealFftPlanner::new(),
-            inverse: RealFftPlanner::new(),
+            planner: RealFftPlanner::new(),
         }
     }
 
     /// For each request (a count per input, a window), the pmf of the sum of `count_i`
     /// independent copies of input `i`, moved to the lattice of mesh `ratio` times the inputs'
     /// (1: unchanged) and read off there on the coarse window `[floor(a / ratio), ceil(b /
-    /// ratio)]` (where the window `[a, b]` of the sum goes). The inputs are transformed once.
+    /// ratio)]` (where the window `[a, b]` of the sum goes). The inputs are transformed once, at
+    /// the frequencies where some request's product is not negligible (see `spectrum`).
     pub fn compose(
         &mut self,
         epsilon_error: f64,
@@ -238,33 +234,27 @@ impl Composer {
                     "a coarser error: the PRV grid would exceed 2^28 points (use --accountant rdp)",
             });
         }
-        let (forward_planner, inverse_planner) = (&mut self.forward, &mut self.inverse);
-        let (spectra, inverse) = rayon::join(
-            || {
-                let forward = forward_planner.plan_fft_forward(n);
-                inputs
-                    .par_iter()
-                    .map(|pmf| {
-                        // Longer inputs fold onto the circle: the circular convolution is
-                        // unchanged.
-                        let mut buffer = forward.make_input_vec();
-                        for chunk in pmf.p.chunks(n) {
-                            buffer.iter_mut().zip(chunk).for_each(|(b, p)| *b += p);
-                        }
-                        let mut spectrum = forward.make_output_vec();
-                        forward
-                            .process(&mut buffer, &mut spectrum)
-                            .map_err(fft_error)?;
-                        Ok(spectrum)
-                    })
-                    .collect::<Result<Vec<_>, AccountingError>>()
-            },
-            || inverse_planner.plan_fft_inverse(coarse_n),
-        );
-        let spectra = spectra?;
+        let sequences: Vec<&[f64]> = inputs.iter().map(|p| p.p.as_slice()).collect();
+        let k = requests
+            .iter()
+            .map(|(counts, _)| cutoff(&sequences, counts, n, UNDERFLOW_LOG))
+            .max()
+            .unwrap_or(1);
+        let forward = self.planner.plan_fft_forward(transform_size(n, k));
+        let roots = Roots::new(n);
+        let spectra = inputs
+            .iter()
+            .map(|pmf| low_spectrum(&pmf.p, n, k, forward.as_ref(), &roots))
+            .collect::<Result<Vec<_>, AccountingError>>()?;
+        // Below `coarse_n / 2` the coarse spectrum has no aliases: its first `k` entries.
+        let coarse_k = k.min(coarse_n / 2 + 1);
+        let inverse = self
+            .planner
+            .plan_fft_inverse(transform_size(coarse_n, coarse_k));
+        let coarse_roots = Roots::new(coarse_n);
         let mesh = inputs[0].mesh * ratio as f64;
         requests
-            .par_iter()
+            .iter()
             .zip(&windows)
             .map(|((counts, _), &(first, last))| {
                 let mut origin: i128 = 0;
@@ -277,10 +267,9 @@ impl Composer {
                 let offset = (-origin).rem_euclid(m as i128);
                 let coarse_origin = (origin + offset) / m as i128;
                 let mut spectrum = coarse_spectrum(&product, coarse_n, m, offset as usize);
-                let mut circle = inverse.make_output_vec();
-                inverse
-                    .process(&mut spectrum, &mut circle)
-                    .map_err(fft_error)?;
+                spectrum.truncate(coarse_k);
+                let circle =
+                    from_low_spectrum(&spectrum, coarse_n, inverse.as_ref(), &coarse_roots)?;
                 // The window starts at slot (first - coarse_origin) mod n and runs on, wrapping
                 // once.
                 let slot = (first as i128 - coarse_origin).rem_euclid(coarse_n as i128) as usize;

@@ -1,0 +1,294 @@
+//! Discrete Fourier transforms of long real sequences whose spectra matter only at their lowest
+//! frequencies: the composed PRV of many steps is smooth, and all but a few hundred entries of
+//! its spectrum are below `e^-700`.
+//!
+//! - Cutoff (summation by parts): with `z = e^(-i theta)`, `(1 - z)^r sum_j p_j z^j = sum_j
+//!   (D^r p)_j z^j`, `D^r p` the r-th differences of the zero-padded sequence, so
+//!   `|p^(theta)| <= V_r / (2 sin(theta / 2))^r` with `V_r` their l1 norm (`V_0` the mass). The
+//!   bound decreases on `(0, pi]`, so past the first frequency where `sum_i c_i log(bound_i)`
+//!   drops below `-700`, every entry of `prod_i p^_i^(c_i)` does.
+//! - Polyphase split: on a circle of `n = R M` points, with `w = e^(-2 pi i / n)`,
+//!   `F(l) = sum_(r < R) w^(r l) G_r(l)`, `G_r` the `M`-point DFT of `x_(a R + r)` (`a < M`).
+//!   For `l < K <= M / 2` this gives the `K` lowest entries from `R` transforms of `M` points;
+//!   the inverse is the same sum read backwards. Plans of `M` points are cheap, where a plan of
+//!   `n` points computes about `n` sines and cosines.
+
+use std::f64::consts::PI;
+
+use rayon::prelude::*;
+use realfft::num_complex::Complex64;
+use realfft::{ComplexToReal, RealToComplex};
+
+use crate::error::AccountingError;
+
+/// Highest order of differences in the cutoff bound.
+const MAX_ORDER: usize = 4;
+
+/// Transforms summed in one rayon leaf: partial sums then add pairwise.
+const LEAF: usize = 16;
+
+fn fft_error(e: impl std::fmt::Display) -> AccountingError {
+    AccountingError::Numerical(format!("FFT failed: {e}"))
+}
+
+/// The roots of unity `e^(-2 pi i j / n)`, each the product of two exact values from tables of
+/// about `sqrt(n)` entries.
+pub(super) struct Roots {
+    n: usize,
+    width: usize,
+    high: Vec<Complex64>,
+    low: Vec<Complex64>,
+}
+
+impl Roots {
+    pub fn new(n: usize) -> Self {
+        let width = (n as f64).sqrt().ceil() as usize;
+        let root = |j: usize| Complex64::from_polar(1.0, -2.0 * PI * j as f64 / n as f64);
+        Self {
+            n,
+            width,
+            high: (0..n.div_ceil(width)).map(|h| root(h * width)).collect(),
+            low: (0..width).map(root).collect(),
+        }
+    }
+
+    /// `e^(-2 pi i j / n)`.
+    pub fn get(&self, j: usize) -> Complex64 {
+        let j = j % self.n;
+        self.high[j / self.width] * self.low[j % self.width]
+    }
+}
+
+/// For each input `p_i` (with `c_i` copies), the log of an upper bound on `|p^_i(theta)|` as a
+/// function of `2 sin(theta / 2)`: `min_r log V_r - r log(2 sin(theta / 2))`.
+struct DifferenceNorms {
+    log_norms: [f64; MAX_ORDER + 1],
+}
+
+impl DifferenceNorms {
+    fn new(p: &[f64]) -> Self {
+        let mut log_norms = [0.0; MAX_ORDER + 1];
+        let mut d = p.to_vec();
+        for (r, log_norm) in log_norms.iter_mut().enumerate() {
+            if r > 0 {
+                // The differences of the zero-padded sequence, one longer.
+                d.push(0.0);
+                for j in (1..d.len()).rev() {
+                    d[j] -= d[j - 1];
+                }
+            }
+            *log_norm = d.iter().map(|x| x.abs()).sum::<f64>().ln();
+        }
+        Self { log_norms }
+    }
+
+    fn log_bound(&self, log_chord: f64) -> f64 {
+        self.log_norms
+            .iter()
+            .enumerate()
+            .map(|(r, v)| v - r as f64 * log_chord)
+            .fold(f64::INFINITY, f64::min)
+    }
+}
+
+/// The smallest `K >= 1` such that the entries `k` in `[K, n / 2]` of `prod_i p^_i^(c_i)` on a
+/// circle of `n` points are all below `e^(-log_floor)`; `n / 2 + 1` if there is none.
+pub(super) fn cutoff(inputs: &[&[f64]], counts: &[u64], n: usize, log_floor: f64) -> usize {
+    let norms: Vec<(DifferenceNorms, f64)> = inputs
+        .iter()
+        .zip(counts)
+        .filter(|(_, &c)| c > 0)
+        .map(|(p, &c)| (DifferenceNorms::new(p), c as f64))
+        .collect();
+    let negligible = |k: usize| {
+        let log_chord = (2.0 * (PI * k as f64 / n as f64).sin()).ln();
+        let log_bound: f64 = norms.iter().map(|(v, c)| c * v.log_bound(log_chord)).sum();
+        log_bound < -log_floor
+    };
+    let half = n / 2;
+    if half == 0 || !negligible(half) {
+        return half + 1;
+    }
+    // The bound decreases in k on [1, n / 2]: the first k where it is negligible.
+    let (mut lo, mut hi) = (1, half);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if negligible(mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    lo
+}
+
+/// The transform length `M` for the `k` lowest entries on a circle of `n` points: the smallest
+/// divisor of `n` at or above `2 k`, else `n` itself.
+pub(super) fn transform_size(n: usize, k: usize) -> usize {
+    (2 * k..n).find(|d| n % d == 0).unwrap_or(n)
+}
+
+/// The `k` lowest entries `F(l) = sum_j x_j e^(-2 pi i j l / n)` of `x` folded onto a circle of
+/// `n = R M` points (`M = fft.len()`, `k <= M / 2 + 1`), by the polyphase split.
+pub(super) fn low_spectrum(
+    x: &[f64],
+    n: usize,
+    k: usize,
+    fft: &dyn RealToComplex<f64>,
+    roots: &Roots,
+) -> Result<Vec<Complex64>, AccountingError> {
+    let m = fft.len();
+    let phases = n / m;
+    let zero = vec![Complex64::new(0.0, 0.0); k];
+    (0..phases)
+        .into_par_iter()
+        .with_max_len(LEAF)
+        .map(|r| {
+            let mut buffer = fft.make_input_vec();
+            for (a, b) in buffer.iter_mut().enumerate() {
+                *b = x.iter().skip(a * phases + r).step_by(n).sum();
+            }
+            let mut spectrum = fft.make_output_vec();
+            fft.process(&mut buffer, &mut spectrum).map_err(fft_error)?;
+            Ok((0..k).map(|l| spectrum[l] * roots.get(r * l)).collect())
+        })
+        .try_reduce(
+            || zero.clone(),
+            |mut a: Vec<Complex64>, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                Ok(a)
+            },
+        )
+}
+
+/// The real sequence `x_j = sum_(|l| < K) F(l) e^(2 pi i j l / n)` (unnormalised, `F(-l)` the
+/// conjugate of `F(l)`) on a circle of `n = R M` points (`M = ifft.len()`) from its `K` lowest
+/// entries `spectrum` (`K <= M / 2`, or `K = n / 2 + 1` with `M = n`), by the polyphase split.
+pub(super) fn from_low_spectrum(
+    spectrum: &[Complex64],
+    n: usize,
+    ifft: &dyn ComplexToReal<f64>,
+    roots: &Roots,
+) -> Result<Vec<f64>, AccountingError> {
+    let m = ifft.len();
+    let phases = n / m;
+    let columns = (0..phases)
+        .into_par_iter()
+        .map(|r| {
+            let mut half = ifft.make_input_vec();
+            for (l, (h, f)) in half.iter_mut().zip(spectrum).enumerate() {
+                *h = f * roots.get(r * l).conj();
+            }
+            // A real signal's first and (even length) last entries are real.
+            half[0].im = 0.0;
+            if m % 2 == 0 {
+                half[m / 2].im = 0.0;
+            }
+            let mut column = ifft.make_output_vec();
+            ifft.process(&mut half, &mut column).map_err(fft_error)?;
+            Ok(column)
+        })
+        .collect::<Result<Vec<Vec<f64>>, AccountingError>>()?;
+    let mut x = vec![0.0; n];
+    for (r, column) in columns.iter().enumerate() {
+        for (a, &v) in column.iter().enumerate() {
+            x[a * phases + r] = v;
+        }
+    }
+    Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use realfft::RealFftPlanner;
+
+    /// A smooth, long-tailed test sequence of length `len`.
+    fn sequence(len: usize) -> Vec<f64> {
+        (0..len)
+            .map(|j| {
+                let t = j as f64 / len as f64;
+                (-30.0 * (t - 0.3).powi(2)).exp() + 0.1 * (-5.0 * t).exp()
+            })
+            .collect()
+    }
+
+    fn naive_dft(x: &[f64], n: usize, l: usize) -> Complex64 {
+        x.iter()
+            .enumerate()
+            .map(|(j, v)| {
+                v * Complex64::from_polar(1.0, -2.0 * PI * ((j * l) % n) as f64 / n as f64)
+            })
+            .sum()
+    }
+
+    #[test]
+    fn low_spectrum_and_its_inverse_match_the_naive_transforms() {
+        let mut planner = RealFftPlanner::<f64>::new();
+        // A sequence longer than the circle folds onto it.
+        for (n, len, k) in [(360, 300, 20), (360, 500, 7), (96, 96, 49)] {
+            let x = sequence(len);
+            let roots = Roots::new(n);
+            let m = transform_size(n, k);
+            assert!(n % m == 0 && (m >= 2 * k || m == n), "{n} {k} {m}");
+            let got = low_spectrum(&x, n, k, planner.plan_fft_forward(m).as_ref(), &roots).unwrap();
+            for (l, g) in got.iter().enumerate() {
+                let want = naive_dft(&x, n, l);
+                assert!((g - want).norm() < 1e-12, "n {n} l {l}: {g} vs {want}");
+            }
+            let back =
+                from_low_spectrum(&got, n, planner.plan_fft_inverse(m).as_ref(), &roots).unwrap();
+            for (j, b) in back.iter().enumerate() {
+                let want: f64 = (0..k)
+                    .map(|l| {
+                        let term = got[l]
+                            * Complex64::from_polar(
+                                1.0,
+                                2.0 * PI * ((j * l) % n) as f64 / n as f64,
+                            );
+                        if l == 0 || 2 * l == n {
+                            term.re
+                        } else {
+                            2.0 * term.re
+                        }
+                    })
+                    .sum();
+                assert!((b - want).abs() < 1e-11, "n {n} j {j}: {b} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn cutoff_bounds_every_entry_it_drops() {
+        // A smooth pmf that vanishes at both ends.
+        let bump: Vec<f64> = (0..200)
+            .map(|j| {
+                let t = j as f64 / 200.0;
+                (t * (1.0 - t)).powi(4) * (-3.0 * t).exp()
+            })
+            .collect();
+        let mass: f64 = bump.iter().sum();
+        let x: Vec<f64> = bump.iter().map(|p| p / mass).collect();
+        let n = 1000;
+        for count in [3, 20, 100] {
+            // A floor of e^-20 keeps the test's entries far from underflow.
+            let k = cutoff(&[&x], &[count], n, 20.0);
+            assert!(k < n / 2, "count {count}: nothing dropped");
+            for l in k..=n / 2 {
+                let magnitude = naive_dft(&x, n, l).norm().powi(count as i32);
+                assert!(
+                    magnitude < (-20f64).exp(),
+                    "count {count} l {l}: {magnitude}"
+                );
+            }
+            // The bound is tight: the last entry above the floor is at least half way to it.
+            let last = (1..k)
+                .rev()
+                .find(|&l| naive_dft(&x, n, l).norm().powi(count as i32) >= (-20f64).exp());
+            assert!(
+                last.is_some_and(|l| 2 * (l + 1) >= k),
+                "count {count}: {k} {last:?}"
+            );
+        }
+    }
+}
