@@ -360,37 +360,55 @@ impl OneStep {
         let start = (lo / mesh).round() as i64;
         let n = ((hi / mesh).round() as i64 - start + 1) as usize;
         let edge = |j: usize| ((start as f64 + j as f64 - 0.5) * mesh).clamp(lo, hi);
-        let edges: Vec<Edge> = (0..=n)
-            .into_par_iter()
-            .map(|j| Edge::new(prv, edge(j)))
-            .collect();
         // The total mass of the cut range is P[lo <= Y <= hi] = (1 - S(hi)) - F(lo).
         let mass = 1.0 - prv.survival(hi) - prv.cdf(lo);
-        let cells: Vec<Cell> = edges
-            .par_windows(2)
-            .enumerate()
-            .map(|(j, w)| {
-                let centre = (start + j as i64) as f64 * mesh;
-                let full = j > 0 && j < n - 1;
-                Cell::new(prv, mass, mesh, centre, (&w[0], &w[1]), full)
+        // Chunks of cells, each computed with its two neighbours (which say where runs of smooth
+        // cells end): the masses and the chunk's share of the rounding bounds (module docs).
+        let chunks: Vec<(Vec<f64>, [f64; 3])> = (0..n.div_ceil(CELL_CHUNK))
+            .into_par_iter()
+            .map(|c| {
+                let (first, last) = (c * CELL_CHUNK, ((c + 1) * CELL_CHUNK).min(n));
+                let (from, to) = (first.saturating_sub(1), (last + 1).min(n));
+                let edges: Vec<Edge> = (from..=to).map(|j| Edge::new(prv, edge(j))).collect();
+                let cells: Vec<Cell> = edges
+                    .windows(2)
+                    .zip(from..)
+                    .map(|(w, j)| {
+                        let centre = (start + j as i64) as f64 * mesh;
+                        let full = j > 0 && j < n - 1;
+                        Cell::new(prv, mass, mesh, centre, (&w[0], &w[1]), full)
+                    })
+                    .collect();
+                let smooth = |j: Option<usize>| {
+                    j.filter(|j| (from..to).contains(j))
+                        .is_some_and(|j| cells[j - from].smooth)
+                };
+                // The rough cells' computed part, then the smooth cells' remainders with the two
+                // end terms of each run of smooth cells and the rough cells' remainders.
+                let (mut second_moment, mut known, mut unknown) = (0.0, 0.0, 0.0);
+                for j in first..last {
+                    let c = &cells[j - from];
+                    second_moment += c.second_moment;
+                    known += c.known;
+                    let ends = if c.smooth {
+                        !smooth(j.checked_sub(1)) as u8 + !smooth(Some(j + 1)) as u8
+                    } else {
+                        0
+                    };
+                    unknown += c.remainder + f64::from(ends) * c.end_term;
+                }
+                let p = cells[first - from..last - from]
+                    .iter()
+                    .map(|c| c.p)
+                    .collect();
+                (p, [second_moment, known, unknown])
             })
             .collect();
-        // The rough cells' computed part, then the smooth cells' remainders with the two end
-        // terms of each run of smooth cells and the rough cells' remainders (module docs).
-        let smooth = |j: Option<usize>| j.and_then(|j| cells.get(j)).is_some_and(|c| c.smooth);
-        let (mut second_moment, mut known, mut unknown) = (0.0, 0.0, 0.0);
-        for (j, c) in cells.iter().enumerate() {
-            second_moment += c.second_moment;
-            known += c.known;
-            let ends = if c.smooth {
-                !smooth(j.checked_sub(1)) as u8 + !smooth(Some(j + 1)) as u8
-            } else {
-                0
-            };
-            unknown += c.remainder + f64::from(ends) * c.end_term;
-        }
+        let p: Vec<f64> = chunks.iter().flat_map(|c| c.0.iter().copied()).collect();
+        let [second_moment, known, unknown] = chunks.iter().fold([0.0; 3], |acc, c| {
+            [acc[0] + c.1[0], acc[1] + c.1[1], acc[2] + c.1[2]]
+        });
         let bias = known.abs() + unknown;
-        let p: Vec<f64> = cells.iter().map(|c| c.p).collect();
         let pmf = Pmf { start, mesh, p };
         let mean: f64 = (0..pmf.p.len()).map(|i| pmf.p[i] * pmf.value(i)).sum();
         let variance: f64 = (0..pmf.p.len())
@@ -465,6 +483,9 @@ impl Edge {
             })
     }
 }
+
+/// Cells per parallel chunk of a one-step discretisation.
+const CELL_CHUNK: usize = 4096;
 
 /// Cells with `u = h max |d/dt log pdf| <= SMOOTH_SLOPE` take the smooth-cell bounds.
 const SMOOTH_SLOPE: f64 = 1.0 / 32.0;
