@@ -364,10 +364,12 @@ impl OneStep {
         let mass = 1.0 - prv.survival(hi) - prv.cdf(lo);
         // Chunks of cells, each computed with its two neighbours (which say where runs of smooth
         // cells end): the masses and the chunk's share of the rounding bounds (module docs).
-        let chunks: Vec<(Vec<f64>, [f64; 3])> = (0..n.div_ceil(CELL_CHUNK))
-            .into_par_iter()
-            .map(|c| {
-                let (first, last) = (c * CELL_CHUNK, ((c + 1) * CELL_CHUNK).min(n));
+        let mut p = vec![0.0; n];
+        let chunks: Vec<[f64; 3]> = p
+            .par_chunks_mut(CELL_CHUNK)
+            .enumerate()
+            .map(|(c, masses)| {
+                let (first, last) = (c * CELL_CHUNK, c * CELL_CHUNK + masses.len());
                 let (from, to) = (first.saturating_sub(1), (last + 1).min(n));
                 let edges: Vec<Edge> = (from..=to).map(|j| Edge::new(prv, edge(j))).collect();
                 let cells: Vec<Cell> = edges
@@ -397,16 +399,14 @@ impl OneStep {
                     };
                     unknown += c.remainder + f64::from(ends) * c.end_term;
                 }
-                let p = cells[first - from..last - from]
-                    .iter()
-                    .map(|c| c.p)
-                    .collect();
-                (p, [second_moment, known, unknown])
+                for (m, c) in masses.iter_mut().zip(&cells[first - from..]) {
+                    *m = c.p;
+                }
+                [second_moment, known, unknown]
             })
             .collect();
-        let p: Vec<f64> = chunks.iter().flat_map(|c| c.0.iter().copied()).collect();
         let [second_moment, known, unknown] = chunks.iter().fold([0.0; 3], |acc, c| {
-            [acc[0] + c.1[0], acc[1] + c.1[1], acc[2] + c.1[2]]
+            [acc[0] + c[0], acc[1] + c[1], acc[2] + c[2]]
         });
         let bias = known.abs() + unknown;
         let pmf = Pmf { start, mesh, p };
@@ -524,8 +524,8 @@ impl Cell {
         let slope = low.abs().max(high.abs());
         let u = slope * (b.t - a.t);
         if full && u <= SMOOTH_SLOPE {
-            // sup pdf <= e^u inf pdf <= e^u p / h.
-            let sup_h = u.exp() * p * mesh * mesh;
+            // sup pdf <= e^u inf pdf <= e^u p / h, and e^u <= 1 + u + u^2 for u <= 1.
+            let sup_h = (1.0 + u * (1.0 + u)) * p * mesh * mesh;
             return Cell {
                 p,
                 second_moment: sup_h / 12.0,

@@ -66,20 +66,23 @@ struct DifferenceNorms {
 }
 
 impl DifferenceNorms {
+    /// In one pass: `last[r]` holds the latest r-th difference, and the sequence runs on with
+    /// `MAX_ORDER` zeros, after which all differences of the padded sequence are zero.
     fn new(p: &[f64]) -> Self {
-        let mut log_norms = [0.0; MAX_ORDER + 1];
-        let mut d = p.to_vec();
-        for (r, log_norm) in log_norms.iter_mut().enumerate() {
-            if r > 0 {
-                // The differences of the zero-padded sequence, one longer.
-                d.push(0.0);
-                for j in (1..d.len()).rev() {
-                    d[j] -= d[j - 1];
-                }
+        let mut norms = [0.0; MAX_ORDER + 1];
+        let mut last = [0.0; MAX_ORDER + 1];
+        for &x in p.iter().chain(&[0.0; MAX_ORDER]) {
+            let mut d = x;
+            for (norm, previous) in norms.iter_mut().zip(&mut last) {
+                *norm += d.abs();
+                let next = d - *previous;
+                *previous = d;
+                d = next;
             }
-            *log_norm = d.iter().map(|x| x.abs()).sum::<f64>().ln();
         }
-        Self { log_norms }
+        Self {
+            log_norms: norms.map(f64::ln),
+        }
     }
 
     fn log_bound(&self, log_chord: f64) -> f64 {
