@@ -113,7 +113,6 @@ pub struct PrvAccountant {
     /// (q, sigma, count) of the steps composed so far.
     steps: Vec<(f64, f64, u64)>,
     non_private: bool,
-    rdp: RdpAccountant,
 }
 
 impl PrvAccountant {
@@ -129,7 +128,6 @@ impl PrvAccountant {
             epsilon_error,
             steps: Vec::new(),
             non_private: false,
-            rdp: RdpAccountant::default(),
         })
     }
 
@@ -170,7 +168,11 @@ impl PrvAccountant {
         if self.steps.is_empty() {
             return Ok(0.0);
         }
-        let rdp_delta = self.rdp.delta(epsilon)?;
+        let mut rdp = RdpAccountant::default();
+        for &(q, sigma, count) in &self.steps {
+            rdp.compose(&DpEvent::dp_sgd(q, sigma, count))?;
+        }
+        let rdp_delta = rdp.delta(epsilon)?;
         let delta_error = (rdp_delta / 1000.0).max(1e-15);
         let composed = self.compose_grid(delta_error)?;
         Ok((composed.delta(epsilon - self.epsilon_error) + delta_error).min(1.0))
@@ -710,7 +712,6 @@ impl Accountant for PrvAccountant {
         let mut steps = Vec::new();
         let mut non_private = false;
         collect_steps(event, 1, &mut steps, &mut non_private)?;
-        self.rdp.compose(event)?;
         for (q, sigma, count) in steps {
             match self.steps.iter_mut().find(|s| s.0 == q && s.1 == sigma) {
                 Some(s) => s.2 += count,
