@@ -24,7 +24,7 @@ use crate::error::AccountingError;
 /// Highest order of differences in the cutoff bound.
 const MAX_ORDER: usize = 4;
 
-/// Transforms summed in one rayon leaf: partial sums then add pairwise.
+/// Phases handled together: their rows are contiguous, their partial sums add pairwise.
 const LEAF: usize = 16;
 
 fn fft_error(e: impl std::fmt::Display) -> AccountingError {
@@ -143,21 +143,33 @@ pub(super) fn low_spectrum(
     let m = fft.len();
     let phases = n / m;
     let zero = vec![Complex64::new(0.0, 0.0); k];
-    (0..phases)
+    (0..phases.div_ceil(LEAF))
         .into_par_iter()
-        .with_max_len(LEAF)
-        .map(|r| {
-            let mut buffer = fft.make_input_vec();
-            for (a, b) in buffer.iter_mut().enumerate() {
-                *b = x.iter().skip(a * phases + r).step_by(n).sum();
+        .with_max_len(1)
+        .map(|block| {
+            let first = block * LEAF;
+            let mut buffers = vec![fft.make_input_vec(); LEAF.min(phases - first)];
+            // Row `a` of the block, slots `a R + first ..`, is contiguous (and folded).
+            for a in 0..m {
+                for start in (a * phases + first..x.len()).step_by(n) {
+                    for (buffer, v) in buffers.iter_mut().zip(&x[start..]) {
+                        buffer[a] += v;
+                    }
+                }
             }
+            let mut sum = zero.clone();
             let mut spectrum = fft.make_output_vec();
-            fft.process(&mut buffer, &mut spectrum).map_err(fft_error)?;
-            Ok((0..k).map(|l| spectrum[l] * roots.get(r * l)).collect())
+            for (r, buffer) in (first..).zip(&mut buffers) {
+                fft.process(buffer, &mut spectrum).map_err(fft_error)?;
+                for (l, s) in sum.iter_mut().enumerate() {
+                    *s += spectrum[l] * roots.get(r * l);
+                }
+            }
+            Ok(sum)
         })
         .try_reduce(
             || zero.clone(),
-            |mut a: Vec<Complex64>, b| {
+            |mut a, b| {
                 a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
                 Ok(a)
             },
@@ -175,27 +187,36 @@ pub(super) fn from_low_spectrum(
 ) -> Result<Vec<f64>, AccountingError> {
     let m = ifft.len();
     let phases = n / m;
-    let columns = (0..phases)
+    let blocks = (0..phases.div_ceil(LEAF))
         .into_par_iter()
-        .map(|r| {
-            let mut half = ifft.make_input_vec();
-            for (l, (h, f)) in half.iter_mut().zip(spectrum).enumerate() {
-                *h = f * roots.get(r * l).conj();
-            }
-            // A real signal's first and (even length) last entries are real.
-            half[0].im = 0.0;
-            if m % 2 == 0 {
-                half[m / 2].im = 0.0;
-            }
-            let mut column = ifft.make_output_vec();
-            ifft.process(&mut half, &mut column).map_err(fft_error)?;
-            Ok(column)
+        .map(|block| {
+            let first = block * LEAF;
+            (first..(first + LEAF).min(phases))
+                .map(|r| {
+                    let mut half = ifft.make_input_vec();
+                    for (l, (h, f)) in half.iter_mut().zip(spectrum).enumerate() {
+                        *h = f * roots.get(r * l).conj();
+                    }
+                    // A real signal's first and (even length) last entries are real.
+                    half[0].im = 0.0;
+                    if m % 2 == 0 {
+                        half[m / 2].im = 0.0;
+                    }
+                    let mut column = ifft.make_output_vec();
+                    ifft.process(&mut half, &mut column).map_err(fft_error)?;
+                    Ok(column)
+                })
+                .collect::<Result<Vec<Vec<f64>>, AccountingError>>()
         })
-        .collect::<Result<Vec<Vec<f64>>, AccountingError>>()?;
+        .collect::<Result<Vec<_>, AccountingError>>()?;
+    // Row `a` of a block, slots `a R + first ..`, is contiguous.
     let mut x = vec![0.0; n];
-    for (r, column) in columns.iter().enumerate() {
-        for (a, &v) in column.iter().enumerate() {
-            x[a * phases + r] = v;
+    for (block, columns) in blocks.iter().enumerate() {
+        for a in 0..m {
+            let row = &mut x[a * phases + block * LEAF..];
+            for (slot, column) in row.iter_mut().zip(columns) {
+                *slot = column[a];
+            }
         }
     }
     Ok(x)
