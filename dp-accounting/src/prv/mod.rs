@@ -631,39 +631,47 @@ fn fine_window(parts: &[(&OneStep, u64)], beta: f64) -> Window {
 
 /// A composed, discretised PRV with suffix sums for delta and epsilon queries.
 struct ComposedPrv {
-    pmf: Pmf,
-    /// First index with a non-negative value (or the last below it): only those matter for
-    /// epsilon >= 0.
-    start: usize,
-    /// For i >= start: `M_i = sum_{j >= i} p_j` and `S_i = sum_{j >= i} p_j e^(t_i - t_j)`.
-    /// Scaled by `e^(t_i)`, `S_i <= M_i` cannot overflow, whatever the epsilon (an unscaled
-    /// `sum p_j e^(-t_j)` underflows past t = 745, and `e^t` overflows past 709).
+    /// The values from the first non-negative one (or the last below it): only those matter
+    /// for epsilon >= 0. Entry `i` is at `t_i = (first + i) mesh`.
+    first: i64,
+    mesh: f64,
+    /// `M_i = sum_{j >= i} p_j` and `S_i = sum_{j >= i} p_j e^(t_i - t_j)`, one entry past the
+    /// last value (both 0). Scaled by `e^(t_i)`, `S_i <= M_i` cannot overflow, whatever the
+    /// epsilon (an unscaled `sum p_j e^(-t_j)` underflows past t = 745, and `e^t` overflows past
+    /// 709).
     tail_mass: Vec<f64>,
     tail_scaled: Vec<f64>,
 }
 
 impl ComposedPrv {
+    /// Turns the pmf's masses into the suffix sums `M_i` in place.
     fn new(pmf: Pmf) -> Self {
-        let n = pmf.p.len();
-        let start = ((-pmf.start).max(0) as usize).min(n - 1);
-        let len = n - start;
-        let decay = (-pmf.mesh).exp();
-        let (mut tail_mass, mut tail_scaled) = (vec![0.0; len + 1], vec![0.0; len + 1]);
-        for i in (0..len).rev() {
-            let p = pmf.p[start + i];
+        let Pmf {
+            start,
+            mesh,
+            p: mut tail_mass,
+        } = pmf;
+        let skip = ((-start).max(0) as usize).min(tail_mass.len() - 1);
+        tail_mass.drain(..skip);
+        tail_mass.push(0.0);
+        let len = tail_mass.len();
+        let decay = (-mesh).exp();
+        let mut tail_scaled = vec![0.0; len];
+        for i in (0..len - 1).rev() {
+            let p = tail_mass[i];
             tail_mass[i] = tail_mass[i + 1] + p;
             tail_scaled[i] = p + decay * tail_scaled[i + 1];
         }
         Self {
-            pmf,
-            start,
+            first: start + skip as i64,
+            mesh,
             tail_mass,
             tail_scaled,
         }
     }
 
     fn t(&self, i: usize) -> f64 {
-        self.pmf.value(self.start + i)
+        (self.first + i as i64) as f64 * self.mesh
     }
 
     /// `delta` on `[t_{i-1}, t_i]`: `M_i - e^(epsilon - t_i) S_i`.
@@ -677,7 +685,7 @@ impl ComposedPrv {
     /// `delta(epsilon) = sum_{t_j >= epsilon} p_j (1 - e^(epsilon - t_j))`.
     fn delta(&self, epsilon: f64) -> f64 {
         let epsilon = epsilon.max(0.0);
-        let i = ((epsilon - self.t(0)) / self.pmf.mesh).ceil().max(0.0) as usize;
+        let i = ((epsilon - self.t(0)) / self.mesh).ceil().max(0.0) as usize;
         self.delta_below(i.min(self.tail_mass.len() - 1), epsilon)
     }
 

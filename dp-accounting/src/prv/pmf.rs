@@ -268,19 +268,15 @@ impl Composer {
                 let coarse_origin = (origin + offset) / m as i128;
                 let mut spectrum = coarse_spectrum(&product, coarse_n, m, offset as usize);
                 spectrum.truncate(coarse_k);
-                let circle =
+                let mut p =
                     from_low_spectrum(&spectrum, coarse_n, inverse.as_ref(), &coarse_roots)?;
                 // The window starts at slot (first - coarse_origin) mod n and runs on, wrapping
                 // once.
                 let slot = (first as i128 - coarse_origin).rem_euclid(coarse_n as i128) as usize;
-                let len = (last - first + 1) as usize;
-                let head = len.min(coarse_n - slot);
+                p.rotate_left(slot);
+                p.truncate((last - first + 1) as usize);
                 // Rounding leaves values of about 1e-17 where the mass is 0, some negative: 0.
-                let p = circle[slot..slot + head]
-                    .iter()
-                    .chain(&circle[..len - head])
-                    .map(|&x| x.max(0.0))
-                    .collect();
+                p.iter_mut().for_each(|x| *x = x.max(0.0));
                 Ok(Pmf {
                     start: first,
                     mesh,
