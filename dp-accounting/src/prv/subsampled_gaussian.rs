@@ -34,7 +34,7 @@ impl SubsampledGaussianPrv {
     /// `x` threshold `z(t)`, or `None` below the support.
     fn threshold(&self, t: f64) -> Option<f64> {
         let inner = t.exp_m1() + self.q; // e^t - 1 + q, accurate near the support's start
-        (inner > 0.0).then(|| self.sigma * self.sigma * (inner.ln() - self.q.ln()) + 0.5)
+        (inner > 0.0).then(|| self.sigma * self.sigma * (inner / self.q).ln() + 0.5)
     }
 
     /// At `t`: `P[Y <= t]` if `t < 0`, else `P[Y > t]`, with `z(t)` and `s(t)` (see the module
@@ -45,7 +45,7 @@ impl SubsampledGaussianPrv {
         if inner <= 0.0 {
             return (0.0, f64::NEG_INFINITY, 0.0);
         }
-        let z = self.sigma * self.sigma * (inner.ln() - self.q.ln()) + 0.5;
+        let z = self.sigma * self.sigma * (inner / self.q).ln() + 0.5;
         let tail = if t < 0.0 {
             self.mixture_tail(-z, 1.0 - z)
         } else {
