@@ -6,7 +6,9 @@
 //! lattice of mesh `h1`; each block's pmf is moved to a coarse lattice of mesh `h2 = m h1` by the
 //! mean-preserving split (see `pmf`); stage 2 composes the `T2` blocks (a kind of step with
 //! `c` steps gives `floor(c / T1)` full blocks and one block of the remainder) on the coarse
-//! lattice. Few steps, or a coarse mesh under `2 h1`, take one stage (`T2 = 1`, no split).
+//! lattice. Few steps, or a coarse mesh under `2 h1`, take one stage (`T2 = 1`, no split). The
+//! split (by a ratio `m` of the form `2^a 3^b 5^c`) is done on the composed spectrum; spectra
+//! are computed only below a proven cutoff, where the rest is under `e^-700` (see `spectrum`).
 //!
 //! Error argument (Thm 5.5, with the rounding errors as a martingale and Bernstein's inequality
 //! in place of Hoeffding's):
@@ -57,7 +59,8 @@
 //! largest count if there is one in that range) keeps both lattices short: for q = 0.01, sigma = 1,
 //! T = 1e5, eps_error = 0.01 a one-step pmf of 2.2e5 cells (h1 = 1.35e-5), a fine FFT window of
 //! 5.2e5 points and a coarse one of 3.3e5 (h2 = 12 h1), against 7e6 points for one stage on a
-//! symmetric domain.
+//! symmetric domain. Of those circles' spectra only the lowest 576 and 126 entries are above
+//! the cutoff.
 
 mod pmf;
 mod spectrum;
