@@ -43,7 +43,7 @@ pub enum DpEvent {
     RepeatAndSelect {
         /// One run.
         event: Box<DpEvent>,
-        /// E[K].
+        /// `E[K]`.
         mean: f64,
         /// The distribution of K.
         #[serde(flatten)]
