@@ -29,14 +29,17 @@
 //!   sub-cell (`c` its midpoint), and the second moment follows likewise. This gives `|E[Z]| <=
 //!   mu` and `E[Z^2] <= v` per kind of step.
 //! - Regridding: each block's split has an error `W` of conditional mean zero in an interval of
-//!   width `h2`, so `E[e^(lambda W) | past] <= e^(lambda^2 h2^2 / 8)` (Hoeffding's lemma).
+//!   width `h2`, so `E[e^(lambda W) | past] <= e^(lambda^2 h2^2 / 8)` (Hoeffding's lemma). The
+//!   sum of all blocks is split once more, to the final mesh `h3 = m3 h2`, with one such error of
+//!   width `h3`.
 //! - Taking, block by block, the `T1` errors `Z - E[Z]` (independent, `|Z - E[Z]| <= c = h1/2 +
-//!   mu`, variance `<= v`) and then the block's `W`, Bernstein's moment bound gives
-//!   `P[|total - T mu| >= s] <= 2 exp(-s^2 / (2 (V + c s / 3)))` with `V = T v + T2 h2^2 / 4`.
-//!   With `s = epsilon_error - T mu` this is kept under `eta = delta_error / 3`. The fine mesh is
-//!   planned for `v = 1.05 h1^2 / 12` and two thirds of the budget `s^2 / (2 log(2 / eta))`
-//!   (all of it for one stage); after discretising, the coarse mesh takes what the measured `v`
-//!   and `mu` leave, and a fine mesh whose bounds overrun the budget shrinks by 0.7 and is
+//!   mu`, variance `<= v`) and then the block's `W`, and last the final split's, Bernstein's
+//!   moment bound gives `P[|total - T mu| >= s] <= 2 exp(-s^2 / (2 (V + c s / 3)))` with
+//!   `V = T v + T2 h2^2 / 4 + h3^2 / 4`. With `s = epsilon_error - T mu` this is kept under
+//!   `eta = delta_error / 3`. The fine mesh is planned for `v = 1.05 h1^2 / 12` and two thirds of
+//!   the budget `s^2 / (2 log(2 / eta))` (all of it for one stage); after discretising, the
+//!   blocks' splits take three quarters of what the measured `v` and `mu` leave and the final
+//!   split the rest, and a fine mesh whose bounds overrun the budget shrinks by 0.7 and is
 //!   discretised again. (The cell-centred variance `h1^2 / 12` instead of Hoeffding's `h1^2 / 4`
 //!   lets `h1` grow by about `sqrt(3)`.)
 //! - Cutting the tails costs at most `T * delta_error / (3 T)` in total variation.
@@ -58,9 +61,9 @@
 //! The block length `T1` (at most `ceil(3 sqrt(T))`, and at least half of it; a divisor of the
 //! largest count if there is one in that range) keeps both lattices short: for q = 0.01, sigma = 1,
 //! T = 1e5, eps_error = 0.01 a one-step pmf of 2.2e5 cells (h1 = 1.35e-5), a fine FFT window of
-//! 5.2e5 points and a coarse one of 3.3e5 (h2 = 12 h1), against 7e6 points for one stage on a
-//! symmetric domain. Of those circles' spectra only the lowest 576 and 126 entries are above
-//! the cutoff.
+//! 5.2e5 points and a coarse one of 4.0e5 (h2 = 10 h1), against 7e6 points for one stage on a
+//! symmetric domain. Of those circles' spectra only the lowest 576 and 125 entries are above
+//! the cutoff, and the final lattice has 5.0e4 points (h3 = 8 h2).
 
 mod pmf;
 mod spectrum;
@@ -88,6 +91,10 @@ const BIAS_SHARE: f64 = 0.02;
 
 /// Planned `E[Z^2] / (h1^2 / 12)` for one step's rounding error `Z` (1 for a smooth density).
 const ASSUMED_SECOND_MOMENT: f64 = 1.05;
+
+/// Share of what the fine stage leaves of the variance budget planned for the final split (the
+/// blocks' splits take the rest).
+const FINAL_SHARE: f64 = 0.25;
 
 /// Times the fine mesh shrinks when its measured rounding bounds overrun the budget.
 const SHRINK: f64 = 0.7;
@@ -187,7 +194,7 @@ impl PrvAccountant {
 
     fn compose_grid(&self, delta_error: f64) -> Result<ComposedPrv, AccountingError> {
         let plan = Plan::new(self.epsilon_error, delta_error, &self.steps);
-        let (kinds, ratio) = self.discretise(&plan, delta_error)?;
+        let (kinds, (ratio, final_ratio)) = self.discretise(&plan, delta_error)?;
         let counts: Vec<u64> = self.steps.iter().map(|s| s.2).collect();
         let mut composer = Composer::new();
         if ratio == 1 {
@@ -215,12 +222,17 @@ impl PrvAccountant {
             let sums = composer.compose(self.epsilon_error, &[&kind.pmf], &requests, ratio)?;
             blocks.extend(sums.into_iter().zip(groups.iter().map(|g| g.1)));
         }
-        // Stage 2: all blocks on the coarse lattice.
+        // Stage 2: all blocks on the coarse lattice, the sum moved to the final one.
         let parts: Vec<(&Pmf, u64)> = blocks.iter().map(|(p, n)| (p, *n)).collect();
         let window = chernoff_window(&parts, delta_error / 12.0);
         let inputs: Vec<&Pmf> = blocks.iter().map(|(p, _)| p).collect();
         let numbers = blocks.iter().map(|(_, n)| *n).collect();
-        let composed = composer.compose(self.epsilon_error, &inputs, &[(numbers, window)], 1)?;
+        let composed = composer.compose(
+            self.epsilon_error,
+            &inputs,
+            &[(numbers, window)],
+            final_ratio,
+        )?;
         Ok(ComposedPrv::new(
             composed.into_iter().next().expect("one request"),
         ))
@@ -228,14 +240,14 @@ impl PrvAccountant {
 }
 
 impl PrvAccountant {
-    /// Every kind of step on the fine lattice and the coarse mesh over the fine one (1: a single
-    /// stage). The fine mesh is the plan's, shrunk while the measured rounding bounds overrun
-    /// the budget.
+    /// Every kind of step on the fine lattice, with the coarse mesh over the fine one and the
+    /// final mesh over the coarse one (1 and 1: a single stage). The fine mesh is the plan's,
+    /// shrunk while the measured rounding bounds overrun the budget.
     fn discretise(
         &self,
         plan: &Plan,
         delta_error: f64,
-    ) -> Result<(Vec<OneStep>, i64), AccountingError> {
+    ) -> Result<(Vec<OneStep>, (i64, i64)), AccountingError> {
         let tail = delta_error / (6.0 * self.total_steps() as f64);
         let mut mesh = plan.fine_mesh;
         for _ in 0..MAX_TRIES {
@@ -246,8 +258,8 @@ impl PrvAccountant {
                 .collect::<Result<Vec<_>, _>>()?;
             let parts: Vec<(&OneStep, u64)> =
                 kinds.iter().zip(self.steps.iter().map(|s| s.2)).collect();
-            if let Some(ratio) = plan.ratio(&parts) {
-                return Ok((kinds, ratio));
+            if let Some(ratios) = plan.ratios(&parts) {
+                return Ok((kinds, ratios));
             }
             mesh *= SHRINK;
         }
@@ -307,10 +319,11 @@ impl Plan {
         }
     }
 
-    /// The coarse mesh over the fine one (1 for a single stage) that the measured rounding
-    /// bounds of the kinds (with their counts) leave room for, or `None` if they overrun the
-    /// budget: Bernstein's condition `V + c s / 3 <= s^2 / (2 log(2 / eta))` (module docs).
-    fn ratio(&self, kinds: &[(&OneStep, u64)]) -> Option<i64> {
+    /// The coarse mesh over the fine one and the final mesh over the coarse one (1 and 1 for a
+    /// single stage) that the measured rounding bounds of the kinds (with their counts) leave
+    /// room for, or `None` if they overrun the budget: Bernstein's condition
+    /// `V + c s / 3 <= s^2 / (2 log(2 / eta))` (module docs).
+    fn ratios(&self, kinds: &[(&OneStep, u64)]) -> Option<(i64, i64)> {
         let mesh = kinds[0].0.pmf.mesh;
         let bias: f64 = kinds.iter().map(|(k, c)| *c as f64 * k.rounding.bias).sum();
         let variance: f64 = kinds
@@ -327,12 +340,17 @@ impl Plan {
         if s <= 0.0 || left < 0.0 {
             return None;
         }
-        let ratio = ((4.0 * left / self.blocks as f64).sqrt() / mesh).floor() as i64;
-        Some(if self.blocks < 2 || ratio < 2 {
-            1
-        } else {
-            smooth_at_most(ratio as usize) as i64
-        })
+        let blocks = self.blocks as f64;
+        let ratio = ((4.0 * (1.0 - FINAL_SHARE) * left / blocks).sqrt() / mesh).floor() as i64;
+        if self.blocks < 2 || ratio < 2 {
+            return Some((1, 1));
+        }
+        // The blocks' splits take `T2 h2^2 / 4`, the final split `h3^2 / 4` of the rest.
+        let ratio = smooth_at_most(ratio as usize);
+        let coarse = ratio as f64 * mesh;
+        let rest = left - blocks * coarse * coarse / 4.0;
+        let final_ratio = ((4.0 * rest).sqrt() / coarse).floor().max(1.0) as usize;
+        Some((ratio as i64, smooth_at_most(final_ratio) as i64))
     }
 }
 
@@ -841,7 +859,7 @@ mod tests {
             acc.compose(&DpEvent::dp_sgd(1.0, sigma, count)).unwrap();
         }
         let plan = Plan::new(0.01, 1e-8, &acc.steps);
-        let (_, ratio) = acc.discretise(&plan, 1e-8).unwrap();
+        let (_, (ratio, _)) = acc.discretise(&plan, 1e-8).unwrap();
         assert!(
             ratio > 1 && acc.steps.iter().any(|s| s.2 % plan.block != 0),
             "{plan:?}"
@@ -923,7 +941,7 @@ mod tests {
         let mut acc = PrvAccountant::new(0.01).unwrap();
         acc.compose(&DpEvent::dp_sgd(0.01, 1.0, 100_000)).unwrap();
         let plan = Plan::new(0.01, 1e-8, &acc.steps);
-        let (_, ratio) = acc.discretise(&plan, 1e-8).unwrap();
+        let (_, (ratio, _)) = acc.discretise(&plan, 1e-8).unwrap();
         assert!(ratio > 1, "{plan:?}");
         let b = acc.epsilon_bounds(1e-5).unwrap();
         assert!((b.estimate - 25.573107).abs() < 1e-4, "{b:?}");
