@@ -31,6 +31,10 @@
 //! `sum_i c_i G_i = (c . g)^T a` flattened over (B, T), one matmul per layer.
 //! Examples whose norm is not finite get `c_i = 0` and are counted, never propagated.
 //!
+//! Memory: the recorded outputs are dropped as soon as the backward pass has given their
+//! gradients (only their shapes are kept), and each layer's input and gradient once its clipped
+//! sums are formed.
+//!
 //! Mixed precision: with bf16 layer inputs and outputs (f32 parameters), `a` and `g` are
 //! widened to f32 before any product, so norms are accumulated in f32 and the clipped sums are
 //! f32, in the parameters' precision.
@@ -137,7 +141,11 @@ impl ClippingEngine {
 
     /// Runs the one backward pass for `losses` (shape [B], one loss per example) over the
     /// `records` of the forward pass, and returns the clipped gradient sums.
-    pub fn clip(&self, records: Vec<Record>, losses: &Tensor) -> Result<ClippedBatch, CoreError> {
+    pub fn clip(
+        &self,
+        mut records: Vec<Record>,
+        losses: &Tensor,
+    ) -> Result<ClippedBatch, CoreError> {
         let size = losses.size();
         let &[batch] = size.as_slice() else {
             return Err(CoreError::LossShape(size));
@@ -145,6 +153,7 @@ impl ClippingEngine {
         self.check_coverage(&records, batch)?;
         let outputs: Vec<&Tensor> = records.iter().map(Record::output).collect();
         let grads = Tensor::f_run_backward(&[losses.sum(losses.kind())], &outputs, false, false)?;
+        let shapes: Vec<_> = records.iter_mut().map(Record::release_output).collect();
         let acc_kind = accumulation_kind(losses.kind());
 
         // Per record: its squared per-example norm, if it has trained parameters.
@@ -176,11 +185,17 @@ impl ClippingEngine {
         let layer_clip = self.clip_norm / (layers as f64).sqrt();
 
         let mut sums = BTreeMap::new();
-        for ((record, g), n2) in records.iter().zip(&grads).zip(&layer_norm2) {
+        // Each record and gradient is dropped once its sums are formed.
+        for (((record, g), n2), (size, kind, device)) in records
+            .into_iter()
+            .zip(grads)
+            .zip(&layer_norm2)
+            .zip(&shapes)
+        {
             let g = if g.defined() {
-                g.shallow_clone()
+                g
             } else {
-                record.output().zeros_like()
+                Tensor::zeros(size.as_slice(), (*kind, *device))
             };
             let factors = match (self.style, n2) {
                 (ClippingStyle::PerLayer, Some(n2)) => {
@@ -188,7 +203,7 @@ impl ClippingEngine {
                 }
                 _ => flat_factors.shallow_clone(),
             };
-            self.accumulate(record, &g, &factors, &finite, nonfinite > 0, &mut sums)?;
+            self.accumulate(&record, &g, &factors, &finite, nonfinite > 0, &mut sums)?;
         }
         for (name, t) in &self.trainable {
             sums.entry(name.clone())

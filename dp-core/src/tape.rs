@@ -75,6 +75,20 @@ impl Record {
         }
     }
 
+    /// Drops the recorded output's values once its gradient is known (nothing reads them
+    /// after the backward pass), keeping its shape, kind and device.
+    pub(crate) fn release_output(&mut self) -> (Vec<i64>, tch::Kind, tch::Device) {
+        let output = match self {
+            Record::Linear { output, .. }
+            | Record::Conv2d { output, .. }
+            | Record::Embedding { output, .. }
+            | Record::Norm { output, .. } => output,
+        };
+        let shape = (output.size(), output.kind(), output.device());
+        *output = Tensor::new();
+        shape
+    }
+
     /// Names of the parameters this call used.
     pub fn parameters(&self) -> impl Iterator<Item = &str> {
         let (first, second) = match self {

@@ -185,6 +185,36 @@ fn single_precision_matches_reference_to_1e5() {
     }
 }
 
+/// A recorded layer whose output does not reach the loss (autograd gives it no gradient) adds
+/// nothing: zero sums for its parameters and the other layers' norms, as in the batch-size-1
+/// reference. (The engine drops the recorded outputs after the backward pass and rebuilds such
+/// a gradient from the output's shape.)
+#[test]
+fn a_recorded_layer_off_the_loss_adds_nothing() {
+    tch::manual_seed(5);
+    let vs = vs_f64();
+    let model = TwoLayer::new(&vs, 6, 5, 3, true);
+    let x = Tensor::randn([4, 6], (Kind::Double, Device::Cpu));
+    let losses_of = |x: &Tensor, tape: &mut Tape| {
+        let h = model.first.forward(x, tape);
+        let _unused = model.second.forward(&h.tanh(), tape);
+        h.square()
+            .sum_dim_intlist([1].as_slice(), false, Kind::Double)
+    };
+    let engine = ClippingEngine::new(&vs, 1.0).unwrap();
+    let mut tape = Tape::recording();
+    let losses = losses_of(&x, &mut tape);
+    let batch = engine.clip(tape.take(), &losses).unwrap();
+    let loss_of = |i: i64| losses_of(&x.narrow(0, i, 1), &mut Tape::off()).sum(Kind::Double);
+    let (norms, sums) = batch_size_one_reference(&vs, 4, loss_of, 1.0);
+    assert_matches_reference(&batch, &norms, &sums, "second layer off the loss");
+    assert!(norms.iter().any(|&n| n > 1.0), "no example clipped");
+    for name in ["second.weight", "second.bias"] {
+        let total = batch.sums[name].abs().sum(Kind::Double).double_value(&[]);
+        assert_eq!(total, 0.0, "{name}");
+    }
+}
+
 #[test]
 fn an_uncovered_trainable_parameter_is_refused_by_name() {
     let vs = vs_f64();
