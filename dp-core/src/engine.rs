@@ -552,8 +552,9 @@ fn per_example_rows(x: &Tensor, kind: Kind) -> Tensor {
     x.to_kind(kind).reshape([size[0], -1, size[size.len() - 1]])
 }
 
-/// Norms are accumulated in at least f32 (bf16/f16 gradients are widened).
-fn accumulation_kind(kind: Kind) -> Kind {
+/// The kind norms, sums and other sensitive reductions are computed in: f64 stays f64,
+/// narrower kinds (bf16, f16) are widened to f32.
+pub fn accumulation_kind(kind: Kind) -> Kind {
     match kind {
         Kind::Double => Kind::Double,
         _ => Kind::Float,

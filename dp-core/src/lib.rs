@@ -33,7 +33,7 @@ mod secure;
 mod tape;
 
 pub use correlated::CorrelatedNoise;
-pub use engine::{ClippedBatch, ClippingEngine, ClippingStyle};
+pub use engine::{accumulation_kind, ClippedBatch, ClippingEngine, ClippingStyle};
 pub use error::CoreError;
 pub use noise::GaussianNoise;
 pub use rng::{NoiseMode, PrivacyRng, RngSnapshot};

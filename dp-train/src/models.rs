@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use dp_core::layers::{DpEmbedding, DpLinear, DpNorm, LoraAdapter};
-use dp_core::Tape;
+use dp_core::{accumulation_kind, Tape};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
@@ -293,8 +293,9 @@ impl EncoderBlock {
         let k = split(self.key.forward(x, tape));
         let v = split(self.value.forward(x, tape));
         let scores = q.matmul(&k.transpose(-2, -1)) / (dh as f64).sqrt() + mask_bias;
+        // Softmax in at least f32: in bf16 it loses too much.
         let context = scores
-            .softmax(-1, at_least_f32(scores.kind()))
+            .softmax(-1, accumulation_kind(scores.kind()))
             .to_kind(v.kind())
             .matmul(&v)
             .transpose(1, 2)
@@ -591,14 +592,6 @@ impl Classifier for CachedEncoder {
         let hidden = self.hidden.index_select(0, inputs).narrow(1, 0, longest);
         self.model
             .logits_from(hidden, &rows.narrow(1, 0, longest), self.start, tape)
-    }
-}
-
-/// f64 stays f64; reduced precisions are widened to f32 (softmax in bf16 loses too much).
-fn at_least_f32(kind: Kind) -> Kind {
-    match kind {
-        Kind::Double => Kind::Double,
-        _ => Kind::Float,
     }
 }
 
