@@ -59,8 +59,8 @@ impl Roots {
     }
 }
 
-/// For each input `p_i` (with `c_i` copies), the log of an upper bound on `|p^_i(theta)|` as a
-/// function of `2 sin(theta / 2)`: `min_r log V_r - r log(2 sin(theta / 2))`.
+/// A sequence's difference norms `V_r`, which bound `log |p^(theta)|` by
+/// `min_r log V_r - r log(2 sin(theta / 2))`.
 struct DifferenceNorms {
     log_norms: [f64; MAX_ORDER + 1],
 }
