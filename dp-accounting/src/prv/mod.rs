@@ -43,9 +43,12 @@
 //!   discretised again. (The cell-centred variance `h1^2 / 12` instead of Hoeffding's `h1^2 / 4`
 //!   lets `h1` grow by about `sqrt(3)`.)
 //! - Cutting the tails costs at most `T * delta_error / (3 T)` in total variation.
-//! - Wrap-around: each FFT reads a window of the circle; mass outside it wraps in. Each block's
-//!   window misses at most `delta_error / (6 T2)`, the final one `delta_error / 6` (one stage:
-//!   `delta_error / 3`), half on each side. Windows of sums of one-step pmfs: right end from
+//! - Wrap-around and left-out spectrum: each FFT reads a window of the circle; mass outside it
+//!   wraps in. The spectrum entries a composition leaves out (below its floor, see `pmf` and
+//!   `spectrum`) move its result by a bounded total variation. Each block's composition may
+//!   misplace `delta_error / (6 T2)`, the final one `delta_error / 6` (one stage:
+//!   `delta_error / 3`): a hundredth to the left-out spectrum, the rest to the window's tails,
+//!   half on each side. Windows of sums of one-step pmfs: right end from
 //!   `log E[e^(lambda Y~)] <= lambda (rdp(lambda + 1) + h1/2) - log P[lo <= Y <= hi]` (the RDP of
 //!   order `alpha = lambda + 1` is exactly `log E[e^((alpha - 1) Y)] / (alpha - 1)`) and a
 //!   Chernoff bound over the RDP orders; left end from Bernstein's inequality with the pmf's exact
@@ -62,7 +65,7 @@
 //! largest count if there is one in that range) keeps both lattices short: for q = 0.01, sigma = 1,
 //! T = 1e5, eps_error = 0.01 a one-step pmf of 2.2e5 cells (h1 = 1.35e-5), a fine FFT window of
 //! 5.2e5 points and a coarse one of 4.0e5 (h2 = 10 h1), against 7e6 points for one stage on a
-//! symmetric domain. Of those circles' spectra only the lowest 576 and 125 entries are above
+//! symmetric domain. Of those circles' spectra only the lowest 254 and 26 entries are above
 //! the cutoff, and the final lattice has 5.0e4 points (h3 = 8 h2).
 
 mod pmf;
@@ -91,6 +94,10 @@ const BIAS_SHARE: f64 = 0.02;
 
 /// Planned `E[Z^2] / (h1^2 / 12)` for one step's rounding error `Z` (1 for a smooth density).
 const ASSUMED_SECOND_MOMENT: f64 = 1.05;
+
+/// Share of each composition's budget for mass it may misplace that goes to the spectrum
+/// entries it leaves out (the window's two tails take the rest).
+const SPECTRUM_SHARE: f64 = 0.01;
 
 /// Share of what the fine stage leaves of the variance budget planned for the final split (the
 /// blocks' splits take the rest).
@@ -199,15 +206,23 @@ impl PrvAccountant {
         let mut composer = Composer::new();
         if ratio == 1 {
             let parts: Vec<(&OneStep, u64)> = kinds.iter().zip(counts.iter().copied()).collect();
-            let window = fine_window(&parts, delta_error / 6.0);
+            let budget = delta_error / 3.0;
+            let window = fine_window(&parts, (1.0 - SPECTRUM_SHARE) * budget / 2.0);
             let inputs: Vec<&Pmf> = kinds.iter().map(|k| &k.pmf).collect();
-            let composed = composer.compose(self.epsilon_error, &inputs, &[(counts, window)], 1)?;
+            let composed = composer.compose(
+                self.epsilon_error,
+                &inputs,
+                &[(counts, window)],
+                1,
+                SPECTRUM_SHARE * budget,
+            )?;
             return Ok(ComposedPrv::new(
                 composed.into_iter().next().expect("one request"),
             ));
         }
         // Stage 1: per kind, a full block and the remainder, moved to the coarse lattice.
-        let block_beta = delta_error / (12.0 * plan.blocks as f64);
+        let block_budget = delta_error / (6.0 * plan.blocks as f64);
+        let block_beta = (1.0 - SPECTRUM_SHARE) * block_budget / 2.0;
         let mut blocks: Vec<(Pmf, u64)> = Vec::new();
         for (kind, &count) in kinds.iter().zip(&counts) {
             let groups: Vec<(u64, u64)> =
@@ -219,12 +234,19 @@ impl PrvAccountant {
                 .iter()
                 .map(|&(length, _)| (vec![length], fine_window(&[(kind, length)], block_beta)))
                 .collect();
-            let sums = composer.compose(self.epsilon_error, &[&kind.pmf], &requests, ratio)?;
+            let sums = composer.compose(
+                self.epsilon_error,
+                &[&kind.pmf],
+                &requests,
+                ratio,
+                SPECTRUM_SHARE * block_budget,
+            )?;
             blocks.extend(sums.into_iter().zip(groups.iter().map(|g| g.1)));
         }
         // Stage 2: all blocks on the coarse lattice, the sum moved to the final one.
         let parts: Vec<(&Pmf, u64)> = blocks.iter().map(|(p, n)| (p, *n)).collect();
-        let window = chernoff_window(&parts, delta_error / 12.0);
+        let budget = delta_error / 6.0;
+        let window = chernoff_window(&parts, (1.0 - SPECTRUM_SHARE) * budget / 2.0);
         let inputs: Vec<&Pmf> = blocks.iter().map(|(p, _)| p).collect();
         let numbers = blocks.iter().map(|(_, n)| *n).collect();
         let composed = composer.compose(
@@ -232,6 +254,7 @@ impl PrvAccountant {
             &inputs,
             &[(numbers, window)],
             final_ratio,
+            SPECTRUM_SHARE * budget,
         )?;
         Ok(ComposedPrv::new(
             composed.into_iter().next().expect("one request"),

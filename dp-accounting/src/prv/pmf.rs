@@ -204,13 +204,15 @@ impl Composer {
     /// independent copies of input `i`, moved to the lattice of mesh `ratio` times the inputs'
     /// (1: unchanged) and read off there on the coarse window `[floor(a / ratio), ceil(b /
     /// ratio)]` (where the window `[a, b]` of the sum goes). The inputs are transformed once, at
-    /// the frequencies where some request's product is not negligible (see `spectrum`).
+    /// the frequencies where some request's product is not negligible (see `spectrum`): the
+    /// entries left out move each result by at most `spectrum_error` in total variation.
     pub fn compose(
         &mut self,
         epsilon_error: f64,
         inputs: &[&Pmf],
         requests: &[(Vec<u64>, Window)],
         ratio: i64,
+        spectrum_error: f64,
     ) -> Result<Vec<Pmf>, AccountingError> {
         let m = ratio as usize;
         let windows: Vec<Window> = requests
@@ -234,10 +236,14 @@ impl Composer {
                     "a coarser error: the PRV grid would exceed 2^28 points (use --accountant rdp)",
             });
         }
+        // Product entries below e^-floor are left out: with their mirrors, each moves every
+        // coarse point by at most 2 e^-floor / coarse_n, so all of them move a result by at most
+        // (n + 2) e^-floor = spectrum_error in total variation.
+        let floor = ((n + 2) as f64 / spectrum_error).ln();
         let sequences: Vec<&[f64]> = inputs.iter().map(|p| p.p.as_slice()).collect();
         let k = requests
             .iter()
-            .map(|(counts, _)| cutoff(&sequences, counts, n, UNDERFLOW_LOG))
+            .map(|(counts, _)| cutoff(&sequences, counts, n, floor))
             .max()
             .unwrap_or(1);
         let forward = self.planner.plan_fft_forward(transform_size(n, k));
@@ -261,7 +267,7 @@ impl Composer {
                 for (&count, pmf) in counts.iter().zip(inputs) {
                     origin += count as i128 * pmf.start as i128;
                 }
-                let product = spectrum_product(&spectra, counts, 1.0 / coarse_n as f64)?;
+                let product = spectrum_product(&spectra, counts, 1.0 / coarse_n as f64, floor)?;
                 // Fine slot `s` holds index `origin + s`; coarse slot `j` is fine slot
                 // `j m + offset`, the coarse index `coarse_origin + j`.
                 let offset = (-origin).rem_euclid(m as i128);
@@ -287,13 +293,14 @@ impl Composer {
     }
 }
 
-/// `scale prod_i spectrum_i^(count_i)`, with the entries below `e^-700` in magnitude set to
-/// exactly zero (spectra of pmfs have magnitude at most 1, so a factor `|f|^c < e^-700` bounds
-/// the product). For many steps most entries vanish, which the move to the coarse lattice uses.
+/// `scale prod_i spectrum_i^(count_i)`, with the entries whose product is below `e^-floor` in
+/// magnitude set to zero (spectra of pmfs have magnitude at most 1, so one factor
+/// `|f|^c < e^-floor` bounds the product).
 fn spectrum_product(
     spectra: &[Vec<Complex64>],
     counts: &[u64],
     scale: f64,
+    floor: f64,
 ) -> Result<Vec<Complex64>, AccountingError> {
     let zero = Complex64::new(0.0, 0.0);
     let mut product = vec![Complex64::new(scale, 0.0); spectra[0].len()];
@@ -301,12 +308,12 @@ fn spectrum_product(
         if count == 0 {
             continue;
         }
-        let floor = (-2.0 * UNDERFLOW_LOG / count as f64).exp();
+        let smallest = (-2.0 * floor / count as f64).exp();
         let count = u32::try_from(count)
             .map_err(|_| AccountingError::Numerical(format!("{count} steps exceed 2^32")))?;
         product.par_iter_mut().zip(spectrum).for_each(|(s, f)| {
             if *s != zero {
-                *s = if f.norm_sqr() < floor {
+                *s = if f.norm_sqr() < smallest {
                     zero
                 } else {
                     *s * f.powu(count)
@@ -316,9 +323,6 @@ fn spectrum_product(
     }
     Ok(product)
 }
-
-/// Magnitudes below `e^-UNDERFLOW_LOG` are dropped from spectrum products.
-const UNDERFLOW_LOG: f64 = 700.0;
 
 /// The half spectrum (`coarse_n / 2 + 1` entries) of the fine circle's pmf (half spectrum
 /// `fine`, `n = m coarse_n` points) moved to the lattice of mesh `m` by the mean-preserving
@@ -405,7 +409,7 @@ mod tests {
             p: vec![0.1, 0.2, 0.05, 0.15, 0.3, 0.2],
         };
         let coarse = Composer::new()
-            .compose(0.01, &[&pmf], &[(vec![1], (-7, -2))], 4)
+            .compose(0.01, &[&pmf], &[(vec![1], (-7, -2))], 4, 1e-300)
             .unwrap()
             .remove(0);
         assert_eq!((coarse.start, coarse.p.len()), (-2, 3));
@@ -459,7 +463,7 @@ mod tests {
         for ratio in [1, 2, 3, 4, 5, 7] {
             for window in [(sum.start, sum.end()), (sum.start - 4, sum.end() + 3)] {
                 let got = Composer::new()
-                    .compose(0.01, &[&a, &b], &[(vec![2, 1], window)], ratio)
+                    .compose(0.01, &[&a, &b], &[(vec![2, 1], window)], ratio, 1e-300)
                     .unwrap()
                     .remove(0);
                 let want = split(&sum, ratio);
@@ -492,7 +496,7 @@ mod tests {
         };
         // a + a + b: indices 1..=6, binomial(4) / 16 shifted by 1.
         let out = Composer::new()
-            .compose(0.01, &[&a, &b], &[(vec![2, 1], (0, 7))], 1)
+            .compose(0.01, &[&a, &b], &[(vec![2, 1], (0, 7))], 1, 1e-300)
             .unwrap();
         let want = [0.0, 1.0, 5.0, 10.0, 10.0, 5.0, 1.0, 0.0].map(|x| x / 32.0);
         for (got, want) in out[0].p.iter().zip(want) {
