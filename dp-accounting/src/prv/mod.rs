@@ -8,7 +8,8 @@
 //! `c` steps gives `floor(c / T1)` full blocks and one block of the remainder) on the coarse
 //! lattice. Few steps, or a coarse mesh under `2 h1`, take one stage (`T2 = 1`, no split). The
 //! split (by a ratio `m` of the form `2^a 3^b 5^c`) is done on the composed spectrum; spectra
-//! are computed only below a proven cutoff, where the rest is under `e^-700` (see `spectrum`).
+//! are computed only below a proven cutoff, past which the rest moves the result by a budgeted
+//! total variation (see `spectrum`).
 //!
 //! Error argument (Thm 5.5, with the rounding errors as a martingale and Bernstein's inequality
 //! in place of Hoeffding's):

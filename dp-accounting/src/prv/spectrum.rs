@@ -1,12 +1,12 @@
 //! Discrete Fourier transforms of long real sequences whose spectra matter only at their lowest
 //! frequencies: the composed PRV of many steps is smooth, and all but a few hundred entries of
-//! its spectrum are below `e^-700`.
+//! its spectrum are negligible.
 //!
 //! - Cutoff (summation by parts): with `z = e^(-i theta)`, `(1 - z)^r sum_j p_j z^j = sum_j
 //!   (D^r p)_j z^j`, `D^r p` the r-th differences of the zero-padded sequence, so
 //!   `|p^(theta)| <= V_r / (2 sin(theta / 2))^r` with `V_r` their l1 norm (`V_0` the mass). The
 //!   bound decreases on `(0, pi]`, so past the first frequency where `sum_i c_i log(bound_i)`
-//!   drops below `-700`, every entry of `prod_i p^_i^(c_i)` does.
+//!   drops below `-L` (the caller's floor), every entry of `prod_i p^_i^(c_i)` does.
 //! - Polyphase split: on a circle of `n = R M` points, with `w = e^(-2 pi i / n)`,
 //!   `F(l) = sum_(r < R) w^(r l) G_r(l)`, `G_r` the `M`-point DFT of `x_(a R + r)` (`a < M`).
 //!   For `l < K <= M / 2` this gives the `K` lowest entries from `R` transforms of `M` points;
