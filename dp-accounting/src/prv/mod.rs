@@ -100,6 +100,15 @@ const ASSUMED_SECOND_MOMENT: f64 = 1.05;
 /// entries it leaves out (the window's two tails take the rest).
 const SPECTRUM_SHARE: f64 = 0.01;
 
+/// A composition's budget for misplaced mass as the tail its window may miss on each side and
+/// the total variation its left-out spectrum may add.
+fn split_budget(budget: f64) -> (f64, f64) {
+    (
+        (1.0 - SPECTRUM_SHARE) * budget / 2.0,
+        SPECTRUM_SHARE * budget,
+    )
+}
+
 /// Share of what the fine stage leaves of the variance budget planned for the final split (the
 /// blocks' splits take the rest).
 const FINAL_SHARE: f64 = 0.25;
@@ -207,23 +216,23 @@ impl PrvAccountant {
         let mut composer = Composer::new();
         if ratio == 1 {
             let parts: Vec<(&OneStep, u64)> = kinds.iter().zip(counts.iter().copied()).collect();
-            let budget = delta_error / 3.0;
-            let window = fine_window(&parts, (1.0 - SPECTRUM_SHARE) * budget / 2.0);
+            let (tail, spectrum_error) = split_budget(delta_error / 3.0);
+            let window = fine_window(&parts, tail);
             let inputs: Vec<&Pmf> = kinds.iter().map(|k| &k.pmf).collect();
             let composed = composer.compose(
                 self.epsilon_error,
                 &inputs,
                 &[(counts, window)],
                 1,
-                SPECTRUM_SHARE * budget,
+                spectrum_error,
             )?;
             return Ok(ComposedPrv::new(
                 composed.into_iter().next().expect("one request"),
             ));
         }
         // Stage 1: per kind, a full block and the remainder, moved to the coarse lattice.
-        let block_budget = delta_error / (6.0 * plan.blocks as f64);
-        let block_beta = (1.0 - SPECTRUM_SHARE) * block_budget / 2.0;
+        let (block_tail, block_spectrum_error) =
+            split_budget(delta_error / (6.0 * plan.blocks as f64));
         let mut blocks: Vec<(Pmf, u64)> = Vec::new();
         for (kind, &count) in kinds.iter().zip(&counts) {
             let groups: Vec<(u64, u64)> =
@@ -233,21 +242,21 @@ impl PrvAccountant {
                     .collect();
             let requests: Vec<(Vec<u64>, Window)> = groups
                 .iter()
-                .map(|&(length, _)| (vec![length], fine_window(&[(kind, length)], block_beta)))
+                .map(|&(length, _)| (vec![length], fine_window(&[(kind, length)], block_tail)))
                 .collect();
             let sums = composer.compose(
                 self.epsilon_error,
                 &[&kind.pmf],
                 &requests,
                 ratio,
-                SPECTRUM_SHARE * block_budget,
+                block_spectrum_error,
             )?;
             blocks.extend(sums.into_iter().zip(groups.iter().map(|g| g.1)));
         }
         // Stage 2: all blocks on the coarse lattice, the sum moved to the final one.
         let parts: Vec<(&Pmf, u64)> = blocks.iter().map(|(p, n)| (p, *n)).collect();
-        let budget = delta_error / 6.0;
-        let window = chernoff_window(&parts, (1.0 - SPECTRUM_SHARE) * budget / 2.0);
+        let (tail, spectrum_error) = split_budget(delta_error / 6.0);
+        let window = chernoff_window(&parts, tail);
         let inputs: Vec<&Pmf> = blocks.iter().map(|(p, _)| p).collect();
         let numbers = blocks.iter().map(|(_, n)| *n).collect();
         let composed = composer.compose(
@@ -255,7 +264,7 @@ impl PrvAccountant {
             &inputs,
             &[(numbers, window)],
             final_ratio,
-            SPECTRUM_SHARE * budget,
+            spectrum_error,
         )?;
         Ok(ComposedPrv::new(
             composed.into_iter().next().expect("one request"),
