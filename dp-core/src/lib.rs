@@ -24,6 +24,7 @@
 mod correlated;
 mod engine;
 mod error;
+mod host;
 pub mod layers;
 pub mod noise;
 pub mod reference;

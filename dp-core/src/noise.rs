@@ -27,6 +27,7 @@ use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::CoreError;
+use crate::host::{host_values, HostValues};
 use crate::rng::{NoiseMode, PrivacyRng};
 use crate::secure::{fill, release_block, Grid, Table, BLOCK, CLAMP};
 
@@ -153,8 +154,9 @@ impl GaussianNoise {
         }
     }
 
-    /// Releases `sums` (replaced by their noisy versions) and returns the event that ran. Noise that was not [started](Self::start) is drawn now,
-    /// keyed from `rng`.
+    /// Releases `sums` in place, like libtorch's `add_` (other handles to their storage see
+    /// the released values), and returns the event that ran. Noise that was not
+    /// [started](Self::start) is drawn now, keyed from `rng`.
     pub fn add(
         &mut self,
         sums: &mut BTreeMap<String, Tensor>,
@@ -177,7 +179,8 @@ impl GaussianNoise {
                     let mut offset = 0;
                     for sum in sums.values_mut() {
                         let n = sum.numel();
-                        *sum = release_with_tensors(sum, &noise[offset..offset + n], &stream.grid)?;
+                        let released = release_with_tensors(sum, &noise[offset..offset + n], &stream.grid)?;
+                        tch::no_grad(|| sum.f_copy_(&released))?;
                         offset += n;
                     }
                 }
@@ -189,8 +192,9 @@ impl GaussianNoise {
             None => {
                 let std = self.noise_multiplier * self.clip_norm;
                 for sum in sums.values_mut() {
-                    let noise = sum.f_randn_like()?.f_mul_scalar(std)?;
-                    *sum = sum.f_add(&noise)?;
+                    let mut noise = sum.f_randn_like()?;
+                    let _ = noise.f_mul_scalar_(std)?;
+                    let _ = tch::no_grad(|| sum.f_add_(&noise))?;
                 }
             }
         }
@@ -230,73 +234,44 @@ fn numel(size: &[i64]) -> usize {
     size.iter().product::<i64>().max(0) as usize
 }
 
-/// A sum's values copied out of libtorch.
-enum HostValues {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-}
-
-/// One block of a sum's host values.
-enum HostBlock<'a> {
-    F32(&'a mut [f32]),
-    F64(&'a mut [f64]),
-}
-
-/// Releases every sum with noise drawn now from its `keys` (one per block of [`BLOCK`]). On
-/// the CPU, f32 and f64 sums are copied out once, every block of every sum is released in one
-/// parallel pass as its noise is drawn (parameters of a few blocks leave no core idle, and the
-/// whole noise never exists), and the values are copied back; elsewhere with libtorch
-/// operations (the same integers and the same arithmetic).
+/// Releases every sum with noise drawn now from its `keys` (one per block of [`BLOCK`]). When
+/// all sums are contiguous f32 or f64 CPU tensors, they are released in place: every block of
+/// every sum goes into one parallel pass and is released as its noise is drawn (parameters of
+/// a few blocks leave no core idle, the whole noise never exists, and each value is read and
+/// written once). Otherwise each sum is released with libtorch operations (the same integers
+/// and the same arithmetic) and the result copied into it.
 fn release(
     sums: &mut BTreeMap<String, Tensor>,
     table: &Table,
     grid: &Grid,
     keys: &[Vec<[u8; 32]>],
 ) -> Result<(), CoreError> {
-    let mut host = Vec::new();
-    for (sum, keys) in sums.values_mut().zip(keys) {
-        let n = sum.numel();
-        let values = match (sum.device(), sum.kind()) {
-            (Device::Cpu, Kind::Float) => {
-                let mut values = vec![0f32; n];
-                sum.f_copy_data(&mut values, n)?;
-                HostValues::F32(values)
+    match host_values(sums.values_mut()) {
+        Some(values) => {
+            let mut blocks = Vec::new();
+            for (values, keys) in values.into_iter().zip(keys) {
+                match values {
+                    HostValues::F32(v) => {
+                        blocks.extend(v.chunks_mut(BLOCK).map(HostValues::F32).zip(keys))
+                    }
+                    HostValues::F64(v) => {
+                        blocks.extend(v.chunks_mut(BLOCK).map(HostValues::F64).zip(keys))
+                    }
+                }
             }
-            (Device::Cpu, Kind::Double) => {
-                let mut values = vec![0f64; n];
-                sum.f_copy_data(&mut values, n)?;
-                HostValues::F64(values)
-            }
-            _ => {
-                let mut noise = vec![0i64; n];
+            blocks.into_par_iter().for_each(|(block, key)| match block {
+                HostValues::F32(b) => release_block(table, grid, key, b),
+                HostValues::F64(b) => release_block(table, grid, key, b),
+            });
+        }
+        None => {
+            for (sum, keys) in sums.values_mut().zip(keys) {
+                let mut noise = vec![0i64; sum.numel()];
                 fill(table, keys, &mut noise);
-                *sum = release_with_tensors(sum, &noise, grid)?;
-                continue;
-            }
-        };
-        host.push((sum, values, keys));
-    }
-    let mut blocks = Vec::new();
-    for (_, values, keys) in &mut host {
-        match values {
-            HostValues::F32(v) => {
-                blocks.extend(v.chunks_mut(BLOCK).map(HostBlock::F32).zip(keys.iter()))
-            }
-            HostValues::F64(v) => {
-                blocks.extend(v.chunks_mut(BLOCK).map(HostBlock::F64).zip(keys.iter()))
+                let released = release_with_tensors(sum, &noise, grid)?;
+                tch::no_grad(|| sum.f_copy_(&released))?;
             }
         }
-    }
-    blocks.into_par_iter().for_each(|(block, key)| match block {
-        HostBlock::F32(b) => release_block(table, grid, key, b),
-        HostBlock::F64(b) => release_block(table, grid, key, b),
-    });
-    for (sum, values, _) in host {
-        let released = match values {
-            HostValues::F32(v) => Tensor::f_from_slice(&v)?,
-            HostValues::F64(v) => Tensor::f_from_slice(&v)?,
-        };
-        *sum = released.f_reshape(sum.size())?;
     }
     Ok(())
 }

@@ -612,7 +612,7 @@ fn secure_releases_move_exactly_with_their_input() {
         + quarter.to_kind(Kind::Double) * (step / 4.0);
     let m = Tensor::randint_low(-(1 << 30), 1 << 30, [10_000], (Kind::Int64, Device::Cpu));
     let release = |input: &Tensor| {
-        let mut sums = BTreeMap::from([("w".to_string(), input.shallow_clone())]);
+        let mut sums = BTreeMap::from([("w".to_string(), input.copy())]);
         let mut rng = PrivacyRng::from_seed(4);
         let mut noise = GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &sums, &mut rng).unwrap();
         noise.add(&mut sums, &mut rng).unwrap();

@@ -240,11 +240,20 @@ pub fn trainable_coordinates(config: &BenchConfig) -> i64 {
     count as i64
 }
 
-/// Noise throughput in samples per second: a secure release (generating the integers and
-/// adding them on the grid) and libtorch's `randn` added in floating point, both on `numel`
-/// coordinates of an f32 CPU tensor, interleaved `repeats` times, with mechanisms built once
+/// Noise throughput in samples per second on `numel` coordinates of an f32 CPU tensor.
+#[derive(Debug, Clone, Copy)]
+pub struct NoiseRates {
+    /// A secure release: the integers drawn and the sums released on the grid, in place.
+    pub secure: f64,
+    /// A fast release: libtorch's `randn`, scaled, added in place.
+    pub fast: f64,
+    /// libtorch's `randn` alone, into a fresh tensor (no scaling, no addition).
+    pub randn: f64,
+}
+
+/// [`NoiseRates`] measured interleaved `repeats` times, with the mechanisms built once
 /// beforehand (as in a run); medians.
-pub fn noise_throughput(numel: i64, repeats: usize) -> Result<(f64, f64), TrainError> {
+pub fn noise_throughput(numel: i64, repeats: usize) -> Result<NoiseRates, TrainError> {
     let mut rng = PrivacyRng::from_seed(0);
     let template = BTreeMap::from([(
         "w".to_string(),
@@ -253,18 +262,30 @@ pub fn noise_throughput(numel: i64, repeats: usize) -> Result<(f64, f64), TrainE
     // The mechanisms (the secure sampler's tables) are built once, as in a run.
     let mut secure_noise = GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &template, &mut rng)?;
     let mut fast_noise = GaussianNoise::new(NoiseMode::Fast, 1.0, 1.0, &template, &mut rng)?;
-    let mut time = |noise: &mut GaussianNoise| -> Result<f64, TrainError> {
+    let mut release = |noise: &mut GaussianNoise| -> Result<f64, TrainError> {
         let mut sums = BTreeMap::from([("w".to_string(), template["w"].copy())]);
         let start = Instant::now();
         noise.add(&mut sums, &mut rng)?;
         Ok(numel as f64 / start.elapsed().as_secs_f64())
     };
-    let (mut secure, mut torch) = (Vec::new(), Vec::new());
+    let randn = || -> Result<f64, TrainError> {
+        let start = Instant::now();
+        let drawn = Tensor::f_randn([numel], (Kind::Float, Device::Cpu))?;
+        let rate = numel as f64 / start.elapsed().as_secs_f64();
+        drop(drawn);
+        Ok(rate)
+    };
+    let (mut secure, mut fast, mut torch) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..repeats.max(1) {
-        secure.push(time(&mut secure_noise)?);
-        torch.push(time(&mut fast_noise)?);
+        secure.push(release(&mut secure_noise)?);
+        fast.push(release(&mut fast_noise)?);
+        torch.push(randn()?);
     }
-    Ok((median(secure), median(torch)))
+    Ok(NoiseRates {
+        secure: median(secure),
+        fast: median(fast),
+        randn: median(torch),
+    })
 }
 
 /// Median seconds per DP step with independent noise and with correlated BLT noise of
