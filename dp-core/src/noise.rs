@@ -315,20 +315,27 @@ mod tests {
                 .ne(0),
             &ties.to_kind(Kind::Float),
         );
-        // Two parameters released together, f32 and f64, of different lengths: each keeps its
-        // own keys and blocks.
-        let (a, b) = (
+        // Three parameters released together, f32 and f64, of different lengths: each keeps
+        // its own keys and blocks. NaN leaves nearly every chunk of `a` and `b` to the
+        // element-wise path; `c` has none, so its chunks take the branch-free one.
+        let clean = x.where_self(&x.isnan().logical_not(), &(x.zeros_like() + 0.25));
+        let (a, b, c) = (
             x.to_kind(Kind::Float),
             x.narrow(0, 0, n - 1000).to_kind(Kind::Double),
+            clean.to_kind(Kind::Float),
         );
         let mut rng = PrivacyRng::from_seed(5);
-        let keys: Vec<Vec<[u8; 32]>> = [&a, &b]
+        let keys: Vec<Vec<[u8; 32]>> = [&a, &b, &c]
             .iter()
             .map(|t| rng.stream_keys(t.numel().div_ceil(BLOCK)))
             .collect();
-        let mut sums = BTreeMap::from([("a".to_string(), a.copy()), ("b".to_string(), b.copy())]);
+        let mut sums = BTreeMap::from([
+            ("a".to_string(), a.copy()),
+            ("b".to_string(), b.copy()),
+            ("c".to_string(), c.copy()),
+        ]);
         release(&mut sums, &table, &grid, &keys).unwrap();
-        for ((name, x), keys) in [("a", &a), ("b", &b)].into_iter().zip(&keys) {
+        for ((name, x), keys) in [("a", &a), ("b", &b), ("c", &c)].into_iter().zip(&keys) {
             let mut noise = vec![0i64; x.numel()];
             fill(&table, keys, &mut noise);
             let tensors = release_with_tensors(x, &noise, &grid).unwrap();

@@ -477,8 +477,20 @@ pub(crate) fn release_block<T: GridFloat>(
     for xs in block.chunks_mut(CHUNK) {
         let noise = &mut noise[..xs.len()];
         table.fill_block(noise, &mut bits);
-        for (x, &z) in xs.iter_mut().zip(noise.iter()) {
-            *x = T::from_f64(on_grid(x.to_f64(), z, inv, step));
+        // Every value below 2^51 steps (the common case): rounding gives `|k| < 2^52`, so
+        // `on_grid` takes its first branch for each; written without branches, the loop
+        // vectorises.
+        let small = xs
+            .iter()
+            .fold(true, |small, x| small & ((x.to_f64() * inv).abs() < TWO_52 / 2.0));
+        if small {
+            for (x, &z) in xs.iter_mut().zip(noise.iter()) {
+                *x = T::from_f64((round_below_2_52(x.to_f64() * inv) + z as f64) * step);
+            }
+        } else {
+            for (x, &z) in xs.iter_mut().zip(noise.iter()) {
+                *x = T::from_f64(on_grid(x.to_f64(), z, inv, step));
+            }
         }
     }
 }
@@ -511,11 +523,17 @@ const TWO_52: f64 = 4_503_599_627_370_496.0;
 #[inline]
 fn round_ties_even(x: f64) -> f64 {
     if x.abs() < TWO_52 {
-        let shift = TWO_52.copysign(x);
-        ((x + shift) - shift).copysign(x)
+        round_below_2_52(x)
     } else {
         x
     }
+}
+
+/// [`round_ties_even`] of an `x` below `2^52` in magnitude.
+#[inline]
+fn round_below_2_52(x: f64) -> f64 {
+    let shift = TWO_52.copysign(x);
+    ((x + shift) - shift).copysign(x)
 }
 
 /// Fills `out` with draws, each block of [`BLOCK`] from its own ChaCha20 key, in parallel.
