@@ -1,7 +1,7 @@
 //! Criterion benches of the engine's parts: the noise of one release in each mode (secure
-//! discrete noise on the grid against libtorch's `randn`, same number of coordinates, same
-//! process) and the clipping engine on a stack of sequence linear layers (ghost norms and
-//! book-keeping sums) against the plain backward pass of the same layers.
+//! discrete noise on the grid against libtorch's `randn`, and `randn` alone, same number of
+//! coordinates, same process) and the clipping engine on a stack of sequence linear layers
+//! (ghost norms and book-keeping sums) against the plain backward pass of the same layers.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +35,11 @@ fn noise(c: &mut Criterion) {
             )
         });
     }
+    // The reference of the secure mode's speed target: libtorch's CPU normals alone, into a
+    // fresh tensor (no scaling, no addition).
+    group.bench_function("libtorch_randn", |b| {
+        b.iter(|| Tensor::randn([COORDINATES], (Kind::Float, Device::Cpu)))
+    });
     group.bench_function("chacha20_ziggurat_normals", |b| {
         let mut rng = PrivacyRng::from_seed(0);
         b.iter(|| rng.standard_normals(COORDINATES as usize))
