@@ -139,7 +139,7 @@ impl ClippingEngine {
             .collect()
     }
 
-    /// Runs the one backward pass for `losses` (shape [B], one loss per example) over the
+    /// Runs the one backward pass for `losses` (shape `[B]`, one loss per example) over the
     /// `records` of the forward pass, and returns the clipped gradient sums.
     pub fn clip(
         &self,

@@ -365,7 +365,7 @@ impl Strategy {
         &self.recurrence
     }
 
-    /// The sensitivity of C under `participation` (see [`super::sensitivity`]).
+    /// The sensitivity of C under `participation` (see [`Sensitivity`] and [`Participation`]).
     pub fn sensitivity(&self, participation: &Participation) -> Sensitivity {
         let support = self.bands.unwrap_or(self.coefs.len());
         toeplitz_sensitivity(&self.coefs[..support], self.steps(), participation)
