@@ -14,7 +14,9 @@
 //!
 //! Other handles to the same storage (shallow clones, views) see the released values, exactly
 //! as after libtorch's own in-place operations (`add_`); tch already lets such handles be used
-//! from another thread, so the views add no race that safe tch code cannot already have.
+//! from another thread, so the views add no race that safe tch code cannot already have. Unlike
+//! `add_`, a write through a view does not bump libtorch's version counter, so values an
+//! autograd graph saved for its backward pass must not be viewed: gradient sums never are.
 
 use tch::{Device, Kind, Tensor};
 
