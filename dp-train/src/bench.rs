@@ -2,9 +2,10 @@
 //! one backward to the layer outputs, per-example norms, clipped sums, noise in each noise mode
 //! asked for, update) and a non-private step (forward, ordinary backward, update) of the same
 //! encoder on the same batch, interleaved in one process; their ratios are throughput ratios.
-//! A secure step's noise is generated on a background thread while the step computes, and
-//! the step's time includes any wait for it. The noise alone is timed too: a secure release against libtorch's
-//! `randn` on the same number of coordinates. Peak memory is measured per mode in a child
+//! On an accelerator a secure step's noise is generated on a background thread while the step
+//! computes, and the step's time includes any wait for it. The noise alone is timed too, on
+//! the same number of coordinates: a secure release, a fast release, and libtorch's `randn`
+//! alone as the reference. Peak memory is measured per mode in a child
 //! process (the high-water mark of its resident memory). With correlated noise, a DP step with
 //! independent noise and one with streamed BLT noise (both floating-point ChaCha20 normals)
 //! are timed side by side.

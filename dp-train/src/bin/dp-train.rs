@@ -67,8 +67,8 @@ enum Command {
     Tune(TuneArgs),
     /// Time DP steps (secure and/or fast noise) against a non-private step of the same
     /// BERT-style encoder on the same batch (one process, interleaved), time the noise alone
-    /// (secure against libtorch's randn), and measure each mode's peak memory (one child
-    /// process each).
+    /// (secure and fast releases against libtorch's randn alone), and measure each mode's peak
+    /// memory (one child process each).
     ///
     /// Example: dp-train bench --shape minilm --batch 32 --seq 128 --noise both
     Bench(BenchArgs),
