@@ -39,9 +39,8 @@ pub(crate) fn host_values<'a>(
             Kind::Double => std::mem::size_of::<f64>(),
             _ => return None,
         };
-        let usable = tensor.device() == Device::Cpu
-            && tensor.is_contiguous()
-            && !tensor.requires_grad();
+        let usable =
+            tensor.device() == Device::Cpu && tensor.is_contiguous() && !tensor.requires_grad();
         if !usable {
             return None;
         }

@@ -179,7 +179,8 @@ impl GaussianNoise {
                     let mut offset = 0;
                     for sum in sums.values_mut() {
                         let n = sum.numel();
-                        let released = release_with_tensors(sum, &noise[offset..offset + n], &stream.grid)?;
+                        let released =
+                            release_with_tensors(sum, &noise[offset..offset + n], &stream.grid)?;
                         tch::no_grad(|| sum.f_copy_(&released))?;
                         offset += n;
                     }

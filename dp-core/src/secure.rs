@@ -324,7 +324,11 @@ impl Table {
         let slot = self.slots[index];
         let [stay_bits, accept_bits, offset_bits] = leading_bits(word);
         let which = usize::from(stay_bits > slot.top);
-        let bin = if which == 0 { index } else { usize::from(slot.alias) };
+        let bin = if which == 0 {
+            index
+        } else {
+            usize::from(slot.alias)
+        };
         let offset = offset_field(word) >> (OFFSET_IN_WORD - self.bin_bits.min(OFFSET_IN_WORD));
         let z = self.point(bin, offset);
         // The stay test is settled by its leading bits, the bin is accepted by its leading
@@ -530,9 +534,9 @@ pub(crate) fn release_block<T: GridFloat>(
         // Every value below 2^51 steps (the common case): rounding gives `|k| < 2^52`, so
         // `on_grid` takes its first branch for each; written without branches, the loop
         // vectorises.
-        let small = xs
-            .iter()
-            .fold(true, |small, x| small & ((x.to_f64() * inv).abs() < TWO_52 / 2.0));
+        let small = xs.iter().fold(true, |small, x| {
+            small & ((x.to_f64() * inv).abs() < TWO_52 / 2.0)
+        });
         if small {
             for (x, &z) in xs.iter_mut().zip(noise.iter()) {
                 *x = T::from_f64((round_below_2_52(x.to_f64() * inv) + z as f64) * step);
