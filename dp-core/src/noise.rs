@@ -344,4 +344,27 @@ mod tests {
             assert!(!sums[name].equal(x));
         }
     }
+
+    #[test]
+    fn sums_that_cannot_be_viewed_get_the_same_release_in_place() {
+        let grid = Grid::new(1.0, 1.0, 120_000).unwrap();
+        let table = Table::new(&grid);
+        let m = Tensor::randn([300, 400], (Kind::Float, Device::Cpu));
+        let mut rng = PrivacyRng::from_seed(8);
+        let keys = vec![rng.stream_keys(120_000usize.div_ceil(BLOCK))];
+        let mut viewed = BTreeMap::from([("w".to_string(), m.copy())]);
+        release(&mut viewed, &table, &grid, &keys).unwrap();
+        // The same values laid out column by column, and a tracked leaf: neither can be viewed.
+        let transposed = m.transpose(0, 1).contiguous().transpose(0, 1);
+        let tracked = m.copy().set_requires_grad(true);
+        assert!(!transposed.is_contiguous());
+        for sum in [transposed, tracked] {
+            let handle = sum.shallow_clone();
+            let mut sums = BTreeMap::from([("w".to_string(), sum)]);
+            release(&mut sums, &table, &grid, &keys).unwrap();
+            assert!(sums["w"].equal(&viewed["w"]));
+            // Released in place: every handle to the storage sees the released values.
+            assert!(handle.equal(&viewed["w"]));
+        }
+    }
 }
