@@ -179,9 +179,7 @@ impl GaussianNoise {
                     let mut offset = 0;
                     for sum in sums.values_mut() {
                         let n = sum.numel();
-                        let released =
-                            release_with_tensors(sum, &noise[offset..offset + n], &stream.grid)?;
-                        tch::no_grad(|| sum.f_copy_(&released))?;
+                        release_with_tensors(sum, &noise[offset..offset + n], &stream.grid)?;
                         offset += n;
                     }
                 }
@@ -269,16 +267,16 @@ fn release(
             for (sum, keys) in sums.values_mut().zip(keys) {
                 let mut noise = vec![0i64; sum.numel()];
                 fill(table, keys, &mut noise);
-                let released = release_with_tensors(sum, &noise, grid)?;
-                tch::no_grad(|| sum.f_copy_(&released))?;
+                release_with_tensors(sum, &noise, grid)?;
             }
         }
     }
     Ok(())
 }
 
-/// [`crate::secure::on_grid`] with libtorch operations, on the sums' device.
-fn release_with_tensors(sum: &Tensor, noise: &[i64], grid: &Grid) -> Result<Tensor, CoreError> {
+/// [`crate::secure::on_grid`] with libtorch operations, on the sum's device, the result copied
+/// into `sum` (in place, whatever its layout).
+fn release_with_tensors(sum: &mut Tensor, noise: &[i64], grid: &Grid) -> Result<(), CoreError> {
     let (inv, step) = (2f64.powi(-grid.log2_step), grid.step());
     let k = sum
         .f_to_kind(Kind::Double)?
@@ -290,10 +288,12 @@ fn release_with_tensors(sum: &Tensor, noise: &[i64], grid: &Grid) -> Result<Tens
     let z = Tensor::from_slice(noise)
         .f_reshape(sum.size())?
         .f_to_device(sum.device())?;
-    Ok(k.f_add(&z)?
+    let released = k
+        .f_add(&z)?
         .f_to_kind(Kind::Double)?
         .f_mul_scalar(step)?
-        .f_to_kind(sum.kind())?)
+        .f_to_kind(sum.kind())?;
+    Ok(tch::no_grad(|| sum.f_copy_(&released))?)
 }
 
 #[cfg(test)]
@@ -339,7 +339,8 @@ mod tests {
         for ((name, x), keys) in [("a", &a), ("b", &b), ("c", &c)].into_iter().zip(&keys) {
             let mut noise = vec![0i64; x.numel()];
             fill(&table, keys, &mut noise);
-            let tensors = release_with_tensors(x, &noise, &grid).unwrap();
+            let mut tensors = x.copy();
+            release_with_tensors(&mut tensors, &noise, &grid).unwrap();
             assert!(sums[name].equal(&tensors), "{name}");
             assert!(!sums[name].equal(x));
         }
