@@ -1,14 +1,16 @@
 //! `dp-train bench`: the cost of privacy for a model shape. DP steps (forward with recording,
 //! one backward to the layer outputs, per-example norms, clipped sums, noise in each noise mode
 //! asked for, update) and a non-private step (forward, ordinary backward, update) of the same
-//! encoder on the same batch, interleaved in one process; their ratios are throughput ratios.
+//! encoder on the same batch, in one process, in rounds of one step per mode: each round's
+//! non-private time over its DP time is a throughput ratio, and the median over rounds is
+//! reported (a drift in the machine's speed moves a whole round, so it cancels in the ratio).
 //! On an accelerator a secure step's noise is generated on a background thread while the step
 //! computes, and the step's time includes any wait for it. The noise alone is timed too, on
-//! the same number of coordinates: a secure release, a fast release, and libtorch's `randn`
-//! alone as the reference. Peak memory is measured per mode in a child
-//! process (the high-water mark of its resident memory). With correlated noise, a DP step with
-//! independent noise and one with streamed BLT noise (both floating-point ChaCha20 normals)
-//! are timed side by side.
+//! the same number of coordinates: a secure release, a fast release, and two references,
+//! libtorch's `randn` alone (a fresh tensor) and its `normal_` in place. Peak memory is
+//! measured per mode in a child process (the high-water mark of its resident memory). With
+//! correlated noise, a DP step with independent noise and one with streamed BLT noise (both
+//! floating-point ChaCha20 normals) are timed side by side.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -181,35 +183,54 @@ pub fn time_mode(
     Ok(median(times))
 }
 
-/// A DP step's noise (`None`: clipping only) and its median seconds.
-pub type DpStepTime = (Option<NoiseMode>, f64);
+/// One DP mode's timing against the non-private step.
+#[derive(Debug, Clone, Copy)]
+pub struct DpStepTime {
+    /// The DP step's noise (`None`: clipping only).
+    pub noise: Option<NoiseMode>,
+    /// Median seconds per DP step.
+    pub step_s: f64,
+    /// Median over rounds of the round's non-private step time over its DP step time.
+    pub throughput_ratio: f64,
+}
 
-/// Median seconds per DP step in each of `noises` (`None`: clipping without noise) and per
-/// non-private step, all interleaved step by step so that drifts in the machine's speed affect
-/// them alike.
+/// Step times of [`time_all`].
+#[derive(Debug, Clone)]
+pub struct StepTimes {
+    /// Each DP mode, in the order asked.
+    pub dp: Vec<DpStepTime>,
+    /// Median seconds per non-private step.
+    pub nonprivate_s: f64,
+    /// Median over rounds of the secure step time over the fast one, when both were timed.
+    pub secure_over_fast: Option<f64>,
+}
+
+/// DP steps in each of `noises` (`None`: clipping without noise) and non-private steps, run
+/// in rounds of one step each, back to back. Each round gives its own ratios, so a drift in the
+/// machine's speed (which moves whole rounds) cancels; the medians over rounds are reported.
 pub fn time_all(
     config: &BenchConfig,
     noises: &[Option<NoiseMode>],
-) -> Result<(Vec<DpStepTime>, f64), TrainError> {
+) -> Result<StepTimes, TrainError> {
     let mut rng = PrivacyRng::from_seed(0);
     let mut runs = noises
         .iter()
         .map(|&noise| {
             let bench = Bench::new(config);
             let (engine, mechanism) = bench.machinery(noise, &mut rng)?;
-            Ok((noise, bench, engine, mechanism, Vec::new()))
+            Ok((bench, engine, mechanism))
         })
         .collect::<Result<Vec<_>, TrainError>>()?;
     let plain = Bench::new(config);
     let (plain_engine, mut plain_noise) = plain.machinery(None, &mut rng)?;
-    let mut plain_times = Vec::new();
+    // rounds[r][k]: round r's DP step in mode k, then (last) its non-private step.
+    let mut rounds: Vec<Vec<f64>> = Vec::new();
     for round in 0..=config.steps.max(1) {
-        for (_, bench, engine, mechanism, times) in &mut runs {
+        let mut times = Vec::with_capacity(runs.len() + 1);
+        for (bench, engine, mechanism) in &mut runs {
             let start = Instant::now();
             bench.step(StepMode::Dp, engine, mechanism, &mut rng)?;
-            if round > 0 {
-                times.push(start.elapsed().as_secs_f64());
-            }
+            times.push(start.elapsed().as_secs_f64());
         }
         let start = Instant::now();
         plain.step(
@@ -218,15 +239,33 @@ pub fn time_all(
             &mut plain_noise,
             &mut rng,
         )?;
+        times.push(start.elapsed().as_secs_f64());
+        // Round 0 warms every mode up.
         if round > 0 {
-            plain_times.push(start.elapsed().as_secs_f64());
+            rounds.push(times);
         }
     }
-    let dp = runs
-        .into_iter()
-        .map(|(noise, _, _, _, times)| (noise, median(times)))
+    let plain_k = noises.len();
+    let column = |k: usize| median(rounds.iter().map(|r| r[k]).collect());
+    let paired = |num: usize, den: usize| median(rounds.iter().map(|r| r[num] / r[den]).collect());
+    let dp = noises
+        .iter()
+        .enumerate()
+        .map(|(k, &noise)| DpStepTime {
+            noise,
+            step_s: column(k),
+            throughput_ratio: paired(plain_k, k),
+        })
         .collect();
-    Ok((dp, median(plain_times)))
+    let find = |mode| noises.iter().position(|&n| n == Some(mode));
+    let secure_over_fast = find(NoiseMode::Secure)
+        .zip(find(NoiseMode::Fast))
+        .map(|(s, f)| paired(s, f));
+    Ok(StepTimes {
+        dp,
+        nonprivate_s: column(plain_k),
+        secure_over_fast,
+    })
 }
 
 /// The number of trainable coordinates (the noise's dimension) of the benchmarked model.
@@ -241,7 +280,8 @@ pub fn trainable_coordinates(config: &BenchConfig) -> i64 {
     count as i64
 }
 
-/// Noise throughput in samples per second on `numel` coordinates of an f32 CPU tensor.
+/// Noise throughput in samples per second on `numel` coordinates of an f32 CPU tensor, and
+/// the secure release's speed relative to libtorch's generator.
 #[derive(Debug, Clone, Copy)]
 pub struct NoiseRates {
     /// A secure release: the integers drawn and the sums released on the grid, in place.
@@ -250,10 +290,16 @@ pub struct NoiseRates {
     pub fast: f64,
     /// libtorch's `randn` alone, into a fresh tensor (no scaling, no addition).
     pub randn: f64,
+    /// libtorch's `normal_` alone, into an existing tensor (no allocation, no page faults).
+    pub normal_in_place: f64,
+    /// Median over repeats of the secure release's rate over `randn`'s.
+    pub secure_over_randn: f64,
+    /// Median over repeats of the secure release's rate over `normal_`'s.
+    pub secure_over_normal_in_place: f64,
 }
 
-/// [`NoiseRates`] measured interleaved `repeats` times, with the mechanisms built once
-/// beforehand (as in a run); medians.
+/// [`NoiseRates`] measured in `repeats` rounds (each times every generator once, back to
+/// back), with the mechanisms built once beforehand (as in a run); medians over rounds.
 pub fn noise_throughput(numel: i64, repeats: usize) -> Result<NoiseRates, TrainError> {
     let mut rng = PrivacyRng::from_seed(0);
     let template = BTreeMap::from([(
@@ -276,16 +322,31 @@ pub fn noise_throughput(numel: i64, repeats: usize) -> Result<NoiseRates, TrainE
         drop(drawn);
         Ok(rate)
     };
-    let (mut secure, mut fast, mut torch) = (Vec::new(), Vec::new(), Vec::new());
+    let mut existing = template["w"].copy();
+    let mut normal_in_place = || -> Result<f64, TrainError> {
+        let start = Instant::now();
+        let _ = existing.f_normal_(0.0, 1.0)?;
+        Ok(numel as f64 / start.elapsed().as_secs_f64())
+    };
+    // rounds[r]: secure, fast, randn, normal_ rates of round r.
+    let mut rounds = Vec::new();
     for _ in 0..repeats.max(1) {
-        secure.push(release(&mut secure_noise)?);
-        fast.push(release(&mut fast_noise)?);
-        torch.push(randn()?);
+        rounds.push([
+            release(&mut secure_noise)?,
+            release(&mut fast_noise)?,
+            randn()?,
+            normal_in_place()?,
+        ]);
     }
+    let column = |k: usize| median(rounds.iter().map(|r| r[k]).collect());
+    let secure_over = |k: usize| median(rounds.iter().map(|r| r[0] / r[k]).collect());
     Ok(NoiseRates {
-        secure: median(secure),
-        fast: median(fast),
-        randn: median(torch),
+        secure: column(0),
+        fast: column(1),
+        randn: column(2),
+        normal_in_place: column(3),
+        secure_over_randn: secure_over(2),
+        secure_over_normal_in_place: secure_over(3),
     })
 }
 
@@ -339,9 +400,9 @@ pub fn time_correlated_noise(
     Ok((median(independent_times), median(mf_times)))
 }
 
-fn median(mut times: Vec<f64>) -> f64 {
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// The process's peak resident memory in bytes (Linux `VmHWM`), if known.

@@ -718,6 +718,45 @@ fn a_run_without_noise_says_not_private_everywhere() {
     assert!(!stdout.contains("-differential privacy"), "{stdout}");
 }
 
+#[test]
+fn bench_reports_every_mode_its_ratios_and_memory() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dp-train"))
+        .args(["bench", "--batch", "2", "--seq", "4", "--steps", "3"])
+        .args(["--device", "cpu", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let positive = |v: &serde_json::Value| v.as_f64().is_some_and(|x| x.is_finite() && x > 0.0);
+    for mode in ["secure", "fast", "clip_only"] {
+        assert!(positive(&v["dp_step_s"][mode]), "{v}");
+        assert!(positive(&v["throughput_ratio"][mode]), "{v}");
+    }
+    for key in [
+        "nonprivate_step_s",
+        "secure_over_fast_step",
+        "secure_over_randn",
+        "secure_over_normal_in_place",
+        "peak_memory_ratio",
+    ] {
+        assert!(positive(&v[key]), "{key}: {v}");
+    }
+    for noise in [
+        "secure",
+        "fast",
+        "libtorch_randn",
+        "libtorch_normal_in_place",
+    ] {
+        assert!(positive(&v["noise_gsamples_per_s"][noise]), "{v}");
+    }
+    // The noise is timed on the whole encoder: every trainable coordinate of the MiniLM shape.
+    assert_eq!(v["noise_coordinates"], 22_566_146, "{v}");
+}
+
 /// SIGKILLs a training run at random moments (after it has made progress, so every kill lands
 /// mid-training), resumes it each time, and compares the result with an uninterrupted run.
 #[test]

@@ -66,9 +66,10 @@ enum Command {
     /// Example: dp-train tune --config examples/tune_fashion_mnist.toml
     Tune(TuneArgs),
     /// Time DP steps (secure and/or fast noise) against a non-private step of the same
-    /// BERT-style encoder on the same batch (one process, interleaved), time the noise alone
-    /// (secure and fast releases against libtorch's randn alone), and measure each mode's peak
-    /// memory (one child process each).
+    /// BERT-style encoder on the same batch (one process, in rounds of one step per mode; each
+    /// ratio is the median of the rounds' own ratios, so drifts in the machine's speed cancel),
+    /// time the noise alone (secure and fast releases against libtorch's randn alone and its
+    /// normal_ in place), and measure each mode's peak memory (one child process each).
     ///
     /// Example: dp-train bench --shape minilm --batch 32 --seq 128 --noise both
     Bench(BenchArgs),
@@ -85,7 +86,7 @@ struct BenchArgs {
     /// Tokens per example.
     #[arg(long, default_value_t = 64)]
     seq: i64,
-    /// Timed steps per mode, interleaved (median reported, after one warm-up step each).
+    /// Timed rounds: one step per mode each, after a warm-up round (medians reported).
     #[arg(long, default_value_t = 5)]
     steps: usize,
     /// cpu, cuda, or auto.
@@ -648,8 +649,8 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
     }
     noises.push(None);
     let numel = bench::trainable_coordinates(&config);
-    let rates = bench::noise_throughput(numel, 3)?;
-    let (dp, nonprivate) = bench::time_all(&config, &noises)?;
+    let rates = bench::noise_throughput(numel, 5)?;
+    let times = bench::time_all(&config, &noises)?;
     let peak = |mode: &str| -> Option<u64> {
         let exe = std::env::current_exe().ok()?;
         let out = std::process::Command::new(exe)
@@ -682,41 +683,45 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
         .zip(nonprivate_peak)
         .map(|(d, n)| d as f64 / n as f64);
     let name = |m: &Option<NoiseMode>| m.map_or("clip_only", NoiseMode::name).to_string();
-    let step_s: serde_json::Map<String, serde_json::Value> =
-        dp.iter().map(|(m, s)| (name(m), (*s).into())).collect();
-    let ratio: serde_json::Map<String, serde_json::Value> = dp
+    let step_s: serde_json::Map<String, serde_json::Value> = times
+        .dp
         .iter()
-        .map(|(m, s)| (name(m), (nonprivate / s).into()))
+        .map(|t| (name(&t.noise), t.step_s.into()))
         .collect();
-    let secure_over_fast = match dp.as_slice() {
-        [(Some(NoiseMode::Secure), secure), (Some(NoiseMode::Fast), fast), ..] => {
-            Some(secure / fast)
-        }
-        _ => None,
-    };
+    let ratio: serde_json::Map<String, serde_json::Value> = times
+        .dp
+        .iter()
+        .map(|t| (name(&t.noise), t.throughput_ratio.into()))
+        .collect();
+    let nonprivate = times.nonprivate_s;
     let out = serde_json::json!({
         "shape": args.shape, "batch": args.batch, "seq": args.seq, "device": format!("{device:?}"),
         "precision": args.precision,
         "dp_step_s": step_s, "nonprivate_step_s": nonprivate, "throughput_ratio": ratio,
-        "secure_over_fast_step": secure_over_fast,
+        "secure_over_fast_step": times.secure_over_fast,
         "noise_coordinates": numel,
-        "noise_gsamples_per_s": { "secure": rates.secure / 1e9, "fast": rates.fast / 1e9, "libtorch_randn": rates.randn / 1e9 },
+        "noise_gsamples_per_s": {
+            "secure": rates.secure / 1e9, "fast": rates.fast / 1e9,
+            "libtorch_randn": rates.randn / 1e9, "libtorch_normal_in_place": rates.normal_in_place / 1e9,
+        },
+        "secure_over_randn": rates.secure_over_randn,
+        "secure_over_normal_in_place": rates.secure_over_normal_in_place,
         "dp_peak_bytes": dp_peak, "nonprivate_peak_bytes": nonprivate_peak, "peak_memory_ratio": memory_ratio,
     });
     if args.json {
         println!("{out}");
     } else {
-        for (mode, seconds) in &dp {
-            let what = match mode {
+        for t in &times.dp {
+            let what = match t.noise {
                 Some(mode) => format!("DP step ({mode} noise)"),
                 None => "DP step without noise (clipping only)".to_string(),
             };
-            println!("{} encoder, batch {}, seq {}, {:?}, {} activations: {what} {:.3} s, non-private step {:.3} s, throughput ratio {:.3}", args.shape, args.batch, args.seq, device, args.precision, seconds, nonprivate, nonprivate / seconds);
+            println!("{} encoder, batch {}, seq {}, {:?}, {} activations: {what} {:.3} s, non-private step {:.3} s, throughput ratio {:.3}", args.shape, args.batch, args.seq, device, args.precision, t.step_s, nonprivate, t.throughput_ratio);
         }
-        if let Some(r) = secure_over_fast {
+        if let Some(r) = times.secure_over_fast {
             println!("secure / fast DP step time: {r:.3}");
         }
-        println!("noise on {numel} coordinates (CPU, Gsamples/s): secure release {:.3}, fast release {:.3}, libtorch randn alone {:.3}; secure / randn {:.2}", rates.secure / 1e9, rates.fast / 1e9, rates.randn / 1e9, rates.secure / rates.randn);
+        println!("noise on {numel} coordinates (CPU, Gsamples/s): secure release {:.3}, fast release {:.3}, libtorch randn alone {:.3}, libtorch normal_ in place {:.3}; secure / randn {:.2}, secure / normal_ {:.2}", rates.secure / 1e9, rates.fast / 1e9, rates.randn / 1e9, rates.normal_in_place / 1e9, rates.secure_over_randn, rates.secure_over_normal_in_place);
         if let (Some(d), Some(n), Some(r)) = (dp_peak, nonprivate_peak, memory_ratio) {
             println!("peak resident memory: DP {:.2} GiB, non-private {:.2} GiB, ratio {:.2} (whole process, libtorch included)", d as f64 / 1073741824.0, n as f64 / 1073741824.0, r);
         }
