@@ -69,7 +69,8 @@ enum Command {
     /// BERT-style encoder on the same batch (one process, in rounds of one step per mode; each
     /// ratio is the median of the rounds' own ratios, so drifts in the machine's speed cancel),
     /// time the noise alone (secure and fast releases against libtorch's randn alone and its
-    /// normal_ in place), and measure each mode's peak memory (one child process each).
+    /// normal_ in place), and measure each mode's peak resident host memory (one child process
+    /// each; an accelerator's memory is not measured).
     ///
     /// Example: dp-train bench --shape minilm --batch 32 --seq 128 --noise both
     Bench(BenchArgs),
@@ -707,6 +708,7 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
         "secure_over_randn": rates.secure_over_randn,
         "secure_over_normal_in_place": rates.secure_over_normal_in_place,
         "dp_peak_bytes": dp_peak, "nonprivate_peak_bytes": nonprivate_peak, "peak_memory_ratio": memory_ratio,
+        "peak_memory_of": "the host process's resident memory; an accelerator's memory is not measured",
     });
     if args.json {
         println!("{out}");
@@ -723,7 +725,16 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
         }
         println!("noise on {numel} coordinates (CPU, Gsamples/s): secure release {:.3}, fast release {:.3}, libtorch randn alone {:.3}, libtorch normal_ in place {:.3}; secure / randn {:.2}, secure / normal_ {:.2}", rates.secure / 1e9, rates.fast / 1e9, rates.randn / 1e9, rates.normal_in_place / 1e9, rates.secure_over_randn, rates.secure_over_normal_in_place);
         if let (Some(d), Some(n), Some(r)) = (dp_peak, nonprivate_peak, memory_ratio) {
-            println!("peak resident memory: DP {:.2} GiB, non-private {:.2} GiB, ratio {:.2} (whole process, libtorch included)", d as f64 / 1073741824.0, n as f64 / 1073741824.0, r);
+            let scope = match device {
+                Device::Cpu => "whole process, libtorch included",
+                _ => "host memory only: the accelerator's memory is not measured",
+            };
+            println!(
+                "peak resident memory: DP {:.2} GiB, non-private {:.2} GiB, ratio {:.2} ({scope})",
+                d as f64 / 1073741824.0,
+                n as f64 / 1073741824.0,
+                r
+            );
         }
     }
     Ok(())
