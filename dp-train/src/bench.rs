@@ -246,24 +246,22 @@ pub fn time_all(
         }
     }
     let plain_k = noises.len();
-    let column = |k: usize| median(rounds.iter().map(|r| r[k]).collect());
-    let paired = |num: usize, den: usize| median(rounds.iter().map(|r| r[num] / r[den]).collect());
     let dp = noises
         .iter()
         .enumerate()
         .map(|(k, &noise)| DpStepTime {
             noise,
-            step_s: column(k),
-            throughput_ratio: paired(plain_k, k),
+            step_s: median_column(&rounds, k),
+            throughput_ratio: median_ratio(&rounds, plain_k, k),
         })
         .collect();
     let find = |mode| noises.iter().position(|&n| n == Some(mode));
     let secure_over_fast = find(NoiseMode::Secure)
         .zip(find(NoiseMode::Fast))
-        .map(|(s, f)| paired(s, f));
+        .map(|(s, f)| median_ratio(&rounds, s, f));
     Ok(StepTimes {
         dp,
-        nonprivate_s: column(plain_k),
+        nonprivate_s: median_column(&rounds, plain_k),
         secure_over_fast,
     })
 }
@@ -338,15 +336,13 @@ pub fn noise_throughput(numel: i64, repeats: usize) -> Result<NoiseRates, TrainE
             normal_in_place()?,
         ]);
     }
-    let column = |k: usize| median(rounds.iter().map(|r| r[k]).collect());
-    let secure_over = |k: usize| median(rounds.iter().map(|r| r[0] / r[k]).collect());
     Ok(NoiseRates {
-        secure: column(0),
-        fast: column(1),
-        randn: column(2),
-        normal_in_place: column(3),
-        secure_over_randn: secure_over(2),
-        secure_over_normal_in_place: secure_over(3),
+        secure: median_column(&rounds, 0),
+        fast: median_column(&rounds, 1),
+        randn: median_column(&rounds, 2),
+        normal_in_place: median_column(&rounds, 3),
+        secure_over_randn: median_ratio(&rounds, 0, 2),
+        secure_over_normal_in_place: median_ratio(&rounds, 0, 3),
     })
 }
 
@@ -398,6 +394,21 @@ pub fn time_correlated_noise(
         }
     }
     Ok((median(independent_times), median(mf_times)))
+}
+
+/// The median over `rounds` (one row of measurements each) of measurement `k`.
+fn median_column<R: AsRef<[f64]>>(rounds: &[R], k: usize) -> f64 {
+    median(rounds.iter().map(|r| r.as_ref()[k]).collect())
+}
+
+/// The median over `rounds` of each round's measurement `num` over its measurement `den`.
+fn median_ratio<R: AsRef<[f64]>>(rounds: &[R], num: usize, den: usize) -> f64 {
+    median(
+        rounds
+            .iter()
+            .map(|r| r.as_ref()[num] / r.as_ref()[den])
+            .collect(),
+    )
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
