@@ -7,6 +7,9 @@
 //! 3. Links `torch_cuda` eagerly when it exists. Nothing references its symbols, so the
 //!    default `--as-needed` would drop it, CUDA would never register, and
 //!    `tch::Cuda::is_available()` would be false even on a GPU machine.
+//!
+//! `dp-core`'s own build script includes this file as a module (to compile its C++ shim
+//! against the same libtorch), hence the public items.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,7 +17,8 @@ use std::process::Command;
 const PRINT_TORCH_LIB: &str =
     "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))";
 
-fn main() {
+/// Emits the link arguments above (a warning instead when libtorch is not found).
+pub fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");
@@ -33,7 +37,8 @@ fn main() {
     }
 }
 
-fn torch_lib_dir() -> Option<PathBuf> {
+/// libtorch's library folder: `$LIBTORCH_LIB/lib`, or the active Python's `torch/lib`.
+pub fn torch_lib_dir() -> Option<PathBuf> {
     if let Ok(lib) = std::env::var("LIBTORCH_LIB") {
         return Some(PathBuf::from(lib).join("lib"));
     }

@@ -22,6 +22,7 @@
 //! clipping), Bu et al. 2023 (book-keeping).
 
 mod correlated;
+pub mod device_memory;
 mod engine;
 mod error;
 mod host;
