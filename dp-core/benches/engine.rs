@@ -23,7 +23,7 @@ fn noise(c: &mut Criterion) {
     group.throughput(Throughput::Elements(COORDINATES as u64));
     for mode in [NoiseMode::Secure, NoiseMode::Fast] {
         let mut rng = PrivacyRng::from_seed(0);
-        let mut mechanism = GaussianNoise::new(mode, 1.0, 1.0, &template, &mut rng).unwrap();
+        let mut mechanism = GaussianNoise::new(mode, 1.0, 1.0, &template).unwrap();
         group.bench_function(mode.name(), |b| {
             b.iter_batched(
                 || BTreeMap::from([("w".to_string(), template["w"].copy())]),
@@ -47,8 +47,7 @@ fn noise(c: &mut Criterion) {
     group.finish();
     // Built once per run: the secure sampler's certified tables.
     c.bench_function("secure_mechanism_build", |b| {
-        let mut rng = PrivacyRng::from_seed(0);
-        b.iter(|| GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &template, &mut rng).unwrap())
+        b.iter(|| GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &template).unwrap())
     });
 }
 

@@ -2,9 +2,9 @@
 //! out of libtorch, no copy back, and no fresh model-sized buffer (each of which costs a pass
 //! over memory and, for a fresh one, a page fault per 4 KiB).
 //!
-//! This is the one module of the workspace allowed `unsafe` code: tch offers no safe mutable
-//! view of a tensor's memory. The view is given only when it is sound to form Rust slices
-//! over that memory:
+//! This is one of the two modules of the workspace allowed `unsafe` code (the other calls the
+//! device-memory shim): tch offers no safe mutable view of a tensor's memory. The view is
+//! given only when it is sound to form Rust slices over that memory:
 //! - every tensor is on the CPU, contiguous, of the slice's element kind (f32 or f64), does not
 //!   require gradients (no autograd version counter is bypassed), and its data pointer is
 //!   aligned for that kind;
@@ -59,6 +59,38 @@ pub(crate) fn host_values<'a>(
         return None;
     }
     Some(checked.into_iter().map(|(t, len)| view(t, len)).collect())
+}
+
+/// A view of the values of one contiguous `i64` CPU tensor that does not require gradients
+/// (the staging buffer secure noise is drawn into before it is copied to an accelerator), or
+/// `None` unless it qualifies as in [`host_values`].
+pub(crate) fn host_integers(tensor: &mut Tensor) -> Option<&mut [i64]> {
+    let usable = tensor.kind() == Kind::Int64
+        && tensor.device() == Device::Cpu
+        && tensor.is_contiguous()
+        && !tensor.requires_grad();
+    let len = tensor.numel();
+    if !usable {
+        return None;
+    }
+    if len == 0 {
+        return Some(&mut []);
+    }
+    let data = tensor.data_ptr();
+    if data.is_null() || data as usize % std::mem::align_of::<i64>() != 0 {
+        return None;
+    }
+    Some(integers(tensor, len))
+}
+
+#[allow(unsafe_code)]
+fn integers(tensor: &mut Tensor, len: usize) -> &mut [i64] {
+    let data = tensor.data_ptr();
+    // SAFETY: `host_integers` checked that the tensor lives on the CPU, is contiguous, holds
+    // i64 elements and that `data` (its first value) is non-null and aligned; libtorch keeps
+    // the storage alive while the tensor is, and the tensor stays borrowed mutably for the
+    // slice's lifetime.
+    unsafe { std::slice::from_raw_parts_mut(data.cast(), len) }
 }
 
 /// The slice over the `len` values of a tensor `host_values` checked.
@@ -125,6 +157,21 @@ mod tests {
         assert!(host_values([&mut first, &mut second]).is_none());
         let (mut same, mut again) = (whole.shallow_clone(), whole.shallow_clone());
         assert!(host_values([&mut same, &mut again]).is_none());
+    }
+
+    #[test]
+    fn integer_views_write_through_and_refuse_other_tensors() {
+        let mut staging = Tensor::zeros([5], cpu(Kind::Int64));
+        host_integers(&mut staging)
+            .unwrap()
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = i as i64 - 2);
+        assert!(staging.equal(&(Tensor::arange(5, cpu(Kind::Int64)) - 2)));
+        let mut floats = Tensor::zeros([5], cpu(Kind::Float));
+        let mut strided = Tensor::zeros([3, 2], cpu(Kind::Int64)).transpose(0, 1);
+        assert!(host_integers(&mut floats).is_none());
+        assert!(host_integers(&mut strided).is_none());
     }
 
     #[test]

@@ -11,12 +11,19 @@
 //!   (Mironov 2012; Jin et al. 2022) have nothing to read. Rounding moves each example's
 //!   contribution by at most `gamma sqrt(d)`, so the reported event is the Gaussian mechanism
 //!   with noise multiplier `s gamma / (C + gamma sqrt(d))`, within `2^-20` of `sigma`. The
-//!   noise is generated in parallel (rayon); for sums on an accelerator,
-//!   [`GaussianNoise::start`] generates it on a background thread while the model computes,
-//!   and it is copied to the sums' device when they are released.
-//! - [`NoiseMode::Fast`]: `N(0, sigma^2 C^2)` from libtorch's `randn` on the sums' device, its
-//!   generator seeded from the run's [`PrivacyRng`]. Floating-point noise for research: the
-//!   reported event is the ideal Gaussian mechanism, which such noise only approximates.
+//!   noise is generated in parallel (rayon) on the host, whatever the sums' device. For sums
+//!   on an accelerator, [`GaussianNoise::start`] generates it on a background thread while the
+//!   model computes, into a page-locked (pinned) staging buffer allocated once; the release
+//!   copies the integers to the device (8 bytes a coordinate, at the host link's full speed)
+//!   and forms `gamma (k + Z)` there in 64-bit integers, exactly as on the host.
+//! - [`NoiseMode::Fast`]: `N(0, sigma^2 C^2)` from libtorch's `randn` on the sums' device
+//!   (mt19937 on the CPU, Philox4x32-10 on CUDA), the device's generator keyed afresh at
+//!   every release by 64 bits of the run's [`PrivacyRng`]: no two releases share noise, and a
+//!   run resumed from a checkpoint draws what the uninterrupted run would have. Floating-point
+//!   noise for research: the reported event is the ideal Gaussian mechanism, which such noise
+//!   only approximates (floating-point attacks apply), and its randomness is only as strong
+//!   as a 64-bit key and a statistical generator. On an accelerator it costs a fraction of a
+//!   millisecond per 100 million coordinates.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,9 +34,22 @@ use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::CoreError;
-use crate::host::{host_values, HostValues};
+use crate::host::{host_integers, host_values, HostValues};
 use crate::rng::{NoiseMode, PrivacyRng};
-use crate::secure::{fill, release_block, Grid, Table, BLOCK, CLAMP};
+use crate::secure::{fill, release_block, Grid, Table, BLOCK, CLAMP, ROUNDING_SHARE};
+
+/// The noise multiplier to ask of a mechanism in `mode` so that the one it accounts (its
+/// [`GaussianNoise::event`]) is at least `accounted`, for any clip norm and dimension: a secure
+/// mechanism accounts `s gamma / (C + gamma sqrt(d)) >= sigma / (1 + 2^-20)` (the scale `s` is
+/// rounded up, the grid keeps `gamma sqrt(d) <= 2^-20 C`), so it is asked for
+/// `accounted (1 + 2^-20)`; a fast one accounts what it is asked. A plan calibrated to a
+/// target epsilon asks for this, so that its last planned step stays within the target.
+pub fn noise_multiplier_for(mode: NoiseMode, accounted: f64) -> f64 {
+    match mode {
+        NoiseMode::Secure => accounted * (1.0 + ROUNDING_SHARE),
+        NoiseMode::Fast => accounted,
+    }
+}
 
 /// The Gaussian mechanism applied to every logical batch's clipped sums.
 #[derive(Debug)]
@@ -50,19 +70,20 @@ pub struct GaussianNoise {
 struct SecureStream {
     grid: Grid,
     table: Arc<Table>,
-    ahead: Option<JoinHandle<Vec<i64>>>,
+    /// Accelerators only: the pinned host buffer the next release's integers are drawn into,
+    /// handed to the background thread while it draws and handed back by `ahead`.
+    staging: Option<Tensor>,
+    ahead: Option<JoinHandle<Result<Tensor, CoreError>>>,
 }
 
 impl GaussianNoise {
     /// A mechanism adding noise of standard deviation `noise_multiplier * clip_norm` to sums
-    /// shaped like `template` (one tensor per parameter name). In fast mode libtorch's
-    /// generator is seeded from `rng`.
+    /// shaped like `template` (one tensor per parameter name).
     pub fn new(
         mode: NoiseMode,
         noise_multiplier: f64,
         clip_norm: f64,
         template: &BTreeMap<String, Tensor>,
-        rng: &mut PrivacyRng,
     ) -> Result<Self, CoreError> {
         if !(noise_multiplier.is_finite() && noise_multiplier > 0.0) {
             return Err(CoreError::NoiseMultiplier(noise_multiplier));
@@ -75,20 +96,21 @@ impl GaussianNoise {
             .map(|(name, t)| (name.clone(), t.size()))
             .collect();
         let dim = template.values().map(Tensor::numel).sum();
-        let overlap = template.values().any(|t| t.device() != Device::Cpu);
+        let accelerator = template
+            .values()
+            .map(Tensor::device)
+            .find(|d| *d != Device::Cpu);
         let secure = match mode {
             NoiseMode::Secure => {
                 let grid = Grid::new(noise_multiplier, clip_norm, dim as u64)?;
                 Some(SecureStream {
                     table: Arc::new(Table::new(&grid)),
                     grid,
+                    staging: accelerator.map(|d| staging_buffer(dim, d)).transpose()?,
                     ahead: None,
                 })
             }
-            NoiseMode::Fast => {
-                tch::manual_seed(rng.torch_seed());
-                None
-            }
+            NoiseMode::Fast => None,
         };
         Ok(Self {
             mode,
@@ -96,7 +118,7 @@ impl GaussianNoise {
             clip_norm,
             layout,
             dim,
-            overlap,
+            overlap: accelerator.is_some(),
             secure,
         })
     }
@@ -175,13 +197,19 @@ impl GaussianNoise {
         match &mut self.secure {
             Some(stream) => match stream.ahead.take() {
                 Some(handle) => {
-                    let noise = handle.join().map_err(|_| CoreError::NoiseThread)?;
+                    let staging = handle.join().map_err(|_| CoreError::NoiseThread)??;
                     let mut offset = 0;
                     for sum in sums.values_mut() {
-                        let n = sum.numel();
-                        release_with_tensors(sum, &noise[offset..offset + n], &stream.grid)?;
+                        let n = sum.numel() as i64;
+                        // A blocking copy: once it returns, the buffer may be drawn into again.
+                        let z = staging
+                            .f_narrow(0, offset, n)?
+                            .f_view(sum.size().as_slice())?
+                            .f_to_device(sum.device())?;
+                        release_with_tensors(sum, &z, &stream.grid)?;
                         offset += n;
                     }
+                    stream.staging = Some(staging);
                 }
                 None => {
                     let keys = block_keys(&self.layout, rng);
@@ -190,6 +218,7 @@ impl GaussianNoise {
             },
             None => {
                 let std = self.noise_multiplier * self.clip_norm;
+                tch::manual_seed(rng.torch_seed());
                 for sum in sums.values_mut() {
                     let mut noise = sum.f_randn_like()?;
                     let _ = noise.f_mul_scalar_(std)?;
@@ -202,22 +231,31 @@ impl GaussianNoise {
 }
 
 impl SecureStream {
-    /// Starts generating the next release's integers on a background thread.
+    /// Starts generating the next release's integers on a background thread, into the staging
+    /// buffer (which the thread owns until the release joins it).
     fn start(&mut self, layout: &[(String, Vec<i64>)], rng: &mut PrivacyRng) {
         let keys = block_keys(layout, rng);
         let sizes: Vec<usize> = layout.iter().map(|(_, s)| numel(s)).collect();
         let table = Arc::clone(&self.table);
+        let staging = self.staging.take();
         self.ahead = Some(std::thread::spawn(move || {
-            let mut out = vec![0i64; sizes.iter().sum()];
-            let mut rest = out.as_mut_slice();
+            let mut staging = staging.ok_or(CoreError::NoiseThread)?;
+            let mut rest = host_integers(&mut staging).ok_or(CoreError::NoiseThread)?;
             for (n, keys) in sizes.iter().zip(&keys) {
                 let (part, tail) = rest.split_at_mut(*n);
                 fill(&table, keys, part);
                 rest = tail;
             }
-            out
+            Ok(staging)
         }));
     }
+}
+
+/// A host buffer of `dim` integers for noise bound to `device`: page-locked when libtorch can
+/// pin memory for that device (copies from it run at the link's full speed), else pageable.
+fn staging_buffer(dim: usize, device: Device) -> Result<Tensor, CoreError> {
+    let buffer = Tensor::f_zeros([dim as i64], (Kind::Int64, Device::Cpu))?;
+    Ok(buffer.f_internal_pin_memory(device).unwrap_or(buffer))
 }
 
 /// Keys of the noise's ChaCha20 streams: per parameter (in the sums' order), one per block of
@@ -267,16 +305,20 @@ fn release(
             for (sum, keys) in sums.values_mut().zip(keys) {
                 let mut noise = vec![0i64; sum.numel()];
                 fill(table, keys, &mut noise);
-                release_with_tensors(sum, &noise, grid)?;
+                let z = Tensor::f_from_slice(&noise)?
+                    .f_reshape(sum.size())?
+                    .f_to_device(sum.device())?;
+                release_with_tensors(sum, &z, grid)?;
             }
         }
     }
     Ok(())
 }
 
-/// [`crate::secure::on_grid`] with libtorch operations, on the sum's device, the result copied
-/// into `sum` (in place, whatever its layout).
-fn release_with_tensors(sum: &mut Tensor, noise: &[i64], grid: &Grid) -> Result<(), CoreError> {
+/// [`crate::secure::on_grid`] with libtorch operations on the sum's device, for the integer
+/// noise `z` (shaped like `sum`, on its device); the result is copied into `sum` (in place,
+/// whatever its layout).
+fn release_with_tensors(sum: &mut Tensor, z: &Tensor, grid: &Grid) -> Result<(), CoreError> {
     let (inv, step) = (2f64.powi(-grid.log2_step), grid.step());
     let k = sum
         .f_to_kind(Kind::Double)?
@@ -285,11 +327,8 @@ fn release_with_tensors(sum: &mut Tensor, noise: &[i64], grid: &Grid) -> Result<
         .f_round()?
         .f_clamp(-CLAMP, CLAMP)?
         .f_to_kind(Kind::Int64)?;
-    let z = Tensor::from_slice(noise)
-        .f_reshape(sum.size())?
-        .f_to_device(sum.device())?;
     let released = k
-        .f_add(&z)?
+        .f_add(z)?
         .f_to_kind(Kind::Double)?
         .f_mul_scalar(step)?
         .f_to_kind(sum.kind())?;
@@ -340,7 +379,8 @@ mod tests {
             let mut noise = vec![0i64; x.numel()];
             fill(&table, keys, &mut noise);
             let mut tensors = x.copy();
-            release_with_tensors(&mut tensors, &noise, &grid).unwrap();
+            let z = Tensor::from_slice(&noise).reshape(x.size());
+            release_with_tensors(&mut tensors, &z, &grid).unwrap();
             assert!(sums[name].equal(&tensors), "{name}");
             assert!(!sums[name].equal(x));
         }

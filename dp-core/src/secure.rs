@@ -75,6 +75,8 @@ const TAIL_SIGMAS: u128 = 14;
 const MIN_SCALE_LOG2: i32 = 40;
 /// Largest scale `s`: keeps every product of the sampler within 128 bits.
 const MAX_SCALE_LOG2: i32 = 48;
+/// The grid's rounding moves a clipped sum by at most `gamma sqrt(d) <= ROUNDING_SHARE C`.
+pub(crate) const ROUNDING_SHARE: f64 = 1.0 / (1u64 << 20) as f64;
 /// Integer sums are clamped to `|k| <= 2^62`, so `k + Z` fits in an `i64`.
 pub(crate) const CLAMP: f64 = (1u64 << 62) as f64;
 
@@ -100,7 +102,7 @@ impl Grid {
         let dim = dim.max(1);
         let sigma_c = sigma * clip;
         let bound =
-            (sigma_c * 2f64.powi(-MIN_SCALE_LOG2)).min(clip * 2f64.powi(-20) / (dim as f64).sqrt());
+            (sigma_c * 2f64.powi(-MIN_SCALE_LOG2)).min(clip * ROUNDING_SHARE / (dim as f64).sqrt());
         let log2_step = bound.log2().floor() as i32;
         if log2_step < -120 {
             return Err(CoreError::NoiseScale(format!(

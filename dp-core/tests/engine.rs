@@ -475,7 +475,7 @@ fn zero_release(
         Tensor::zeros([n], (Kind::Double, Device::Cpu)),
     )]);
     let mut rng = PrivacyRng::from_seed(seed);
-    let mut noise = GaussianNoise::new(mode, sigma, clip, &sums, &mut rng).unwrap();
+    let mut noise = GaussianNoise::new(mode, sigma, clip, &sums).unwrap();
     noise.add(&mut sums, &mut rng).unwrap();
     (Vec::<f64>::try_from(&sums["w"]).unwrap(), noise)
 }
@@ -582,10 +582,9 @@ fn secure_outputs_lie_on_the_grid_and_fast_outputs_do_not() {
             (NoiseMode::Fast, Kind::Double),
         ] {
             let mut sums = BTreeMap::from([("w".to_string(), x.to_kind(kind))]);
-            let secure =
-                GaussianNoise::new(NoiseMode::Secure, sigma, clip, &sums, &mut rng).unwrap();
+            let secure = GaussianNoise::new(NoiseMode::Secure, sigma, clip, &sums).unwrap();
             let step = secure.grid_step().unwrap();
-            let mut noise = GaussianNoise::new(mode, sigma, clip, &sums, &mut rng).unwrap();
+            let mut noise = GaussianNoise::new(mode, sigma, clip, &sums).unwrap();
             noise.add(&mut sums, &mut rng).unwrap();
             let y = Vec::<f64>::try_from(&sums["w"].to_kind(Kind::Double)).unwrap();
             let on_grid = y.iter().filter(|&&v| (v / step).fract() == 0.0).count();
@@ -614,7 +613,7 @@ fn secure_releases_move_exactly_with_their_input() {
     let release = |input: &Tensor| {
         let mut sums = BTreeMap::from([("w".to_string(), input.copy())]);
         let mut rng = PrivacyRng::from_seed(4);
-        let mut noise = GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &sums, &mut rng).unwrap();
+        let mut noise = GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &sums).unwrap();
         noise.add(&mut sums, &mut rng).unwrap();
         (sums.remove("w").unwrap(), noise.grid_step().unwrap())
     };
@@ -641,7 +640,7 @@ fn noise_streams_follow_the_generator() {
         Tensor::zeros([1000], (Kind::Double, Device::Cpu)),
     )]);
     let mut rng = PrivacyRng::from_os();
-    let mut noise = GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &sums, &mut rng).unwrap();
+    let mut noise = GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &sums).unwrap();
     let mut again = copy(&sums);
     noise.add(&mut sums, &mut rng).unwrap();
     noise.add(&mut again, &mut rng).unwrap();
@@ -651,11 +650,63 @@ fn noise_streams_follow_the_generator() {
         "w".to_string(),
         Tensor::zeros([1000], (Kind::Double, Device::Cpu)),
     )]);
-    GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &third, &mut other)
+    GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &third)
         .unwrap()
         .add(&mut third, &mut other)
         .unwrap();
     assert!(!sums["w"].equal(&third["w"]));
+}
+
+#[test]
+fn fast_noise_is_keyed_at_every_release_so_a_resumed_run_draws_what_the_uninterrupted_one_would() {
+    let zeros = || {
+        BTreeMap::from([(
+            "w".to_string(),
+            Tensor::zeros([4096], (Kind::Float, Device::Cpu)),
+        )])
+    };
+    // An uninterrupted run: two releases of one mechanism, the generator saved in between
+    // (as a checkpoint after step 1 saves it).
+    let mut rng = PrivacyRng::from_seed(21);
+    let mut noise = GaussianNoise::new(NoiseMode::Fast, 1.0, 1.0, &zeros()).unwrap();
+    let (mut first, mut second) = (zeros(), zeros());
+    noise.add(&mut first, &mut rng).unwrap();
+    let checkpoint = rng.snapshot();
+    noise.add(&mut second, &mut rng).unwrap();
+    // No two releases share noise.
+    assert!(!first["w"].equal(&second["w"]));
+    // A resumed process: a new mechanism, libtorch's generator in some other state, the privacy
+    // generator restored from the checkpoint. Its first release is the run's second one.
+    tch::manual_seed(12345);
+    let _ = Tensor::randn([100], (Kind::Float, Device::Cpu));
+    let mut resumed_rng = PrivacyRng::resume(&checkpoint).unwrap();
+    let mut resumed = GaussianNoise::new(NoiseMode::Fast, 1.0, 1.0, &zeros()).unwrap();
+    let mut again = zeros();
+    resumed.add(&mut again, &mut resumed_rng).unwrap();
+    assert!(again["w"].equal(&second["w"]));
+    assert!(!again["w"].equal(&first["w"]));
+}
+
+#[test]
+fn a_secure_mechanism_asked_for_the_inflated_multiplier_accounts_at_least_the_target() {
+    use dp_core::noise::noise_multiplier_for;
+    for (target, clip, dim) in [
+        (0.6430343380270306, 1.0, 22_566_146),
+        (1.0, 0.1, 109_483_778),
+        (3.7, 2.5, 10),
+        (0.93, 1.0, 1 << 20),
+    ] {
+        // Only the template's shape matters: an expanded (zero-stride) one allocates nothing.
+        let one = Tensor::zeros([1], (Kind::Float, Device::Cpu));
+        let wide = BTreeMap::from([("w".to_string(), one.expand([dim], false))]);
+        let secure = noise_multiplier_for(NoiseMode::Secure, target);
+        let accounted = GaussianNoise::new(NoiseMode::Secure, secure, clip, &wide)
+            .unwrap()
+            .accounted_noise_multiplier();
+        assert!(accounted >= target, "{target} {clip} {dim}: {accounted}");
+        assert!(accounted <= target * (1.0 + 1e-6), "{accounted}");
+        assert_eq!(noise_multiplier_for(NoiseMode::Fast, target), target);
+    }
 }
 
 #[test]
@@ -672,7 +723,7 @@ fn mechanisms_report_the_events_they_ran() {
     ]);
     let mut rng = PrivacyRng::from_seed(6);
     for mode in [NoiseMode::Secure, NoiseMode::Fast] {
-        let mut noise = GaussianNoise::new(mode, 1.2, 0.5, &sums, &mut rng).unwrap();
+        let mut noise = GaussianNoise::new(mode, 1.2, 0.5, &sums).unwrap();
         let mut noisy = copy(&sums);
         let ran = noise.add(&mut noisy, &mut rng).unwrap();
         assert_eq!(ran, noise.event());
@@ -713,7 +764,7 @@ fn mechanisms_report_the_events_they_ran() {
     );
     for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
         assert!(matches!(
-            GaussianNoise::new(NoiseMode::Secure, bad, 1.0, &sums, &mut rng),
+            GaussianNoise::new(NoiseMode::Secure, bad, 1.0, &sums),
             Err(CoreError::NoiseMultiplier(_))
         ));
     }

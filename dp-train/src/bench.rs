@@ -7,10 +7,14 @@
 //! On an accelerator a secure step's noise is generated on a background thread while the step
 //! computes, and the step's time includes any wait for it. The noise alone is timed too, on
 //! the same number of coordinates: a secure release, a fast release, and two references,
-//! libtorch's `randn` alone (a fresh tensor) and its `normal_` in place. Peak memory is
-//! measured per mode in a child process (the high-water mark of its resident memory). With
-//! correlated noise, a DP step with independent noise and one with streamed BLT noise (both
-//! floating-point ChaCha20 normals) are timed side by side.
+//! libtorch's `randn` alone (a fresh tensor) and its `normal_` in place; on an accelerator,
+//! the releases are timed on sums on the device instead, and the secure release there is
+//! checked bit for bit against the host's. Peak memory is measured per mode (DP with each
+//! noise, clipping only, non-private) in a child process: the high-water mark of its resident
+//! host memory and, on CUDA, the peak bytes allocated on the device from the model's creation
+//! on (what `torch.cuda.max_memory_allocated` reports after a reset). With correlated noise, a
+//! DP step with independent noise and one with streamed BLT noise (both floating-point
+//! ChaCha20 normals) are timed side by side.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -18,7 +22,9 @@ use std::time::Instant;
 use dp_accounting::mf::{
     optimize_blt, NoiseRecurrence, Objective, Participation, Strategy, Workload,
 };
-use dp_core::{ClippingEngine, CorrelatedNoise, GaussianNoise, NoiseMode, PrivacyRng, Tape};
+use dp_core::{
+    device_memory, ClippingEngine, CorrelatedNoise, GaussianNoise, NoiseMode, PrivacyRng, Tape,
+};
 use serde::Serialize;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
@@ -153,26 +159,47 @@ impl Bench {
     fn machinery(
         &self,
         noise: Option<NoiseMode>,
-        rng: &mut PrivacyRng,
     ) -> Result<(ClippingEngine, Option<GaussianNoise>), TrainError> {
         let engine = ClippingEngine::new(&self.vs, 1.0)?;
         let noise = noise
-            .map(|mode| GaussianNoise::new(mode, 1.0, 1.0, &engine.zero_sums(), rng))
+            .map(|mode| GaussianNoise::new(mode, 1.0, 1.0, &engine.zero_sums()))
             .transpose()?;
         Ok((engine, noise))
     }
 }
 
-/// Median seconds per step of `mode` (used alone in the memory-measuring child), with
-/// `noise` for DP steps.
+/// One mode run alone (in the memory-measuring child).
+#[derive(Debug, Clone, Copy)]
+pub struct ModeRun {
+    /// Median seconds per step.
+    pub step_s: f64,
+    /// On CUDA: the peak bytes allocated on the device from the model's creation to the last
+    /// step (the model, its gradients or sums, the noise, activations); `None` elsewhere.
+    pub device_peak_bytes: Option<u64>,
+}
+
+/// The peak memory of one mode run alone, as its child process reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct ModePeak {
+    /// The child's peak resident host memory, in bytes.
+    pub host: u64,
+    /// On CUDA, its peak bytes allocated on the device ([`ModeRun::device_peak_bytes`]).
+    pub device: Option<u64>,
+}
+
+/// Steps of `mode` alone, with `noise` for DP steps (`None`: clipping only), as the
+/// memory-measuring child runs them: the device's peak is reset before the model is made.
 pub fn time_mode(
     config: &BenchConfig,
     mode: StepMode,
     noise: Option<NoiseMode>,
-) -> Result<f64, TrainError> {
+) -> Result<ModeRun, TrainError> {
+    // Creating the first CUDA tensor starts libtorch's allocator; the peak starts after it.
+    let _ = Tensor::f_zeros([1], (Kind::Float, config.device))?;
+    device_memory::reset_peak(config.device);
     let bench = Bench::new(config);
     let mut rng = PrivacyRng::from_seed(0);
-    let (engine, mut mechanism) = bench.machinery(noise, &mut rng)?;
+    let (engine, mut mechanism) = bench.machinery(noise)?;
     bench.step(mode, &engine, &mut mechanism, &mut rng)?;
     let mut times = Vec::new();
     for _ in 0..config.steps.max(1) {
@@ -180,7 +207,10 @@ pub fn time_mode(
         bench.step(mode, &engine, &mut mechanism, &mut rng)?;
         times.push(start.elapsed().as_secs_f64());
     }
-    Ok(median(times))
+    Ok(ModeRun {
+        step_s: median(times),
+        device_peak_bytes: device_memory::allocated(config.device).map(|m| m.peak),
+    })
 }
 
 /// One DP mode's timing against the non-private step.
@@ -192,6 +222,10 @@ pub struct DpStepTime {
     pub step_s: f64,
     /// Median over rounds of the round's non-private step time over its DP step time.
     pub throughput_ratio: f64,
+    /// For a noisy mode timed beside a clipping-only one: the median over rounds of the
+    /// round's share of this mode's step time that goes beyond clipping (the noise's cost on
+    /// the step's critical path, whatever overlaps it).
+    pub noise_share: Option<f64>,
 }
 
 /// Step times of [`time_all`].
@@ -217,12 +251,12 @@ pub fn time_all(
         .iter()
         .map(|&noise| {
             let bench = Bench::new(config);
-            let (engine, mechanism) = bench.machinery(noise, &mut rng)?;
+            let (engine, mechanism) = bench.machinery(noise)?;
             Ok((bench, engine, mechanism))
         })
         .collect::<Result<Vec<_>, TrainError>>()?;
     let plain = Bench::new(config);
-    let (plain_engine, mut plain_noise) = plain.machinery(None, &mut rng)?;
+    let (plain_engine, mut plain_noise) = plain.machinery(None)?;
     // rounds[r][k]: round r's DP step in mode k, then (last) its non-private step.
     let mut rounds: Vec<Vec<f64>> = Vec::new();
     for round in 0..=config.steps.max(1) {
@@ -246,6 +280,7 @@ pub fn time_all(
         }
     }
     let plain_k = noises.len();
+    let clip_only = noises.iter().position(Option::is_none);
     let dp = noises
         .iter()
         .enumerate()
@@ -253,6 +288,9 @@ pub fn time_all(
             noise,
             step_s: median_column(&rounds, k),
             throughput_ratio: median_ratio(&rounds, plain_k, k),
+            noise_share: clip_only
+                .filter(|_| noise.is_some())
+                .map(|c| median(rounds.iter().map(|r| (r[k] - r[c]) / r[k]).collect())),
         })
         .collect();
     let find = |mode| noises.iter().position(|&n| n == Some(mode));
@@ -305,8 +343,8 @@ pub fn noise_throughput(numel: i64, repeats: usize) -> Result<NoiseRates, TrainE
         Tensor::zeros([numel], (Kind::Float, Device::Cpu)),
     )]);
     // The mechanisms (the secure sampler's tables) are built once, as in a run.
-    let mut secure_noise = GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &template, &mut rng)?;
-    let mut fast_noise = GaussianNoise::new(NoiseMode::Fast, 1.0, 1.0, &template, &mut rng)?;
+    let mut secure_noise = GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &template)?;
+    let mut fast_noise = GaussianNoise::new(NoiseMode::Fast, 1.0, 1.0, &template)?;
     let mut release = |noise: &mut GaussianNoise| -> Result<f64, TrainError> {
         let mut sums = BTreeMap::from([("w".to_string(), template["w"].copy())]);
         let start = Instant::now();
@@ -343,6 +381,65 @@ pub fn noise_throughput(numel: i64, repeats: usize) -> Result<NoiseRates, TrainE
         normal_in_place: median_column(&rounds, 3),
         secure_over_randn: median_ratio(&rounds, 0, 2),
         secure_over_normal_in_place: median_ratio(&rounds, 0, 3),
+    })
+}
+
+/// Noise releases on sums that live on an accelerator.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceNoise {
+    /// Median seconds of a fast release (the device's generator keyed, `randn`, scaled,
+    /// added), synchronized.
+    pub fast_release_s: f64,
+    /// Median seconds of a secure release not overlapped with anything: the integers drawn
+    /// on the host, copied to the device and released there.
+    pub secure_release_s: f64,
+    /// Whether a secure release of random sums on the device equals, bit for bit, the host's
+    /// release of the same sums from the same generator state.
+    pub secure_matches_host: bool,
+}
+
+/// [`DeviceNoise`] on `numel` coordinates of an f32 sum on `device`, medians of `repeats`.
+pub fn device_noise(numel: i64, device: Device, repeats: usize) -> Result<DeviceNoise, TrainError> {
+    let synchronize = || {
+        if let Device::Cuda(index) = device {
+            tch::Cuda::synchronize(index as i64);
+        }
+    };
+    let template = BTreeMap::from([(
+        "w".to_string(),
+        Tensor::f_zeros([numel], (Kind::Float, device))?,
+    )]);
+    let mut rng = PrivacyRng::from_seed(0);
+    let mut time = |mode: NoiseMode| -> Result<f64, TrainError> {
+        let mut noise = GaussianNoise::new(mode, 1.0, 1.0, &template)?;
+        let mut times = Vec::new();
+        for _ in 0..=repeats.max(1) {
+            let mut sums = BTreeMap::from([("w".to_string(), template["w"].f_zeros_like()?)]);
+            synchronize();
+            let start = Instant::now();
+            noise.start(&mut rng);
+            noise.add(&mut sums, &mut rng)?;
+            synchronize();
+            times.push(start.elapsed().as_secs_f64());
+        }
+        // The first release warms the generator and the pinned buffer up.
+        Ok(median(times.split_off(1)))
+    };
+    let (fast_release_s, secure_release_s) = (time(NoiseMode::Fast)?, time(NoiseMode::Secure)?);
+    let sample = Tensor::f_randn([numel.min(1 << 20)], (Kind::Float, Device::Cpu))? * 10.0;
+    let release = |on: Device| -> Result<Tensor, TrainError> {
+        let mut sums = BTreeMap::from([("w".to_string(), sample.f_to_device(on)?)]);
+        let mut noise = GaussianNoise::new(NoiseMode::Secure, 1.0, 1.0, &sums)?;
+        let mut rng = PrivacyRng::from_seed(3);
+        noise.start(&mut rng);
+        noise.add(&mut sums, &mut rng)?;
+        Ok(sums["w"].f_to_device(Device::Cpu)?)
+    };
+    let secure_matches_host = release(device)?.equal(&release(Device::Cpu)?);
+    Ok(DeviceNoise {
+        fast_release_s,
+        secure_release_s,
+        secure_matches_host,
     })
 }
 

@@ -190,7 +190,7 @@ pub fn train_with_hooks(
             let gaussian = (config.noise_multiplier > 0.0)
                 .then(|| {
                     let (sigma, clip) = (config.noise_multiplier, config.clip_norm);
-                    GaussianNoise::new(config.noise, sigma, clip, &engine.zero_sums(), rng)
+                    GaussianNoise::new(config.noise, sigma, clip, &engine.zero_sums())
                 })
                 .transpose()?;
             let event = gaussian

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use dp_accounting::{calibrate_noise_multiplier, AccountantKind};
+use dp_core::noise::noise_multiplier_for;
 use dp_core::{ClippingStyle, NoiseMode, PrivacyRng};
 use serde::Serialize;
 use tch::{nn, Device, Tensor};
@@ -214,7 +215,10 @@ pub fn run(
             config.epsilon,
             config.delta,
         )?;
-        (calibration.noise_multiplier, config.epsilon)
+        (
+            noise_multiplier_for(config.noise_mode, calibration.noise_multiplier),
+            config.epsilon,
+        )
     };
 
     let dp_config = DpSgdConfig {

@@ -9,6 +9,7 @@ use dp_accounting::mf::{
     Workload,
 };
 use dp_accounting::{calibrate_noise_multiplier, AccountantKind, DpEvent};
+use dp_core::noise::noise_multiplier_for;
 use dp_core::{ClippingStyle, NoiseMode};
 use serde::{Deserialize, Serialize};
 
@@ -392,8 +393,11 @@ impl TrainConfig {
                 (sigma, p.epsilon)
             }
             ("gaussian", None) if positive(p.epsilon) => (
-                calibrate_noise_multiplier(AccountantKind::Rdp, q, steps, p.epsilon, p.delta)?
-                    .noise_multiplier,
+                noise_multiplier_for(
+                    p.noise_mode,
+                    calibrate_noise_multiplier(AccountantKind::Rdp, q, steps, p.epsilon, p.delta)?
+                        .noise_multiplier,
+                ),
                 p.epsilon,
             ),
             ("gaussian", _) => {

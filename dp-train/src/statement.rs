@@ -144,9 +144,9 @@ impl fmt::Display for PrivacyStatement {
         }
         writeln!(f, "  not on        the model, the learning rate, the data values, or C itself (noise scales with C)")?;
         match self.noise_mode {
-            Some(NoiseMode::Secure) => writeln!(f, "  noise         secure: discrete Gaussian integers on a power-of-two grid, added exactly (no floating-point leak); accounted with the rounding's sensitivity C + grid sqrt(d)")?,
+            Some(NoiseMode::Secure) => writeln!(f, "  noise         secure: discrete Gaussian integers on a power-of-two grid, drawn on the host from ChaCha20 (and copied to the accelerator when the model is on one), added exactly (no floating-point leak); accounted with the rounding's sensitivity C + grid sqrt(d)")?,
             Some(NoiseMode::Fast) if self.correlated_steps.is_some() => writeln!(f, "  noise         fast: floating-point ChaCha20 normals combined by C^-1 (correlated noise has no secure mode): NOT resistant to floating-point attacks")?,
-            Some(NoiseMode::Fast) => writeln!(f, "  noise         fast: libtorch floating-point normals, for research: NOT resistant to floating-point attacks; use noise_mode = \"secure\" for a release")?,
+            Some(NoiseMode::Fast) => writeln!(f, "  noise         fast: libtorch floating-point normals on the model's device (mt19937 on the CPU, Philox on CUDA), its generator keyed at every step by 64 bits of the ChaCha20 privacy generator; for research: NOT resistant to floating-point attacks; use noise_mode = \"secure\" for a release")?,
             None => writeln!(f, "  noise         not recorded (a ledger from before noise modes)")?,
         }
         match self.seed {

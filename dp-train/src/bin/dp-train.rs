@@ -68,11 +68,13 @@ enum Command {
     /// Time DP steps (secure and/or fast noise) against a non-private step of the same
     /// BERT-style encoder on the same batch (one process, in rounds of one step per mode; each
     /// ratio is the median of the rounds' own ratios, so drifts in the machine's speed cancel),
-    /// time the noise alone (secure and fast releases against libtorch's randn alone and its
-    /// normal_ in place), and measure each mode's peak resident host memory (one child process
-    /// each; an accelerator's memory is not measured).
+    /// time the noise alone (on the CPU: secure and fast releases against libtorch's randn
+    /// alone and its normal_ in place; on CUDA: both releases on the device, the secure one
+    /// checked bit for bit against the host's), and measure each mode's peak memory in a child
+    /// process of its own: resident host memory, and on CUDA the peak bytes allocated on the
+    /// device (as torch.cuda.max_memory_allocated).
     ///
-    /// Example: dp-train bench --shape minilm --batch 32 --seq 128 --noise both
+    /// Example: dp-train bench --shape bert-base --batch 32 --seq 128 --device cuda --noise both
     Bench(BenchArgs),
 }
 
@@ -105,8 +107,9 @@ struct BenchArgs {
     /// step that only clips (no noise) is always timed too, to show the engine's own cost.
     #[arg(long, default_value = "both", value_parser = ["secure", "fast", "both"])]
     noise: String,
-    /// Internal: run one mode only and report its peak memory.
-    #[arg(long, hide = true, value_parser = ["dp", "nonprivate"])]
+    /// Internal: run one mode only (a DP step with --noise, one that only clips, or a
+    /// non-private one) and report its peak memory.
+    #[arg(long, hide = true, value_parser = ["dp", "clip", "nonprivate"])]
     only: Option<String>,
     /// Print JSON.
     #[arg(long)]
@@ -636,23 +639,33 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
         one => vec![Some(one.parse().map_err(TrainError::Config)?)],
     };
     if let Some(only) = &args.only {
-        let mode = if only == "dp" {
-            StepMode::Dp
-        } else {
-            StepMode::NonPrivate
+        let (mode, noise) = match only.as_str() {
+            "dp" => (StepMode::Dp, noises[0]),
+            "clip" => (StepMode::Dp, None),
+            _ => (StepMode::NonPrivate, None),
         };
-        let seconds = bench::time_mode(&config, mode, noises[0])?;
+        let run = bench::time_mode(&config, mode, noise)?;
         println!(
             "{}",
-            serde_json::json!({ "step_s": seconds, "peak_bytes": bench::peak_resident_bytes() })
+            serde_json::json!({
+                "step_s": run.step_s, "peak_bytes": bench::peak_resident_bytes(),
+                "device_peak_bytes": run.device_peak_bytes,
+            })
         );
         return Ok(());
     }
     noises.push(None);
     let numel = bench::trainable_coordinates(&config);
-    let rates = bench::noise_throughput(numel, 5)?;
+    let on_device = device != Device::Cpu;
+    let rates = (!on_device)
+        .then(|| bench::noise_throughput(numel, 5))
+        .transpose()?;
     let times = bench::time_all(&config, &noises)?;
-    let peak = |mode: &str| -> Option<u64> {
+    // The step table is the point of the bench: a failure of the device-noise timing is
+    // reported beside it rather than losing it.
+    let device_noise = on_device.then(|| bench::device_noise(numel, device, 5));
+    // The peaks of one mode run alone: "dp" with a noise, "clip", "nonprivate".
+    let peak = |mode: &str, noise: NoiseMode| -> Option<bench::ModePeak> {
         let exe = std::env::current_exe().ok()?;
         let out = std::process::Command::new(exe)
             .args([
@@ -670,19 +683,51 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
                 "--precision",
                 &args.precision,
                 "--noise",
-                noises[0].map_or("fast", NoiseMode::name),
+                noise.name(),
                 "--only",
                 mode,
             ])
             .output()
             .ok()?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["peak_bytes"].as_u64()
+        Some(bench::ModePeak {
+            host: v["peak_bytes"].as_u64()?,
+            device: v["device_peak_bytes"].as_u64(),
+        })
     };
-    let (dp_peak, nonprivate_peak) = (peak("dp"), peak("nonprivate"));
+    let first_noise = noises[0].unwrap_or(NoiseMode::Fast);
+    let mut peaks: Vec<(String, Option<bench::ModePeak>)> = noises
+        .iter()
+        .map(|n| match n {
+            Some(mode) => (mode.name().to_string(), peak("dp", *mode)),
+            None => ("clip_only".to_string(), peak("clip", first_noise)),
+        })
+        .collect();
+    peaks.push(("nonprivate".into(), peak("nonprivate", first_noise)));
+    let host_peak = |name: &str| peaks.iter().find(|(n, _)| n == name)?.1.map(|p| p.host);
+    let device_peak = |name: &str| peaks.iter().find(|(n, _)| n == name)?.1?.device;
+    let (dp_peak, nonprivate_peak) = (host_peak(first_noise.name()), host_peak("nonprivate"));
     let memory_ratio = dp_peak
         .zip(nonprivate_peak)
         .map(|(d, n)| d as f64 / n as f64);
+    let device_memory: serde_json::Map<String, serde_json::Value> = peaks
+        .iter()
+        .filter_map(|(name, _)| Some((name.clone(), device_peak(name)?.into())))
+        .collect();
+    let device_memory_ratio: serde_json::Map<String, serde_json::Value> = device_peak("nonprivate")
+        .map(|plain| {
+            peaks
+                .iter()
+                .filter(|(name, _)| name != "nonprivate")
+                .filter_map(|(name, _)| {
+                    Some((
+                        name.clone(),
+                        (device_peak(name)? as f64 / plain as f64).into(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let name = |m: &Option<NoiseMode>| m.map_or("clip_only", NoiseMode::name).to_string();
     let step_s: serde_json::Map<String, serde_json::Value> = times
         .dp
@@ -694,22 +739,42 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
         .iter()
         .map(|t| (name(&t.noise), t.throughput_ratio.into()))
         .collect();
+    let noise_share: serde_json::Map<String, serde_json::Value> = times
+        .dp
+        .iter()
+        .filter_map(|t| Some((name(&t.noise), t.noise_share?.into())))
+        .collect();
     let nonprivate = times.nonprivate_s;
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "shape": args.shape, "batch": args.batch, "seq": args.seq, "device": format!("{device:?}"),
         "precision": args.precision,
         "dp_step_s": step_s, "nonprivate_step_s": nonprivate, "throughput_ratio": ratio,
+        "noise_share_of_dp_step": noise_share,
         "secure_over_fast_step": times.secure_over_fast,
         "noise_coordinates": numel,
-        "noise_gsamples_per_s": {
+        "dp_peak_bytes": dp_peak, "nonprivate_peak_bytes": nonprivate_peak, "peak_memory_ratio": memory_ratio,
+        "peak_memory_of": "the host process's resident memory",
+        "device_peak_allocated_bytes": device_memory,
+        "device_peak_memory_ratio": device_memory_ratio,
+    });
+    if let Some(rates) = &rates {
+        out["noise_gsamples_per_s"] = serde_json::json!({
             "secure": rates.secure / 1e9, "fast": rates.fast / 1e9,
             "libtorch_randn": rates.randn / 1e9, "libtorch_normal_in_place": rates.normal_in_place / 1e9,
-        },
-        "secure_over_randn": rates.secure_over_randn,
-        "secure_over_normal_in_place": rates.secure_over_normal_in_place,
-        "dp_peak_bytes": dp_peak, "nonprivate_peak_bytes": nonprivate_peak, "peak_memory_ratio": memory_ratio,
-        "peak_memory_of": "the host process's resident memory; an accelerator's memory is not measured",
-    });
+        });
+        out["secure_over_randn"] = rates.secure_over_randn.into();
+        out["secure_over_normal_in_place"] = rates.secure_over_normal_in_place.into();
+    }
+    match &device_noise {
+        Some(Ok(d)) => {
+            out["device_noise"] = serde_json::json!({
+                "fast_release_s": d.fast_release_s, "secure_release_s": d.secure_release_s,
+                "secure_matches_host": d.secure_matches_host,
+            })
+        }
+        Some(Err(e)) => out["device_noise_error"] = e.to_string().into(),
+        None => {}
+    }
     if args.json {
         println!("{out}");
     } else {
@@ -723,17 +788,53 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
         if let Some(r) = times.secure_over_fast {
             println!("secure / fast DP step time: {r:.3}");
         }
-        println!("noise on {numel} coordinates (CPU, Gsamples/s): secure release {:.3}, fast release {:.3}, libtorch randn alone {:.3}, libtorch normal_ in place {:.3}; secure / randn {:.2}, secure / normal_ {:.2}", rates.secure / 1e9, rates.fast / 1e9, rates.randn / 1e9, rates.normal_in_place / 1e9, rates.secure_over_randn, rates.secure_over_normal_in_place);
+        for t in &times.dp {
+            if let (Some(mode), Some(share)) = (t.noise, t.noise_share) {
+                println!(
+                    "{mode} noise: {:.1}% of the DP step beyond clipping",
+                    100.0 * share
+                );
+            }
+        }
+        if let Some(rates) = &rates {
+            println!("noise on {numel} coordinates (CPU, Gsamples/s): secure release {:.3}, fast release {:.3}, libtorch randn alone {:.3}, libtorch normal_ in place {:.3}; secure / randn {:.2}, secure / normal_ {:.2}", rates.secure / 1e9, rates.fast / 1e9, rates.randn / 1e9, rates.normal_in_place / 1e9, rates.secure_over_randn, rates.secure_over_normal_in_place);
+        }
+        if let Some(Err(e)) = &device_noise {
+            println!("noise on {device:?}: not measured ({e})");
+        }
+        if let Some(Ok(d)) = &device_noise {
+            println!("noise on {numel} coordinates on {device:?}: fast release {:.4} s, secure release {:.4} s (drawn on the host, copied, released on the device; not overlapped here); secure release equals the host's bit for bit: {}", d.fast_release_s, d.secure_release_s, d.secure_matches_host);
+        }
         if let (Some(d), Some(n), Some(r)) = (dp_peak, nonprivate_peak, memory_ratio) {
             let scope = match device {
                 Device::Cpu => "whole process, libtorch included",
-                _ => "host memory only: the accelerator's memory is not measured",
+                _ => "host memory only",
             };
             println!(
                 "peak resident memory: DP {:.2} GiB, non-private {:.2} GiB, ratio {:.2} ({scope})",
                 d as f64 / 1073741824.0,
                 n as f64 / 1073741824.0,
                 r
+            );
+        }
+        let gib = |b: u64| b as f64 / 1073741824.0;
+        if let Some(plain) = device_peak("nonprivate") {
+            let modes: Vec<String> = peaks
+                .iter()
+                .filter(|(name, _)| name != "nonprivate")
+                .filter_map(|(name, _)| {
+                    let p = device_peak(name)?;
+                    Some(format!(
+                        "{name} {:.2} GiB ({:.2}x)",
+                        gib(p),
+                        p as f64 / plain as f64
+                    ))
+                })
+                .collect();
+            println!(
+                "peak allocated device memory: non-private {:.2} GiB; DP {}",
+                gib(plain),
+                modes.join(", ")
             );
         }
     }
