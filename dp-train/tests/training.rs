@@ -757,6 +757,152 @@ fn bench_reports_every_mode_its_ratios_and_memory() {
     assert_eq!(v["noise_coordinates"], 22_566_146, "{v}");
 }
 
+/// Tiny private full fine-tuning of MiniLM on the CPU: the GPU plan cut to 64 examples of 8
+/// tokens, two steps of 16 (about 5 s).
+const TINY_FINETUNE: [&str; 14] = [
+    "--set",
+    "performance.device=cpu",
+    "--set",
+    "data.dataset_size=64",
+    "--set",
+    "data.max_length=8",
+    "--set",
+    "privacy.expected_batch_size=16",
+    "--set",
+    "privacy.epochs=0.5",
+    "--set",
+    "performance.physical_batch_size=16",
+    "--set",
+    "model.precision=f32",
+];
+
+#[test]
+fn secure_runs_calibrated_to_a_target_take_every_planned_step_within_it() {
+    // Secure noise accounts a noise multiplier up to 2^-20 below the one it is asked for; a
+    // plan calibrated tightly to its epsilon must still take its last step.
+    for mode in ["secure", "fast"] {
+        let dir =
+            std::env::temp_dir().join(format!("dp-train-tight-{mode}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new(env!("CARGO_BIN_EXE_dp-train"))
+            .args(["train", "--config"])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/minilm_rotten_tomatoes_gpu.toml"
+            ))
+            .arg("--run-dir")
+            .arg(&dir)
+            .args(TINY_FINETUNE)
+            .args(["--set", &format!("privacy.noise_mode={mode}"), "--json"])
+            .env("DP_ASSETS", assets_dir())
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["stopped_by_budget"], false, "{mode}: {v}");
+        assert_eq!(v["privacy"]["steps"], 2, "{mode}: {v}");
+        let epsilon = v["privacy"]["epsilon"].as_f64().unwrap();
+        assert!(epsilon <= 8.0 && epsilon > 7.9, "{mode}: {epsilon}");
+    }
+}
+
+#[test]
+fn the_prepared_gpu_run_and_the_grid_work_end_to_end_as_dry_runs_on_the_cpu() {
+    // benches/gpu.sh --dry-run: every part of the GPU script (bench, BLT step, private and
+    // non-private fine-tuning, the table) on tiny CPU shapes, and benches/finetune_grid.py
+    // likewise, so the scripts cannot rot.
+    let out_dir = std::env::temp_dir().join(format!("dp-train-gpu-dry-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = Command::new("bash")
+        .arg(format!("{root}/benches/gpu.sh"))
+        .arg("--dry-run")
+        .env("DP_TRAIN", env!("CARGO_BIN_EXE_dp-train"))
+        .env("OUT", &out_dir)
+        .env("DP_ASSETS", assets_dir())
+        .env("GPU_DIR", out_dir.join("no-carried-folder"))
+        .env("DP_GPU_RUNS", out_dir.join("runs"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = results
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds = |kind: &'static str| records.iter().filter(move |r| r["kind"] == kind);
+    // The bench in f32 and bf16 (tiny shapes make the GPU run's five configurations two),
+    // each with every mode's step time and its noise's share.
+    assert_eq!(kinds("ours").count(), 2, "{results}");
+    for r in kinds("ours") {
+        assert!(r.get("error").is_none(), "{r}");
+        for mode in ["secure", "fast", "clip_only"] {
+            assert!(
+                r["result"]["dp_step_s"][mode].as_f64().unwrap() > 0.0,
+                "{r}"
+            );
+        }
+        assert!(
+            r["result"]["noise_share_of_dp_step"]["fast"].is_number(),
+            "{r}"
+        );
+    }
+    let finetunes: Vec<_> = kinds("finetune").collect();
+    assert_eq!(finetunes.len(), 2);
+    assert_eq!(finetunes[0]["result"]["private"], true, "{results}");
+    assert_eq!(finetunes[1]["result"]["private"], false, "{results}");
+    assert!(
+        kinds("blt").all(|r| r["result"]["correlated_overhead"].is_number()),
+        "{results}"
+    );
+    let table = std::fs::read_to_string(out_dir.join("table.md")).unwrap();
+    for heading in [
+        "## DP step vs non-private step",
+        "## Fine-tuning MiniLM",
+        "## Correlated noise",
+    ] {
+        assert!(table.contains(heading), "{table}");
+    }
+    assert!(table.contains("| minilm | 8 | bf16 |"), "{table}");
+    // The fine-tuning grid's script, on its first two settings.
+    let grid = Command::new("python3")
+        .arg(format!("{root}/benches/finetune_grid.py"))
+        .args([
+            "--dry-run",
+            "--bin",
+            env!("CARGO_BIN_EXE_dp-train"),
+            "--out",
+        ])
+        .arg(out_dir.join("grid"))
+        .env("DP_ASSETS", assets_dir())
+        .env("DP_GPU_RUNS", out_dir.join("grid-runs"))
+        .output()
+        .unwrap();
+    assert!(
+        grid.status.success(),
+        "{}",
+        String::from_utf8_lossy(&grid.stderr)
+    );
+    let runs = std::fs::read_to_string(out_dir.join("grid/grid.jsonl")).unwrap();
+    let accuracies: Vec<f64> = runs
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|r| r["result"]["test_accuracy"].as_f64().unwrap())
+        .collect();
+    assert_eq!(accuracies.len(), 2, "{runs}");
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
 /// SIGKILLs a training run at random moments (after it has made progress, so every kill lands
 /// mid-training), resumes it each time, and compares the result with an uninterrupted run.
 #[test]
