@@ -36,8 +36,13 @@
 //! sums are formed.
 //!
 //! Mixed precision: with bf16 layer inputs and outputs (f32 parameters), `a` and `g` are
-//! widened to f32 before any product, so norms are accumulated in f32 and the clipped sums are
-//! f32, in the parameters' precision.
+//! widened to f32 before any product, so Gram matrices and per-example gradients are formed in
+//! f32 and the clipped sums are f32, in the parameters' precision.
+//!
+//! Floating point: every norm the engine clips with is an upper bound on the exact norm of the
+//! gradient it sums, whatever cancellation the positions produce (the allowances are in the
+//! `rounding` module); layers' squared norms are added and clip factors computed in f64, so each
+//! example's clipped contribution is at most `C (1 + 2^-24)` in exact arithmetic.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -45,6 +50,7 @@ use tch::{nn, Kind, Tensor};
 
 use crate::error::CoreError;
 use crate::layers::Conv2dGeometry;
+use crate::rounding;
 use crate::tape::Record;
 
 /// Clipped gradient sums of one physical batch, before noise.
@@ -52,7 +58,9 @@ use crate::tape::Record;
 pub struct ClippedBatch {
     /// `sum_i c_i G_i` per trainable parameter (by full variable name, in name order).
     pub sums: BTreeMap<String, Tensor>,
-    /// Per-example total gradient norms before clipping, shape (B).
+    /// Per-example total gradient norms before clipping, shape (B), f64: the upper bounds the
+    /// clip factors were computed from (above the exact norms by at most the rounding
+    /// allowance of the `rounding` module).
     pub norms: Tensor,
     /// Number of examples whose gradient was NaN or infinite (they contribute zero).
     pub nonfinite: i64,
@@ -159,7 +167,8 @@ impl ClippingEngine {
         // Per record: its squared per-example norm, if it has trained parameters.
         let mut layer_norm2 = Vec::with_capacity(records.len());
         let mut grams = GramCache::new();
-        let mut norm2 = Tensor::zeros([batch], (acc_kind, losses.device()));
+        // Layers' squared norms (upper bounds, see `rounding`) are added in f64.
+        let mut norm2 = Tensor::zeros([batch], (Kind::Double, losses.device()));
         for (record, g) in records.iter().zip(&grads) {
             let trained = record.parameters().any(|p| self.is_trainable(p));
             let n2 = if g.defined() && trained {
@@ -260,11 +269,15 @@ impl ClippingEngine {
             Record::Conv2d { .. } => g.to_kind(kind),
             _ => per_example_rows(g, kind),
         };
-        let mut n2 = Tensor::zeros([g.size()[0]], (kind, g.device()));
-        let per_position_sum_norms = |v: &Tensor| {
-            v.sum_dim_intlist(1, false, kind)
-                .square()
-                .sum_dim_intlist(1, false, kind)
+        let mut n2 = Tensor::zeros([g.size()[0]], (Kind::Double, g.device()));
+        // ||sum_t v_t||^2 for (B, T, p) rows whose entries are exact (`rounded` false) or one
+        // rounded product each, summed in f64, as an upper bound (`rounding`).
+        let per_position_sum_norms = |v: &Tensor, rounded: bool| {
+            let norm = v
+                .sum_dim_intlist(1, false, Kind::Double)
+                .norm_scalaropt_dim(2.0, [-1].as_slice(), false);
+            let s = rounding::position_norm_sum(v, None);
+            rounding::sum_bound(norm, &s, i64::from(rounded), v.size()[1], kind)
         };
         let mut linear =
             |input: Option<&Tensor>, a: &Tensor, g: &Tensor, weight: &str, bias: Option<&str>| {
@@ -272,7 +285,7 @@ impl ClippingEngine {
                     n2 += linear_weight_norms(input, a, g, kind, grams);
                 }
                 if bias.is_some_and(|b| self.is_trainable(b)) {
-                    n2 += per_position_sum_norms(g);
+                    n2 += per_position_sum_norms(g, false);
                 }
             };
         match record {
@@ -315,9 +328,17 @@ impl ClippingEngine {
                             .logical_and(&real.unsqueeze(2))
                             .logical_and(&real.unsqueeze(1));
                     }
+                    // The gradient of example i is sum_t g_t e_{id_t}^T: a ghost norm whose
+                    // inputs are unit vectors (d = 1 in the rounding bound).
                     let gram = g.bmm(&g.transpose(1, 2));
-                    n2 +=
-                        (gram * same.to_kind(kind)).sum_dim_intlist([1, 2].as_slice(), false, kind);
+                    let computed = (gram * same.to_kind(kind)).sum_dim_intlist(
+                        [1, 2].as_slice(),
+                        false,
+                        Kind::Double,
+                    );
+                    let (t, p) = (g.size()[1], g.size()[2]);
+                    let s = rounding::position_norm_sum(&g, None);
+                    n2 += rounding::ghost_bound(computed, &s, 1, p, t, kind);
                 }
             }
             Record::Norm {
@@ -329,14 +350,15 @@ impl ClippingEngine {
                 ..
             } => {
                 if self.is_trainable(weight) {
-                    n2 += per_position_sum_norms(&(normalised(input, *centred, *eps, kind) * &g));
+                    let products = normalised(input, *centred, *eps, kind) * &g;
+                    n2 += per_position_sum_norms(&products, true);
                 }
                 if bias.as_deref().is_some_and(|b| self.is_trainable(b)) {
-                    n2 += per_position_sum_norms(&g);
+                    n2 += per_position_sum_norms(&g, false);
                 }
             }
         }
-        Ok(n2.clamp_min(0.0))
+        Ok(n2)
     }
 
     /// Adds `sum_i c_i G_i` of one record's trainable parameters to `sums`.
@@ -483,8 +505,9 @@ fn conv_rows(
     Ok((a.transpose(1, 2), g.reshape([b, p, -1]).transpose(1, 2)))
 }
 
-/// Linear weight norms: ghost norm (Li et al. 2022) `sum_{t,t'} (a_t . a_t')(g_t . g_t')` when
-/// `2 T^2 < p d`, else the explicit per-example gradient `g_i^T a_i`.
+/// Linear weight norms (f64 upper bounds of the exact squared norms, see `rounding`): ghost norm
+/// (Li et al. 2022) `sum_{t,t'} (a_t . a_t')(g_t . g_t')` when `2 T^2 < p d`, else the explicit
+/// per-example gradient `g_i^T a_i`.
 ///
 /// `a` is the rows of the linear layer's `input`; layers reading the same input (the query, key
 /// and value projections; a LoRA adapter's down projection) share `a a^T` through `grams`.
@@ -514,12 +537,23 @@ fn linear_weight_norms(
             None => gram(),
         };
         let gram_g = g.bmm(&g.transpose(1, 2));
-        (gram_a * gram_g).sum_dim_intlist([1, 2].as_slice(), false, kind)
+        let computed = (gram_a * gram_g).sum_dim_intlist([1, 2].as_slice(), false, Kind::Double);
+        rounding::ghost_bound(
+            computed,
+            &rounding::position_norm_sum(a, Some(g)),
+            d,
+            p,
+            t,
+            kind,
+        )
     } else {
-        g.transpose(1, 2)
-            .bmm(a)
-            .square()
-            .sum_dim_intlist([1, 2].as_slice(), false, kind)
+        let norm = g.transpose(1, 2).bmm(a).norm_scalaropt_dim_dtype(
+            2.0,
+            [1, 2].as_slice(),
+            false,
+            Kind::Double,
+        );
+        rounding::sum_bound(norm, &rounding::position_norm_sum(a, Some(g)), t, 1, kind)
     }
 }
 

@@ -30,6 +30,7 @@ pub mod layers;
 pub mod noise;
 pub mod reference;
 mod rng;
+mod rounding;
 mod sampling;
 mod secure;
 mod tape;

@@ -37,6 +37,72 @@ impl TwoLayer {
     }
 }
 
+/// Per-example gradient norms of one linear layer in f64 from its inputs `a` and output
+/// gradients `g` (B, T, *): weight `sum_t g_t a_t^T` and bias `sum_t g_t`.
+fn exact_linear_norms(a: &Tensor, g: &Tensor) -> Vec<f64> {
+    let (a, g) = (a.to_kind(Kind::Double), g.to_kind(Kind::Double));
+    let weight =
+        g.transpose(1, 2)
+            .bmm(&a)
+            .square()
+            .sum_dim_intlist([1, 2].as_slice(), false, Kind::Double);
+    let bias = g
+        .sum_dim_intlist(1, false, Kind::Double)
+        .square()
+        .sum_dim_intlist(1, false, Kind::Double);
+    Vec::<f64>::try_from((weight + bias).sqrt()).unwrap()
+}
+
+#[test]
+fn clipped_contributions_stay_within_the_clip_norm_when_positions_cancel() {
+    // Examples 0 to 7: two positions that nearly cancel, a_2 = (1 + eps) a_1 and g_2 = -g_1, so
+    // the gradient is -eps g_1 a_1^T (and 0 for the bias), far smaller than the ghost norm's
+    // terms; examples 8 to 11 do not cancel. Entries are +-4096 and +-1024, so a, (1 + eps) a
+    // and g are exact in the activations' kind and any error is the engine's own rounding.
+    let clip = 1.0;
+    for (kind, eps, d, p) in [
+        (Kind::Float, 2f64.powi(-16), 64, 32), // ghost norms (2 T^2 < p d)
+        (Kind::Float, 2f64.powi(-16), 2, 2),   // explicit per-example gradients
+        (Kind::BFloat16, 2f64.powi(-7), 64, 32),
+        (Kind::BFloat16, 2f64.powi(-7), 2, 2),
+    ] {
+        tch::manual_seed(17);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let layer = DpLinear::new(&vs.root(), d, p, true);
+        let engine = ClippingEngine::new(&vs, clip).unwrap();
+        let signs = |shape: [i64; 3]| {
+            Tensor::randint(2, shape, (Kind::Int64, Device::Cpu)).to_kind(Kind::Double) * 2.0 - 1.0
+        };
+        let a1 = signs([12, 1, d]) * 4096.0;
+        let r1 = signs([12, 1, p]) * 1024.0;
+        let cancel = Tensor::arange(12, (Kind::Int64, Device::Cpu))
+            .lt(8)
+            .view([12, 1, 1]);
+        let a2 = (&a1 * (1.0 + eps)).where_self(&cancel, &(signs([12, 1, d]) * 4096.0));
+        let r2 = (-&r1).where_self(&cancel, &(signs([12, 1, p]) * 1024.0));
+        let (a, r) = (Tensor::cat(&[a1, a2], 1), Tensor::cat(&[r1, r2], 1));
+        let mut tape = Tape::recording();
+        let z = layer.forward(&a.to_kind(kind), &mut tape);
+        // d loss_i / d z_i = r_i exactly.
+        let losses = (z * r.to_kind(kind)).sum_dim_intlist([1, 2].as_slice(), false, kind);
+        let batch = engine.clip(tape.take(), &losses).unwrap();
+        let exact = exact_linear_norms(&a, &r);
+        let used = Vec::<f64>::try_from(batch.norms.to_kind(Kind::Double)).unwrap();
+        for (i, (&n, &u)) in exact.iter().zip(&used).enumerate() {
+            let factor = (clip / u).min(1.0);
+            assert!(
+                factor * n <= clip * (1.0 + 1e-6),
+                "{kind:?} d {d}: example {i} contributes {} (exact norm {n}, clipped with {u})",
+                factor * n
+            );
+            if i >= 8 {
+                assert!(u <= n * (1.0 + 1e-3), "{kind:?}: example {i}: {u} for {n}");
+            }
+        }
+        assert!(exact[..8].iter().all(|&n| n > clip), "{exact:?}");
+    }
+}
+
 fn vs_f64() -> nn::VarStore {
     let mut vs = nn::VarStore::new(Device::Cpu);
     vs.set_kind(Kind::Double);
@@ -992,7 +1058,7 @@ fn bf16_activations_are_clipped_with_f32_norms_and_sums() {
         engine.clip(tape.take(), &losses).unwrap()
     };
     let batch = run(&x);
-    assert_eq!(batch.norms.kind(), Kind::Float);
+    assert_eq!(batch.norms.kind(), Kind::Double);
     assert!(batch.sums.values().all(|s| s.kind() == Kind::Float));
     let loss_of = |i: i64| {
         model
