@@ -469,6 +469,78 @@ fn audit_json_uses_the_golden_field_names() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--fp"));
 }
 
+#[test]
+fn audit_answers_for_pure_dp_at_delta_zero() {
+    let audit = |delta: &str| {
+        json(&[
+            "audit",
+            "--fp",
+            "50",
+            "--fn",
+            "400",
+            "--positives",
+            "1000",
+            "--negatives",
+            "1000",
+            "--delta",
+            delta,
+        ])
+    };
+    let (pure, approx) = (audit("0"), audit("1e-5"));
+    let num = |v: &Value, path: &[&str]| {
+        path.iter()
+            .fold(v, |v, k| &v[*k])
+            .as_f64()
+            .unwrap_or_else(|| panic!("{path:?}: {v}"))
+    };
+    // At delta 0 the region's boundary is alpha + e^eps beta >= 1 and its mirror: the plug-in
+    // rates (0.05, 0.4) give exactly ln(0.6 / 0.05).
+    assert!(
+        (num(&pure, &["eps_plug_in"]) - (0.6f64 / 0.05).ln()).abs() < 1e-12,
+        "{pure}"
+    );
+    // Clopper-Pearson: the corner of the one-sided rate box, in closed form.
+    let bounds = &pure["clopper_pearson"]["rate_bounds_one_sided"];
+    let (fpr_hi, fnr_hi) = (
+        bounds["fpr"][1].as_f64().unwrap(),
+        bounds["fnr"][1].as_f64().unwrap(),
+    );
+    // Both upper ends stay below a half, so the lower bound is ln((1 - beta) / alpha) there.
+    assert!(fpr_hi < fnr_hi && fnr_hi < 0.5, "{bounds}");
+    let closed_form = ((1.0 - fnr_hi) / fpr_hi).ln();
+    let cp = num(&pure, &["clopper_pearson", "eps_lo_one_sided"]);
+    assert!((cp - closed_form).abs() < 1e-12, "{cp} vs {closed_form}");
+    // A smaller delta can only raise the lower bounds, and 1e-5 barely moves them here.
+    for path in [
+        ["bayes", "eps_lo_one_sided"],
+        ["bayes", "eps_lo_two_sided"],
+        ["clopper_pearson", "eps_lo_one_sided"],
+    ] {
+        let (p, a) = (num(&pure, &path), num(&approx, &path));
+        assert!(
+            p >= a && p - a < 1e-3,
+            "{path:?}: {p} at delta 0, {a} at 1e-5"
+        );
+    }
+    let out = run(&["audit", "--fp", "1", "--fn", "1", "--positives", "9"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&[
+        "audit",
+        "--fp",
+        "1",
+        "--fn",
+        "1",
+        "--positives",
+        "9",
+        "--negatives",
+        "9",
+        "--delta",
+        "-0.1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[0, 1)"));
+}
+
 /// `dp-accounting mf ARGS --json`.
 fn mf(args: &[&str]) -> Value {
     let mut all = vec!["mf"];

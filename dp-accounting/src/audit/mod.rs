@@ -67,13 +67,19 @@ pub struct AuditEstimate {
     pub jeffreys: FrequentistBounds,
 }
 
-/// Estimates epsilon from `counts` at `delta`, with credible/confidence `level` in (0, 1).
+/// Estimates epsilon from `counts` at `delta` in [0, 1) (0 asks whether the run is pure
+/// epsilon-DP), with credible/confidence `level` in (0, 1).
 pub fn estimate_epsilon(
     counts: AuditCounts,
     delta: f64,
     level: f64,
 ) -> Result<AuditEstimate, AccountingError> {
-    check_range("delta", delta, delta > 0.0 && delta < 1.0, "0 < delta < 1")?;
+    check_range(
+        "delta",
+        delta,
+        (0.0..1.0).contains(&delta),
+        "0 <= delta < 1",
+    )?;
     check_range("level", level, level > 0.0 && level < 1.0, "0 < level < 1")?;
     let AuditCounts {
         false_positives: fp,

@@ -148,7 +148,7 @@ enum Command {
         /// Trials without it.
         #[arg(long)]
         negatives: u64,
-        /// The delta of the privacy region.
+        /// The delta of the privacy region, in [0, 1): 0 asks whether the run is pure epsilon-DP.
         #[arg(long, allow_negative_numbers = true)]
         delta: f64,
         /// Credible / confidence level.
@@ -657,8 +657,8 @@ fn run(command: Command) -> Result<(), Failure> {
             level,
             json: as_json,
         } => {
-            if !(delta.is_finite() && delta > 0.0 && delta < 1.0) {
-                return Err(usage("delta", format!("must be in (0, 1), got {delta}")));
+            if !(delta.is_finite() && (0.0..1.0).contains(&delta)) {
+                return Err(usage("delta", format!("must be in [0, 1), got {delta}")));
             }
             if !(level.is_finite() && level > 0.0 && level < 1.0) {
                 return Err(usage("level", format!("must be in (0, 1), got {level}")));
