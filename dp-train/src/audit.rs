@@ -153,25 +153,51 @@ struct DiracCanaries {
 }
 
 impl StepHooks for DiracCanaries {
-    fn before_noise(&mut self, _step: u64, sums: &mut BTreeMap<String, Tensor>) {
-        let flat = sums[&self.param].view([-1]);
+    fn before_noise(
+        &mut self,
+        _step: u64,
+        sums: &mut BTreeMap<String, Tensor>,
+    ) -> Result<(), TrainError> {
+        let flat = self.canary_sum(sums)?.f_view([-1])?;
         for (&coordinate, &included) in self.coordinates.iter().zip(&self.included) {
             if included && self.rng.bernoulli(self.rate) {
-                let _ = flat.get(coordinate).f_add_scalar_(self.magnitude);
+                let _ = flat.f_get(coordinate)?.f_add_scalar_(self.magnitude)?;
             }
         }
+        Ok(())
     }
 
-    fn after_noise(&mut self, _step: u64, noisy: &BTreeMap<String, Tensor>) {
-        let flat = noisy[&self.param].view([-1]);
+    fn after_noise(
+        &mut self,
+        _step: u64,
+        noisy: &BTreeMap<String, Tensor>,
+    ) -> Result<(), TrainError> {
+        let flat = self.canary_sum(noisy)?.f_view([-1])?;
         let values = Vec::<f64>::try_from(
-            flat.index_select(0, &Tensor::from_slice(&self.coordinates))
-                .to_kind(Kind::Double),
-        )
-        .unwrap_or_default();
+            flat.f_index_select(0, &Tensor::from_slice(&self.coordinates))?
+                .f_to_kind(Kind::Double)?,
+        )?;
+        if values.len() != self.scores.len() {
+            return Err(TrainError::Config(
+                "audit: the canary coordinates could not be read back".into(),
+            ));
+        }
         for (score, value) in self.scores.iter_mut().zip(values) {
             *score += value;
         }
+        Ok(())
+    }
+}
+
+impl DiracCanaries {
+    /// The sum of the canaries' parameter, or an error if the step has none.
+    fn canary_sum<'a>(&self, sums: &'a BTreeMap<String, Tensor>) -> Result<&'a Tensor, TrainError> {
+        sums.get(&self.param).ok_or_else(|| {
+            TrainError::Config(format!(
+                "audit: the canaries' parameter {} is not among the step's sums",
+                self.param
+            ))
+        })
     }
 }
 

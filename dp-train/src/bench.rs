@@ -118,10 +118,11 @@ impl Bench {
                 tch::no_grad(|| {
                     for v in &variables {
                         let mut grad = v.grad();
-                        let _ = v.shallow_clone().f_sub_(&(&grad * lr));
-                        let _ = grad.zero_();
+                        let _ = v.shallow_clone().f_sub_(&grad.f_mul_scalar(lr)?)?;
+                        let _ = grad.f_zero_()?;
                     }
-                });
+                    Ok::<(), tch::TchError>(())
+                })?;
             }
         }
         self.synchronize();
@@ -142,9 +143,10 @@ impl Bench {
         let named = self.vs.variables();
         tch::no_grad(|| {
             for (name, sum) in &sums {
-                let _ = named[name].shallow_clone().f_sub_(&(sum * lr));
+                let _ = named[name].shallow_clone().f_sub_(&sum.f_mul_scalar(lr)?)?;
             }
-        });
+            Ok::<(), tch::TchError>(())
+        })?;
         Ok(())
     }
 

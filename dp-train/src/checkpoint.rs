@@ -1,7 +1,13 @@
 //! Checkpoints that survive a crash at any moment: weights (safetensors), optimizer moments,
-//! the privacy generator's exact state, the correlated-noise state if any, the ledger and the resolved configuration, written to a fresh folder, flushed to
-//! disk, renamed into place, and only then pointed to by `LATEST` (itself replaced by rename).
-//! A kill leaves either the previous checkpoint or the new one, never a mix.
+//! the privacy generator's exact state, the correlated-noise state if any, the ledger and the
+//! resolved configuration, written to a fresh folder, flushed to disk, renamed into place, and
+//! only then pointed to by `LATEST` (itself replaced by rename). A kill leaves either the
+//! previous checkpoint or the new one, never a mix.
+//!
+//! The generator's state (`generator.json`) and the correlated-noise state
+//! (`noise.safetensors`) are secrets: whoever reads them can reproduce the noise and remove it
+//! from the released weights. They are kept in files of their own, created readable and
+//! writable by their owner only (mode 0600), apart from what is meant to be shared.
 //!
 //! Resuming replays the steps after the last checkpoint from the same generator state, so they
 //! draw the same batches and the same noise: the replayed outputs are the ones the killed
@@ -34,9 +40,11 @@ pub struct Checkpointing {
 struct CheckpointState {
     step: u64,
     optimizer_steps: u64,
-    rng: RngSnapshot,
     ledger: LedgerRecord,
 }
+
+/// The file of a checkpoint that holds the privacy generator's state.
+pub const GENERATOR_FILE: &str = "generator.json";
 
 /// What a resumed run continues from.
 pub(crate) struct Resumed {
@@ -49,6 +57,20 @@ pub(crate) struct Resumed {
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Like [`write_synced`], for a secret: the file is created with mode 0600 (owner only), so its
+/// contents never exist in a file others can read.
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     Ok(())
@@ -87,14 +109,23 @@ impl Checkpointing {
             let (tensors, _) = noise.state();
             let named: Vec<(String, &Tensor)> =
                 tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
-            Tensor::write_safetensors(&named, tmp.join("noise.safetensors"))?;
-            sync(&tmp.join("noise.safetensors"))?;
+            // Created owner-only first, then written by libtorch (which truncates, keeping
+            // the mode).
+            let path = tmp.join("noise.safetensors");
+            write_secret(&path, b"")?;
+            Tensor::write_safetensors(&named, &path)?;
+            sync(&path)?;
         }
+        write_secret(
+            &tmp.join(GENERATOR_FILE),
+            serde_json::to_string_pretty(&rng.snapshot())
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
         let record = ledger.record()?;
         let state = CheckpointState {
             step,
             optimizer_steps: optimizer.steps(),
-            rng: rng.snapshot(),
             ledger: record.clone(),
         };
         write_synced(
@@ -162,6 +193,11 @@ impl Checkpointing {
         let state: CheckpointState =
             serde_json::from_str(&fs::read_to_string(dir.join("state.json"))?)
                 .map_err(|e| corrupt(&e.to_string()))?;
+        let generator: RngSnapshot = fs::read_to_string(dir.join(GENERATOR_FILE))
+            .map_err(|e| corrupt(&format!("{GENERATOR_FILE}: {e}")))
+            .and_then(|text| {
+                serde_json::from_str(&text).map_err(|e| corrupt(&format!("{GENERATOR_FILE}: {e}")))
+            })?;
         let variables = vs.variables();
         let saved = Tensor::read_safetensors(dir.join("weights.safetensors"))?;
         if saved.len() != variables.len() {
@@ -183,7 +219,7 @@ impl Checkpointing {
                 &dir.join("optimizer.safetensors"),
                 state.optimizer_steps,
             )?,
-            rng: PrivacyRng::resume(&state.rng).ok_or_else(|| corrupt("bad generator state"))?,
+            rng: PrivacyRng::resume(&generator).ok_or_else(|| corrupt("bad generator state"))?,
             correlated_noise: state
                 .ledger
                 .correlated_steps

@@ -140,12 +140,25 @@ enum Steps {
     },
 }
 
-/// Observers of each step's gradient sums, for privacy audits.
+/// Observers of each step's gradient sums, for privacy audits. An error from a hook ends the
+/// run with that error: an audit whose canary failed must fail, never read as a result.
 pub trait StepHooks {
     /// The clipped sums of a logical batch, before noise: an audit adds its canary gradient here.
-    fn before_noise(&mut self, _step: u64, _sums: &mut BTreeMap<String, Tensor>) {}
+    fn before_noise(
+        &mut self,
+        _step: u64,
+        _sums: &mut BTreeMap<String, Tensor>,
+    ) -> Result<(), TrainError> {
+        Ok(())
+    }
     /// The noisy sums the update is made of: an audit reads its test statistic here.
-    fn after_noise(&mut self, _step: u64, _noisy: &BTreeMap<String, Tensor>) {}
+    fn after_noise(
+        &mut self,
+        _step: u64,
+        _noisy: &BTreeMap<String, Tensor>,
+    ) -> Result<(), TrainError> {
+        Ok(())
+    }
 }
 
 /// Hooks that do nothing.
@@ -306,7 +319,7 @@ pub fn train_with_hooks(
             }
             Err(e) => return Err(e),
         }
-        hooks.before_noise(ledger.steps(), &mut sums);
+        hooks.before_noise(ledger.steps(), &mut sums)?;
         match &mut steps {
             Steps::Cyclic { correlated, .. } => correlated.add_to(&mut sums, rng),
             Steps::Poisson {
@@ -322,7 +335,7 @@ pub fn train_with_hooks(
             }
             Steps::Poisson { gaussian: None, .. } => {}
         }
-        hooks.after_noise(ledger.steps(), &sums);
+        hooks.after_noise(ledger.steps(), &sums)?;
         let mean_gradient: BTreeMap<String, Tensor> = sums
             .iter()
             .map(|(n, s)| (n.clone(), s / config.expected_batch_size))
@@ -330,7 +343,7 @@ pub fn train_with_hooks(
         let lr = config
             .schedule
             .rate(config.learning_rate, ledger.steps(), config.steps);
-        optimizer.step(&variables, &mean_gradient, lr);
+        optimizer.step(&variables, &mean_gradient, lr)?;
         if let Some(c) = checkpointing {
             if ledger.steps() % c.every.max(1) == 0 || ledger.steps() == config.steps {
                 let correlated = match &steps {

@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::error::TrainError;
+
 /// Which optimizer, with its hyperparameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -136,13 +138,30 @@ impl OptimizerState {
         Ok(state)
     }
 
-    /// Updates each variable named in `gradients` (the privatized mean gradient) at rate `lr`.
+    /// Updates each variable named in `gradients` (the privatized mean gradient) at rate `lr`,
+    /// in place. Every libtorch error (a gradient of another shape, kind or device than its
+    /// variable) is returned, never dropped: a failed update must not be counted as a step. A
+    /// gradient whose name or shape does not match a variable is refused before anything changes.
     pub fn step(
         &mut self,
         variables: &HashMap<String, Tensor>,
         gradients: &BTreeMap<String, Tensor>,
         lr: f64,
-    ) {
+    ) -> Result<(), TrainError> {
+        for (name, g) in gradients {
+            let Some(theta) = variables.get(name) else {
+                return Err(TrainError::Config(format!(
+                    "the optimizer got a gradient for '{name}', which is not a variable of the model"
+                )));
+            };
+            if g.size() != theta.size() {
+                return Err(TrainError::Config(format!(
+                    "the gradient of '{name}' has shape {:?}, the variable {:?}",
+                    g.size(),
+                    theta.size()
+                )));
+            }
+        }
         self.steps += 1;
         let t = self.steps as i32;
         tch::no_grad(|| {
@@ -151,17 +170,17 @@ impl OptimizerState {
                 let update = match self.optimizer {
                     Optimizer::Sgd { momentum, nesterov } => {
                         if momentum == 0.0 {
-                            g * lr
+                            g.f_mul_scalar(lr)?
                         } else {
                             let v = self
                                 .first
                                 .entry(name.clone())
                                 .or_insert_with(|| g.zeros_like());
-                            *v = &*v * momentum + g;
+                            *v = v.f_mul_scalar(momentum)?.f_add(g)?;
                             if nesterov {
-                                (g + &*v * momentum) * lr
+                                g.f_add(&v.f_mul_scalar(momentum)?)?.f_mul_scalar(lr)?
                             } else {
-                                &*v * lr
+                                v.f_mul_scalar(lr)?
                             }
                         }
                     }
@@ -173,22 +192,30 @@ impl OptimizerState {
                             .first
                             .entry(name.clone())
                             .or_insert_with(|| g.zeros_like());
-                        *m = &*m * beta1 + g * (1.0 - beta1);
+                        *m = m
+                            .f_mul_scalar(beta1)?
+                            .f_add(&g.f_mul_scalar(1.0 - beta1)?)?;
+                        let m_hat = m.f_div_scalar(1.0 - beta1.powi(t))?;
                         let v = self
                             .second
                             .entry(name.clone())
                             .or_insert_with(|| g.zeros_like());
-                        *v = &*v * beta2 + g.square() * (1.0 - beta2);
-                        let m_hat = &*m / (1.0 - beta1.powi(t));
-                        let v_hat = &*v / (1.0 - beta2.powi(t));
-                        m_hat / (v_hat.sqrt() + eps) * lr
+                        *v = v
+                            .f_mul_scalar(beta2)?
+                            .f_add(&g.f_square()?.f_mul_scalar(1.0 - beta2)?)?;
+                        let v_hat = v.f_div_scalar(1.0 - beta2.powi(t))?;
+                        m_hat
+                            .f_div(&v_hat.f_sqrt()?.f_add_scalar(eps)?)?
+                            .f_mul_scalar(lr)?
                     }
                 };
                 if let Optimizer::AdamW { weight_decay, .. } = self.optimizer {
-                    let _ = theta.f_sub_(&(&theta * (lr * weight_decay)));
+                    let decay = theta.f_mul_scalar(lr * weight_decay)?;
+                    let _ = theta.f_sub_(&decay)?;
                 }
-                let _ = theta.f_sub_(&update);
+                let _ = theta.f_sub_(&update)?;
             }
-        });
+            Ok(())
+        })
     }
 }

@@ -614,9 +614,36 @@ mod optimizers {
         let mut state = OptimizerState::new(optimizer);
         for g in GRADS {
             let grads = BTreeMap::from([("w".to_string(), Tensor::from_slice(&g))]);
-            state.step(&variables, &grads, 0.1);
+            state.step(&variables, &grads, 0.1).unwrap();
         }
         Vec::<f64>::try_from(theta).unwrap()
+    }
+
+    #[test]
+    fn an_update_that_cannot_be_applied_is_an_error_and_changes_nothing() {
+        let theta = Tensor::from_slice(&[1.0f64, -2.0]);
+        let variables = HashMap::from([("w".to_string(), theta.shallow_clone())]);
+        let adam = Optimizer::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        };
+        for optimizer in [Optimizer::default(), adam] {
+            let mut state = OptimizerState::new(optimizer);
+            for (name, g) in [
+                // Would not fit the variable in place.
+                ("w", Tensor::from_slice(&[0.5f64, 1.0, 2.0])),
+                // Would broadcast over it: the wrong update, not an error, to libtorch.
+                ("w", Tensor::from_slice(&[0.5f64])),
+                // No such variable.
+                ("v", Tensor::from_slice(&[0.5f64, 1.0])),
+            ] {
+                let grads = BTreeMap::from([(name.to_string(), g)]);
+                assert!(state.step(&variables, &grads, 0.1).is_err(), "{name}");
+            }
+            assert_eq!(state.steps(), 0);
+            assert_eq!(Vec::<f64>::try_from(&theta).unwrap(), [1.0, -2.0]);
+        }
     }
 
     /// The same updates written out coordinate by coordinate.
@@ -797,11 +824,17 @@ fn secure_runs_calibrated_to_a_target_take_every_planned_step_within_it() {
             .env("DP_ASSETS", assets_dir())
             .output()
             .unwrap();
+        // The report tells where the secrets are and what to share instead.
+        let report = std::fs::read_to_string(dir.join("privacy_report.txt")).unwrap_or_default();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            report.contains("generator.json") && report.contains("mode 0600"),
+            "{report}"
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["stopped_by_budget"], false, "{mode}: {v}");
@@ -907,8 +940,20 @@ fn the_prepared_gpu_run_and_the_grid_work_end_to_end_as_dry_runs_on_the_cpu() {
 /// mid-training), resumes it each time, and compares the result with an uninterrupted run.
 #[test]
 fn killed_and_resumed_runs_end_exactly_like_uninterrupted_ones() {
+    // Secure noise, and fast noise (keyed at every step by the privacy generator, so a resumed
+    // process does not replay earlier noise).
+    kill_and_resume("secure", 6, 20);
+    kill_and_resume("fast", 12, 8);
+}
+
+/// Kills a seeded `noise_mode` run after 3 to `max_wait + 2` more checkpointed steps, again and
+/// again (at least `min_kills` times), resumes it each time, and compares the result with an
+/// uninterrupted run; checks that the generator's state is kept owner-only and apart.
+fn kill_and_resume(noise_mode: &str, max_wait: usize, min_kills: usize) {
+    use std::os::unix::fs::PermissionsExt;
     use std::time::{Duration, Instant};
-    let base = std::env::temp_dir().join(format!("dp-train-kill-{}", std::process::id()));
+    let base =
+        std::env::temp_dir().join(format!("dp-train-kill-{noise_mode}-{}", std::process::id()));
     let (killed_dir, clean_dir) = (base.join("killed"), base.join("clean"));
     let _ = std::fs::remove_dir_all(&base);
     let args = |dir: &std::path::Path| -> Vec<String> {
@@ -924,6 +969,8 @@ fn killed_and_resumed_runs_end_exactly_like_uninterrupted_ones() {
             "256",
             "--checkpoint-every",
             "2",
+            "--noise-mode",
+            noise_mode,
             "--json",
             "--run-dir",
         ]
@@ -955,7 +1002,7 @@ fn killed_and_resumed_runs_end_exactly_like_uninterrupted_ones() {
             .spawn()
             .unwrap();
         let start_steps = steps_in(&killed_dir);
-        let wait_for = 3 + rng.below(6) as u64; // kill after 3 to 8 more checkpointed steps
+        let wait_for = 3 + rng.below(max_wait) as u64;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 assert!(status.success(), "the run failed");
@@ -971,8 +1018,8 @@ fn killed_and_resumed_runs_end_exactly_like_uninterrupted_ones() {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    assert!(kills >= 20, "only {kills} kills");
-    println!("{kills} kills");
+    assert!(kills >= min_kills, "only {kills} kills");
+    println!("{noise_mode}: {kills} kills");
     let status = Command::new(env!("CARGO_BIN_EXE_dp-train"))
         .args(args(&clean_dir))
         .stdout(std::process::Stdio::null())
@@ -996,7 +1043,26 @@ fn killed_and_resumed_runs_end_exactly_like_uninterrupted_ones() {
     assert_eq!(names(&a), names(&b));
     for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
         assert_eq!(na, nb);
-        assert!(ta.equal(tb), "{na} differs after {kills} kills");
+        assert!(
+            ta.equal(tb),
+            "{na} differs after {kills} kills ({noise_mode} noise)"
+        );
+    }
+    // The generator's key is in an owner-only file of its own, nowhere else in the folder.
+    let latest = std::fs::read_to_string(killed_dir.join("checkpoints/LATEST")).unwrap();
+    let checkpoint = killed_dir.join("checkpoints").join(latest.trim());
+    let generator = checkpoint.join("generator.json");
+    let mode = std::fs::metadata(&generator).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", generator.display());
+    assert!(std::fs::read_to_string(&generator)
+        .unwrap()
+        .contains("\"key\""));
+    for shared in [
+        checkpoint.join("state.json"),
+        killed_dir.join("ledger.json"),
+    ] {
+        let text = std::fs::read_to_string(&shared).unwrap();
+        assert!(!text.contains("\"key\""), "{}", shared.display());
     }
     std::fs::remove_dir_all(&base).unwrap();
 }

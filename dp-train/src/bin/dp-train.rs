@@ -841,6 +841,9 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// What a run folder holds that must not be shared, printed with every training report.
+const SECRETS_NOTE: &str = "  secrets       checkpoints/step-*/generator.json (and noise.safetensors for correlated noise) hold the privacy generator's state, readable by you only (mode 0600): whoever reads them can remove the noise. Share the weights (checkpoints/step-*/weights.safetensors), not the run folder.\n";
+
 /// A progress bar over `steps` training steps (hidden when the output is JSON).
 fn step_bar(steps: u64, hidden: bool) -> ProgressBar {
     let bar = if hidden {
@@ -1004,10 +1007,11 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
         ));
     }
     let report = format!(
-        "{header}{}: test accuracy {:.2}% after {} steps ({train_seconds:.0} s of training)\n{statement}",
+        "{header}{}: test accuracy {:.2}% after {} steps ({train_seconds:.0} s of training)\n{statement}{}",
         job.description,
         100.0 * test_accuracy,
-        statement.steps
+        statement.steps,
+        SECRETS_NOTE
     );
     std::fs::write(run_dir.join("privacy_report.txt"), &report)?;
     if args.json {
