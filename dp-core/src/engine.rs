@@ -164,23 +164,22 @@ impl ClippingEngine {
         let shapes: Vec<_> = records.iter_mut().map(Record::release_output).collect();
         let acc_kind = accumulation_kind(losses.kind());
 
-        // Per record: its squared per-example norm, if it has trained parameters.
-        let mut layer_norm2 = Vec::with_capacity(records.len());
+        // Every record's squared per-example norms with their rounding allowances, added up in
+        // f64 over all records at once (upper bounds, see `rounding`).
+        let mut terms = rounding::NormTerms::new(acc_kind);
         let mut grams = GramCache::new();
-        // Layers' squared norms (upper bounds, see `rounding`) are added in f64.
-        let mut norm2 = Tensor::zeros([batch], (Kind::Double, losses.device()));
-        for (record, g) in records.iter().zip(&grads) {
-            let trained = record.parameters().any(|p| self.is_trainable(p));
-            let n2 = if g.defined() && trained {
-                let n2 = self.squared_norms(record, g, acc_kind, &mut grams)?;
-                norm2 += &n2;
-                Some(n2)
-            } else {
-                trained.then(|| norm2.zeros_like())
-            };
-            layer_norm2.push(n2);
+        let mut trained = Vec::with_capacity(records.len());
+        for (r, (record, g)) in records.iter().zip(&grads).enumerate() {
+            let is_trained = record.parameters().any(|p| self.is_trainable(p));
+            if g.defined() && is_trained {
+                self.norm_terms(r, record, g, acc_kind, &mut grams, &mut terms)?;
+            }
+            trained.push(is_trained);
         }
-        let norms = norm2.sqrt();
+        let device = losses.device();
+        let norms = terms.total(batch, device).sqrt();
+        let layer_norm2 = matches!(self.style, ClippingStyle::PerLayer)
+            .then(|| terms.per_record(records.len(), batch, device));
         let finite = norms.isfinite();
         let nonfinite = batch - finite.sum(Kind::Int64).int64_value(&[]);
         let keep_finite = |f: Tensor| f.where_self(&finite, &f.zeros_like());
@@ -190,25 +189,22 @@ impl ClippingEngine {
             }
             _ => keep_finite((norms.reciprocal() * self.clip_norm).clamp_max(1.0)),
         };
-        let layers = layer_norm2.iter().flatten().count().max(1);
+        let layers = trained.iter().filter(|t| **t).count().max(1);
         let layer_clip = self.clip_norm / (layers as f64).sqrt();
 
         let mut sums = BTreeMap::new();
         // Each record and gradient is dropped once its sums are formed.
-        for (((record, g), n2), (size, kind, device)) in records
-            .into_iter()
-            .zip(grads)
-            .zip(&layer_norm2)
-            .zip(&shapes)
+        for (r, ((record, g), (size, kind, device))) in
+            records.into_iter().zip(grads).zip(&shapes).enumerate()
         {
             let g = if g.defined() {
                 g
             } else {
                 Tensor::zeros(size.as_slice(), (*kind, *device))
             };
-            let factors = match (self.style, n2) {
-                (ClippingStyle::PerLayer, Some(n2)) => {
-                    keep_finite((n2.sqrt().reciprocal() * layer_clip).clamp_max(1.0))
+            let factors = match &layer_norm2 {
+                Some(per_record) if trained[r] => {
+                    keep_finite((per_record[r].sqrt().reciprocal() * layer_clip).clamp_max(1.0))
                 }
                 _ => flat_factors.shallow_clone(),
             };
@@ -257,37 +253,40 @@ impl ClippingEngine {
         self.trainable.contains_key(name)
     }
 
-    /// Per-example squared gradient norms of one record's trainable parameters, shape (B).
-    fn squared_norms(
+    /// Adds to `terms` the per-example squared gradient norms of record `r`'s trainable
+    /// parameters, with what their rounding allowances need.
+    fn norm_terms(
         &self,
+        r: usize,
         record: &Record,
         g: &Tensor,
         kind: Kind,
         grams: &mut GramCache,
-    ) -> Result<Tensor, CoreError> {
+        terms: &mut rounding::NormTerms,
+    ) -> Result<(), CoreError> {
         let g = match record {
             Record::Conv2d { .. } => g.to_kind(kind),
             _ => per_example_rows(g, kind),
         };
-        let mut n2 = Tensor::zeros([g.size()[0]], (Kind::Double, g.device()));
-        // ||sum_t v_t||^2 for (B, T, p) rows whose entries are exact (`rounded` false) or one
-        // rounded product each, summed in f64, as an upper bound (`rounding`).
-        let per_position_sum_norms = |v: &Tensor, rounded: bool| {
-            let norm = v
-                .sum_dim_intlist(1, false, Kind::Double)
-                .norm_scalaropt_dim(2.0, [-1].as_slice(), false);
-            let s = rounding::position_norm_sum(v, None);
-            rounding::sum_bound(norm, &s, i64::from(rounded), v.size()[1], kind)
+        // A linear map over positions: weight (ghost or explicit), then bias `sum_t g_t`.
+        let mut linear = |input: Option<&Tensor>,
+                          a: &Tensor,
+                          g: &Tensor,
+                          weight: &str,
+                          bias: Option<&str>,
+                          terms: &mut rounding::NormTerms| {
+            let sqrt_diag_g = self
+                .is_trainable(weight)
+                .then(|| linear_weight_terms(r, input, a, g, kind, grams, terms))
+                .flatten();
+            if bias.is_some_and(|b| self.is_trainable(b)) {
+                let s = match &sqrt_diag_g {
+                    Some(sqrt) => rounding::diagonal_position_sum(sqrt, g.size()[2], kind),
+                    None => rounding::position_sum(g, None),
+                };
+                add_position_sum(r, g, s, kind, terms);
+            }
         };
-        let mut linear =
-            |input: Option<&Tensor>, a: &Tensor, g: &Tensor, weight: &str, bias: Option<&str>| {
-                if self.is_trainable(weight) {
-                    n2 += linear_weight_norms(input, a, g, kind, grams);
-                }
-                if bias.is_some_and(|b| self.is_trainable(b)) {
-                    n2 += per_position_sum_norms(g, false);
-                }
-            };
         match record {
             Record::Linear {
                 input,
@@ -300,6 +299,7 @@ impl ClippingEngine {
                 &g,
                 weight,
                 bias.as_deref(),
+                terms,
             ),
             Record::Conv2d {
                 input,
@@ -310,7 +310,7 @@ impl ClippingEngine {
             } => {
                 let (a, g) = conv_rows(input, geometry, &g, kind)?;
                 // No shared Gram: two convolutions of one input may unfold it differently.
-                linear(None, &a, &g, weight, bias.as_deref());
+                linear(None, &a, &g, weight, bias.as_deref(), terms);
             }
             Record::Embedding {
                 ids,
@@ -319,7 +319,8 @@ impl ClippingEngine {
                 ..
             } => {
                 if self.is_trainable(table) {
-                    // ||G_i||^2 = sum_{t,t'} [id_t = id_t' != pad] (g_t . g_t').
+                    // ||G_i||^2 = sum_{t,t'} [id_t = id_t' != pad] (g_t . g_t'): a ghost norm
+                    // whose inputs are unit vectors (d = 1).
                     let ids = ids.reshape([g.size()[0], -1]);
                     let mut same = ids.unsqueeze(2).eq_tensor(&ids.unsqueeze(1));
                     if let Some(pad) = padding_idx {
@@ -328,17 +329,14 @@ impl ClippingEngine {
                             .logical_and(&real.unsqueeze(2))
                             .logical_and(&real.unsqueeze(1));
                     }
-                    // The gradient of example i is sum_t g_t e_{id_t}^T: a ghost norm whose
-                    // inputs are unit vectors (d = 1 in the rounding bound).
                     let gram = g.bmm(&g.transpose(1, 2));
-                    let computed = (gram * same.to_kind(kind)).sum_dim_intlist(
-                        [1, 2].as_slice(),
-                        false,
-                        Kind::Double,
-                    );
                     let (t, p) = (g.size()[1], g.size()[2]);
-                    let s = rounding::position_norm_sum(&g, None);
-                    n2 += rounding::ghost_bound(computed, &s, 1, p, t, kind);
+                    let s =
+                        rounding::diagonal_position_sum(&rounding::sqrt_diagonal(&gram), p, kind);
+                    let n2 = (gram * same.to_kind(kind))
+                        .sum_dim_intlist(2, false, kind)
+                        .sum_dim_intlist(1, false, kind);
+                    terms.ghost(r, n2, s, (1, p, t));
                 }
             }
             Record::Norm {
@@ -351,14 +349,15 @@ impl ClippingEngine {
             } => {
                 if self.is_trainable(weight) {
                     let products = normalised(input, *centred, *eps, kind) * &g;
-                    n2 += per_position_sum_norms(&products, true);
+                    let s = rounding::position_sum(&products, None);
+                    add_position_sum(r, &products, s, kind, terms);
                 }
                 if bias.as_deref().is_some_and(|b| self.is_trainable(b)) {
-                    n2 += per_position_sum_norms(&g, false);
+                    add_position_sum(r, &g, rounding::position_sum(&g, None), kind, terms);
                 }
             }
         }
-        Ok(n2)
+        Ok(())
     }
 
     /// Adds `sum_i c_i G_i` of one record's trainable parameters to `sums`.
@@ -482,9 +481,9 @@ impl ClippingEngine {
     }
 }
 
-/// Gram matrices `a a^T` of layer inputs for one `clip` call, keyed by the input's address,
-/// shape, strides and kind and the accumulation kind.
-type GramCache = HashMap<(usize, Vec<i64>, Vec<i64>, Kind, Kind), Tensor>;
+/// Gram matrices `a a^T` of layer inputs for one `clip` call, with the square roots of their
+/// diagonals, keyed by the input's address, shape, strides and kind and the accumulation kind.
+type GramCache = HashMap<(usize, Vec<i64>, Vec<i64>, Kind, Kind), (Tensor, Tensor)>;
 
 /// A convolution as a linear map over its output positions: the unfolded input (im2col,
 /// (B, T_out, d k_h k_w)) and the output gradient (B, p, H_out, W_out) as (B, T_out, p).
@@ -505,25 +504,32 @@ fn conv_rows(
     Ok((a.transpose(1, 2), g.reshape([b, p, -1]).transpose(1, 2)))
 }
 
-/// Linear weight norms (f64 upper bounds of the exact squared norms, see `rounding`): ghost norm
-/// (Li et al. 2022) `sum_{t,t'} (a_t . a_t')(g_t . g_t')` when `2 T^2 < p d`, else the explicit
-/// per-example gradient `g_i^T a_i`.
+/// Adds record `r`'s linear weight norm to `terms`: ghost norm (Li et al. 2022)
+/// `sum_{t,t'} (a_t . a_t')(g_t . g_t')` when `2 T^2 < p d`, else the explicit per-example
+/// gradient `g_i^T a_i`. Returns the square roots of `g g^T`'s diagonal (the per-position
+/// norms of `g`) when the ghost norm formed it.
 ///
 /// `a` is the rows of the linear layer's `input`; layers reading the same input (the query, key
 /// and value projections; a LoRA adapter's down projection) share `a a^T` through `grams`.
-fn linear_weight_norms(
+fn linear_weight_terms(
+    r: usize,
     input: Option<&Tensor>,
     a: &Tensor,
     g: &Tensor,
     kind: Kind,
     grams: &mut GramCache,
-) -> Tensor {
+    terms: &mut rounding::NormTerms,
+) -> Option<Tensor> {
     let (t, d, p) = (a.size()[1], a.size()[2], g.size()[2]);
     if 2 * t * t < p * d {
+        let gram = || {
+            let gram = a.bmm(&a.transpose(1, 2));
+            let sqrt_diag = rounding::sqrt_diagonal(&gram);
+            (gram, sqrt_diag)
+        };
         // Every recorded input is alive during one `clip` call, so its address, shape, strides
         // and kind identify its values.
-        let gram = || a.bmm(&a.transpose(1, 2));
-        let gram_a = match input {
+        let (gram_a, sqrt_diag_a) = match input {
             Some(input) => {
                 let key = (
                     input.data_ptr() as usize,
@@ -532,29 +538,46 @@ fn linear_weight_norms(
                     input.kind(),
                     kind,
                 );
-                grams.entry(key).or_insert_with(gram).shallow_clone()
+                let (gram, sqrt_diag) = grams.entry(key).or_insert_with(gram);
+                (gram.shallow_clone(), sqrt_diag.shallow_clone())
             }
             None => gram(),
         };
         let gram_g = g.bmm(&g.transpose(1, 2));
-        let computed = (gram_a * gram_g).sum_dim_intlist([1, 2].as_slice(), false, Kind::Double);
-        rounding::ghost_bound(
-            computed,
-            &rounding::position_norm_sum(a, Some(g)),
-            d,
-            p,
-            t,
-            kind,
-        )
+        let sqrt_diag_g = rounding::sqrt_diagonal(&gram_g);
+        let s = rounding::gram_position_sum(&sqrt_diag_a, &sqrt_diag_g, d, p, kind);
+        let n2 = (gram_a * gram_g)
+            .sum_dim_intlist(2, false, kind)
+            .sum_dim_intlist(1, false, kind);
+        terms.ghost(r, n2, s, (d, p, t));
+        Some(sqrt_diag_g)
     } else {
-        let norm = g.transpose(1, 2).bmm(a).norm_scalaropt_dim_dtype(
-            2.0,
-            [1, 2].as_slice(),
-            false,
-            Kind::Double,
-        );
-        rounding::sum_bound(norm, &rounding::position_norm_sum(a, Some(g)), t, 1, kind)
+        let n2 = g
+            .transpose(1, 2)
+            .bmm(a)
+            .square()
+            .sum_dim_intlist([1, 2].as_slice(), false, kind);
+        terms.vector(r, n2, rounding::position_sum(a, Some(g)), p * d, t);
+        None
     }
+}
+
+/// Adds to `terms` the squared norm of `sum_t v_t` for (B, T, w) rows `v` (a bias, a
+/// normalisation weight's rounded products), formed in `kind`, with `s` the sum of the rows'
+/// norms (counted as `T + 1` terms: one rounding of each product and its effect on `s`).
+fn add_position_sum(
+    r: usize,
+    v: &Tensor,
+    s: rounding::PositionSum,
+    kind: Kind,
+    terms: &mut rounding::NormTerms,
+) {
+    let (t, w) = (v.size()[1], v.size()[2]);
+    let n2 = v
+        .sum_dim_intlist(1, false, kind)
+        .square()
+        .sum_dim_intlist(1, false, kind);
+    terms.vector(r, n2, s, w, t + 1);
 }
 
 /// The normalised input `x_hat` of a LayerNorm (`centred`) or RMSNorm, as (B, T, p) rows,

@@ -23,7 +23,10 @@
 //!   noise for research: the reported event is the ideal Gaussian mechanism, which such noise
 //!   only approximates (floating-point attacks apply), and its randomness is only as strong
 //!   as a 64-bit key and a statistical generator. On an accelerator it costs a fraction of a
-//!   millisecond per 100 million coordinates.
+//!   millisecond per 100 million coordinates. The generator is libtorch's global one (tch
+//!   offers no other): fast releases take a process-wide lock while they key it and draw, and
+//!   other code drawing from it on another thread at the same moment makes a release
+//!   irreproducible (not less random).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,6 +53,9 @@ pub fn noise_multiplier_for(mode: NoiseMode, accounted: f64) -> f64 {
         NoiseMode::Fast => accounted,
     }
 }
+
+/// Held while a fast release keys libtorch's (process-wide) generator and draws from it.
+static FAST_NOISE_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The Gaussian mechanism applied to every logical batch's clipped sums.
 #[derive(Debug)]
@@ -218,6 +224,12 @@ impl GaussianNoise {
             },
             None => {
                 let std = self.noise_multiplier * self.clip_norm;
+                // Keying libtorch's global generator and drawing from it is one step for every
+                // fast release of the process: two releases on two threads never interleave
+                // (which could hand both the same key's stream).
+                let _keyed = FAST_NOISE_GENERATOR
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 tch::manual_seed(rng.torch_seed());
                 for sum in sums.values_mut() {
                     let mut noise = sum.f_randn_like()?;

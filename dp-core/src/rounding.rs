@@ -7,40 +7,42 @@
 //! Sensitivity in Differentially Private Libraries", CCS 2022): a ghost norm
 //! `sum_{t,t'} (a_t . a_t')(g_t . g_t')` of positions whose contributions nearly cancel is a
 //! small difference of large products, and in f32 the rounding of those products can exceed the
-//! result, which is then clamped to zero (no clipping at all).
+//! result, which was then clamped to zero (no clipping at all).
 //!
 //! So every per-example norm the engine clips with is an upper bound on the exact norm of the
-//! gradient it sums (the exact function of the recorded `a` and `g`), by the standard bounds for
-//! dot products in precision `u` (Higham, "Accuracy and Stability of Numerical Algorithms",
-//! 2002, section 3.1): a computed dot product of length `n` is within
-//! `gamma_n sum_k |x_k y_k|` of the exact one, `gamma_n = n u / (1 - n u)`, whatever the
-//! order of summation (blocked, pairwise or fused multiply-add). With `s_i = sum_t ||a_t|| ||g_t||`
-//! (which is at least the exact norm, by the triangle inequality) and Cauchy-Schwarz:
+//! gradient it sums (the exact function of the recorded `a` and `g`), by the standard bounds of
+//! Higham ("Accuracy and Stability of Numerical Algorithms", 2002, sections 3.1 and 3.5): a
+//! computed sum of `n` products in unit roundoff `u` is within `gamma_n sum_k |x_k y_k|` of the
+//! exact one, `gamma_n = n u / (1 - n u)`, whatever the order of summation. With
+//! `s_i = sum_t ||a_t|| ||g_t||` (at least the exact norm, by the triangle inequality) and
+//! Cauchy-Schwarz:
 //!
-//! - ghost norm, Gram matrices `a a^T` (length `d`) and `g g^T` (length `p`) in precision `u`,
-//!   their product in `u` and summed in f64: `|computed - exact| <= c s_i^2` with
-//!   `c = gamma_d + gamma_p + gamma_d gamma_p + 2 u (1 + gamma_d)(1 + gamma_p) + gamma64_{T^2}`;
-//!   the bound used is `computed + c s_i^2`;
-//! - explicit per-example gradient `g_i^T a_i` (length `T`) in `u`, its norm in f64: the exact
-//!   norm is at most `computed + gamma_T s_i` (plus the f64 norm's own rounding);
-//! - a sum over positions of per-position vectors `v_t` taken in f64 (biases, normalisation
-//!   weights): the exact norm is at most `computed + gamma64_T s_i`, `s_i = sum_t ||v_t||`, plus
-//!   `u s_i` when the `v_t` are themselves rounded products.
+//! - a ghost norm, Gram matrices `a a^T` (length `d`) and `g g^T` (length `p`), their product,
+//!   and its sum over `T` then over `T` positions, all in `u`: the exact squared norm is at
+//!   most `computed + c s_i^2`, `c = gamma_d + gamma_p + gamma_d gamma_p +
+//!   (u + gamma_{2T})(1 + u)(1 + gamma_d)(1 + gamma_p)`;
+//! - the norm of a computed vector (an explicit per-example gradient `g_i^T a_i`, or a sum over
+//!   positions of per-position vectors: biases, normalisation weights), whose entries are sums
+//!   of `n` terms (each possibly one rounded product) and whose squared norm is summed over
+//!   `w` entries: the exact norm is at most `sqrt(computed / (1 - gamma_{w+1})) +
+//!   gamma_{n+1} s_i`.
+//!
+//! The `s_i` are themselves computed (from the Gram matrices' diagonals where there are any) and
+//! rounded up by their own bounds. The terms of all layers are combined at the end, in f64, with
+//! the largest coefficient of each kind: a few operations for the whole model rather than
+//! several per layer (on an accelerator every operation is a kernel launch).
 //!
 //! The allowances are relative to `s_i^2`, so they cost nothing measurable unless positions
-//! cancel: for BERT-base's widest layer in f32 (`d = 768`, `p = 3072`), `c = 2.3e-4`, and with
-//! `s_i^2` a few times the squared norm (typical) the norm grows by a few parts in ten thousand. The
-//! layers' squared norms are added in f64, and the clip factors computed in f64.
-//! The rounding of the summed clipped gradients across examples is not covered here
+//! cancel: for BERT-base's widest layer in f32 at `T = 128` (`d = 768`, `p = 3072`),
+//! `c = 2.5e-4`; with `s_i^2` a few times the squared norm (typical) the norm grows by parts in
+//! ten thousand, while a cancelling example is clipped as hard as its rounding requires. Not
+//! covered here: the rounding of the summed clipped gradients across examples
 //! (`docs/clipping.md` says what it is).
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Unit roundoff of f64.
 const U64: f64 = 1.0 / (1u64 << 53) as f64;
-
-/// Slack on the f64 row norms `s_i` themselves (relative rounding far below it).
-const NORM_SLACK: f64 = 1e-12;
 
 /// The unit roundoff `u` of arithmetic in `kind` (the engine's accumulation kind: f32 or f64).
 pub(crate) fn unit_roundoff(kind: Kind) -> f64 {
@@ -50,86 +52,266 @@ pub(crate) fn unit_roundoff(kind: Kind) -> f64 {
     }
 }
 
-/// `gamma_n = n u / (1 - n u)`: the relative bound of a dot product of length `n`.
+/// `gamma_n = n u / (1 - n u)`: the relative bound of a sum of `n` products.
 fn gamma(n: i64, u: f64) -> f64 {
     let nu = n.max(1) as f64 * u;
     assert!(
         nu < 0.5,
-        "a dot product of length {n} is too long for this precision"
+        "a sum of {n} terms is too long for this precision"
     );
     nu / (1.0 - nu)
 }
 
-/// Per example (B), an upper bound on `s_i = sum_t ||x_t|| ||y_t||` in f64 for (B, T, n) rows
-/// `x` and `y` (`y` absent: `sum_t ||x_t||`). The row norms are computed in the rows' own kind
-/// (no wider copy is made) and rounded up by their error bound `gamma_{n+2}`.
-pub(crate) fn position_norm_sum(x: &Tensor, y: Option<&Tensor>) -> Tensor {
-    let norms = |t: &Tensor| {
-        let n = t.size().last().copied().unwrap_or(1);
-        let up = 1.0 + gamma(n + 2, unit_roundoff(t.kind()));
-        t.norm_scalaropt_dim(2.0, [-1].as_slice(), false)
-            .to_kind(Kind::Double)
-            * up
-    };
-    let per_position = match y {
-        Some(y) => norms(x) * norms(y),
-        None => norms(x),
-    };
-    per_position.sum_dim_intlist(1, false, Kind::Double) * (1.0 + NORM_SLACK)
+/// Per example, `s_i = sum_t x_t y_t` (or `sum_t x_t`) for per-position factors (B, T) not yet
+/// multiplied or summed (so that all layers' are, together, at the end), and the factor that
+/// bounds the result from above (`s_exact <= s_i * up`).
+pub(crate) struct PositionSum {
+    x: Tensor,
+    y: Option<Tensor>,
+    up: f64,
 }
 
-/// Upper bound on an exact ghost norm `||G_i||^2` given its computed value `n2` (f64, (B)):
-/// Gram matrices of lengths `d` and `p` in `kind`, their product in `kind` summed over `T^2`
-/// entries in f64; `s` from [`position_norm_sum`] of the rows `a` and `g`.
-pub(crate) fn ghost_bound(n2: Tensor, s: &Tensor, d: i64, p: i64, t: i64, kind: Kind) -> Tensor {
+/// [`PositionSum`] of `sum_t ||x_t|| ||y_t||` for (B, T, n) rows `x` and `y` (`y` absent:
+/// `sum_t ||x_t||`), the norms computed in the rows' kind (no wider copy is made).
+pub(crate) fn position_sum(x: &Tensor, y: Option<&Tensor>) -> PositionSum {
+    let u = unit_roundoff(x.kind());
+    let t = x.size()[1];
+    let norms = |v: &Tensor| v.norm_scalaropt_dim(2.0, [-1].as_slice(), false);
+    let norm_up = |v: &Tensor| 1.0 + gamma(v.size().last().copied().unwrap_or(1) + 2, u);
+    let sum_up = (1.0 + u) * (1.0 + gamma(t, u));
+    PositionSum {
+        x: norms(x),
+        y: y.map(norms),
+        up: norm_up(x) * y.map_or(1.0, norm_up) * sum_up,
+    }
+}
+
+/// [`PositionSum`] of `sum_t sqrt(A_tt G_tt)` from the square roots (B, T) of the diagonals of
+/// Gram matrices of lengths `d` and `p` computed in `kind` (each diagonal entry a squared row
+/// norm: positive terms, relative error at most `gamma_d`).
+pub(crate) fn gram_position_sum(
+    sqrt_diag_a: &Tensor,
+    sqrt_diag_g: &Tensor,
+    d: i64,
+    p: i64,
+    kind: Kind,
+) -> PositionSum {
     let u = unit_roundoff(kind);
-    let (gd, gp) = (gamma(d, u), gamma(p, u));
-    let c = gd + gp + gd * gp + 2.0 * u * (1.0 + gd) * (1.0 + gp) + gamma(t * t, U64);
-    n2.clamp_min(0.0) + s.square() * c
+    let t = sqrt_diag_g.size()[1];
+    PositionSum {
+        x: sqrt_diag_a.shallow_clone(),
+        y: Some(sqrt_diag_g.shallow_clone()),
+        up: (1.0 + u).powi(3) * (1.0 + gamma(t, u))
+            / ((1.0 - gamma(d, u)) * (1.0 - gamma(p, u))).sqrt(),
+    }
 }
 
-/// Upper bound on an exact squared norm given the f64 norm `norm` (B) of its computed value,
-/// whose entries are sums of `n` products in `kind` (`n = 0`: exact entries, summed in f64 over
-/// `positions`), `s` from [`position_norm_sum`].
-pub(crate) fn sum_bound(norm: Tensor, s: &Tensor, n: i64, positions: i64, kind: Kind) -> Tensor {
-    let rounding = if n == 0 {
-        gamma(positions, U64)
-    } else {
-        gamma(n, unit_roundoff(kind)) + gamma(positions, U64)
-    };
-    ((norm * (1.0 + 4.0 * U64)) + s * rounding).square()
+/// [`PositionSum`] of `sum_t ||g_t||` from the square roots (B, T) of the diagonal of a Gram
+/// matrix of length `p` computed in `kind`.
+pub(crate) fn diagonal_position_sum(sqrt_diag: &Tensor, p: i64, kind: Kind) -> PositionSum {
+    let u = unit_roundoff(kind);
+    let t = sqrt_diag.size()[1];
+    PositionSum {
+        x: sqrt_diag.shallow_clone(),
+        y: None,
+        up: (1.0 + u).powi(2) * (1.0 + gamma(t, u)) / (1.0 - gamma(p, u)).sqrt(),
+    }
 }
+
+/// The square roots of a batch of Gram matrices' diagonals, (B, T) (sums of squares: never
+/// negative).
+pub(crate) fn sqrt_diagonal(gram: &Tensor) -> Tensor {
+    gram.diagonal(0, 1, 2).sqrt()
+}
+
+/// One record's computed squared norm (B) and its [`PositionSum`] factors.
+struct Term {
+    record: usize,
+    n2: Tensor,
+    x: Tensor,
+    y: Option<Tensor>,
+}
+
+/// The per-example squared norms of one `clip` call with their rounding allowances, collected
+/// layer by layer and combined at the end.
+pub(crate) struct NormTerms {
+    kind: Kind,
+    /// Ghost norms, and the largest coefficient `c` (with the `s` factors' squares folded in).
+    ghost: Vec<Term>,
+    c: f64,
+    /// Norms of computed vectors, with the largest `1 / sqrt(1 - gamma_{w+1})` and
+    /// `gamma_{n+1}` (times the `s` factor).
+    vectors: Vec<Term>,
+    k_norm: f64,
+    k_s: f64,
+}
+
+impl NormTerms {
+    /// No terms yet, for sums computed in `kind`.
+    pub(crate) fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            ghost: Vec::new(),
+            c: 0.0,
+            vectors: Vec::new(),
+            k_norm: 1.0,
+            k_s: 0.0,
+        }
+    }
+
+    /// A ghost norm of `record`: the computed squared norm (B) from Gram matrices of lengths `d`
+    /// and `p` over `t` positions, their product summed over one position then the other.
+    pub(crate) fn ghost(
+        &mut self,
+        record: usize,
+        n2: Tensor,
+        s: PositionSum,
+        (d, p, t): (i64, i64, i64),
+    ) {
+        let u = unit_roundoff(self.kind);
+        let (gd, gp) = (gamma(d, u), gamma(p, u));
+        let c = gd + gp + gd * gp + (u + gamma(2 * t, u)) * (1.0 + u) * (1.0 + gd) * (1.0 + gp);
+        self.c = self.c.max(c * s.up * s.up);
+        self.ghost.push(Term {
+            record,
+            n2,
+            x: s.x,
+            y: s.y,
+        });
+    }
+
+    /// The norm of a computed vector of `record`: its computed squared norm (B), summed over
+    /// `width` entries, each a sum of `terms` terms (one more is counted for rounded products).
+    pub(crate) fn vector(
+        &mut self,
+        record: usize,
+        n2: Tensor,
+        s: PositionSum,
+        width: i64,
+        terms: i64,
+    ) {
+        let u = unit_roundoff(self.kind);
+        self.k_norm = self.k_norm.max(1.0 / (1.0 - gamma(width + 1, u)).sqrt());
+        self.k_s = self.k_s.max(gamma(terms + 1, u) * s.up);
+        self.vectors.push(Term {
+            record,
+            n2,
+            x: s.x,
+            y: s.y,
+        });
+    }
+
+    /// Upper bounds (f64, (terms, B)) on the exact squared norms of groups of terms, with the
+    /// records they belong to: the terms are grouped by kind and by the shape of their position
+    /// factors, and each group is computed in a few operations.
+    fn bounds(&self) -> Vec<(Vec<usize>, Tensor)> {
+        let mut out = Vec::new();
+        for (ghost, terms) in [(true, &self.ghost), (false, &self.vectors)] {
+            let mut groups: Vec<(Vec<i64>, bool, Vec<&Term>)> = Vec::new();
+            for term in terms.iter() {
+                let key = (term.x.size(), term.y.is_some());
+                match groups.iter_mut().find(|g| (&g.0, g.1) == (&key.0, key.1)) {
+                    Some(group) => group.2.push(term),
+                    None => groups.push((key.0, key.1, vec![term])),
+                }
+            }
+            for (_, _, group) in groups {
+                let stack = |pick: fn(&Term) -> &Tensor| {
+                    let parts: Vec<&Tensor> = group.iter().map(|t| pick(t)).collect();
+                    Tensor::stack(&parts, 0)
+                };
+                let mut factors = stack(|t| &t.x);
+                // Grouped by whether they have `y`: all of them, or none.
+                let ys: Option<Vec<&Tensor>> = group.iter().map(|t| t.y.as_ref()).collect();
+                if let Some(ys) = ys {
+                    factors *= Tensor::stack(&ys, 0);
+                }
+                let s = factors
+                    .sum_dim_intlist(2, false, self.kind)
+                    .to_kind(Kind::Double);
+                let n2 = stack(|t| &t.n2).to_kind(Kind::Double).clamp_min(0.0);
+                let bounds = if ghost {
+                    n2 + s.square() * self.c
+                } else {
+                    (n2.sqrt() * self.k_norm + s * self.k_s).square()
+                };
+                out.push((group.iter().map(|t| t.record).collect(), bounds));
+            }
+        }
+        out
+    }
+
+    /// Per example (B, f64), an upper bound on the exact squared norm of all terms together.
+    pub(crate) fn total(&self, batch: i64, device: Device) -> Tensor {
+        let mut total = Tensor::zeros([batch], (Kind::Double, device));
+        for (_, bounds) in self.bounds() {
+            total += bounds.sum_dim_intlist(0, false, Kind::Double);
+        }
+        total * (1.0 + SUM_SLACK)
+    }
+
+    /// Per record `0..records` (each (B), f64), an upper bound on the exact squared norm of its
+    /// terms (zero for a record without any).
+    pub(crate) fn per_record(&self, records: usize, batch: i64, device: Device) -> Vec<Tensor> {
+        let mut out: Vec<Tensor> = (0..records)
+            .map(|_| Tensor::zeros([batch], (Kind::Double, device)))
+            .collect();
+        for (owners, bounds) in self.bounds() {
+            for (k, record) in owners.into_iter().enumerate() {
+                out[record] += bounds.get(k as i64);
+            }
+        }
+        out.into_iter().map(|t| t * (1.0 + SUM_SLACK)).collect()
+    }
+}
+
+/// Relative slack for the f64 additions of at most a few thousand terms (error below `1e-12`).
+const SUM_SLACK: f64 = 1e-12;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
 
     #[test]
-    fn gammas_and_row_sums_follow_their_definitions() {
+    fn position_sums_bound_their_exact_values_from_above() {
         let u = unit_roundoff(Kind::Float);
         assert_eq!(u, 2f64.powi(-24));
         assert!((gamma(768, u) - 768.0 * u / (1.0 - 768.0 * u)).abs() < 1e-18);
-        // Rows (3, 4) and (0, 1) against (1, 0) and (0, 2): s = 5 * 1 + 1 * 2.
+        // Rows (3, 4) and (0, 1) against (1, 0) and (0, 2): s = 5 * 1 + 1 * 2 = 7; as vector
+        // terms with no computed norm, the bound is (k_s s)^2.
         let x = Tensor::from_slice(&[3.0f32, 4.0, 0.0, 1.0]).reshape([1, 2, 2]);
         let y = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 2.0]).reshape([1, 2, 2]);
-        // Rounded up by the f32 norms' error bound, never down.
-        let s = position_norm_sum(&x, Some(&y)).double_value(&[0]);
-        assert!((7.0..7.0 * (1.0 + 1e-6)).contains(&s), "{s}");
-        let alone = position_norm_sum(&x, None).double_value(&[0]);
-        assert!((6.0..6.0 * (1.0 + 1e-6)).contains(&alone), "{alone}");
-        let n2 = Tensor::from_slice(&[-1e-9f64]).to_device(Device::Cpu);
-        let bound = ghost_bound(
-            n2,
-            &Tensor::from_slice(&[1.0f64]),
-            768,
-            3072,
-            128,
-            Kind::Float,
-        );
-        assert!(
-            bound.double_value(&[0]) > 2e-4,
-            "a negative ghost norm is not trusted"
-        );
+        let s_of = |s: PositionSum| {
+            let mut terms = NormTerms::new(Kind::Float);
+            terms.vector(0, Tensor::zeros([1], (Kind::Float, Device::Cpu)), s, 1, 0);
+            terms.total(1, Device::Cpu).double_value(&[0]).sqrt() / gamma(1, u)
+        };
+        let within = |v: f64, exact: f64| (exact..exact * (1.0 + 1e-6)).contains(&v);
+        let s = s_of(position_sum(&x, Some(&y)));
+        assert!(within(s, 7.0), "{s}");
+        let alone = s_of(position_sum(&x, None));
+        assert!(within(alone, 6.0), "{alone}");
+        let (ga, gy) = (x.bmm(&x.transpose(1, 2)), y.bmm(&y.transpose(1, 2)));
+        let grams = gram_position_sum(&sqrt_diagonal(&ga), &sqrt_diagonal(&gy), 2, 2, Kind::Float);
+        let from_grams = s_of(grams);
+        assert!(within(from_grams, 7.0), "{from_grams}");
+        let diagonal = s_of(diagonal_position_sum(&sqrt_diagonal(&ga), 2, Kind::Float));
+        assert!(within(diagonal, 6.0), "{diagonal}");
+    }
+
+    #[test]
+    fn a_non_positive_ghost_norm_is_not_trusted() {
+        let mut terms = NormTerms::new(Kind::Float);
+        let s = PositionSum {
+            x: Tensor::from_slice(&[1.0f32]).view([1, 1]),
+            y: None,
+            up: 1.0,
+        };
+        terms.ghost(0, Tensor::from_slice(&[-1e-3f32]), s, (768, 3072, 128));
+        let total = terms.total(1, Device::Cpu).double_value(&[0]);
+        assert!(total > 2e-4, "{total}");
+        let per = terms.per_record(2, 1, Device::Cpu);
+        assert_eq!(per[0].double_value(&[0]), total);
+        assert_eq!(per[1].double_value(&[0]), 0.0);
     }
 }

@@ -741,10 +741,14 @@ fn fast_noise_is_keyed_at_every_release_so_a_resumed_run_draws_what_the_uninterr
     noise.add(&mut second, &mut rng).unwrap();
     // No two releases share noise.
     assert!(!first["w"].equal(&second["w"]));
-    // A resumed process: a new mechanism, libtorch's generator in some other state, the privacy
-    // generator restored from the checkpoint. Its first release is the run's second one.
-    tch::manual_seed(12345);
-    let _ = Tensor::randn([100], (Kind::Float, Device::Cpu));
+    // A resumed process: a new mechanism, libtorch's generator left in another state (by a
+    // release keyed from another generator), the privacy generator restored from the
+    // checkpoint. Its first release is the run's second one.
+    let mut other = zeros();
+    GaussianNoise::new(NoiseMode::Fast, 1.0, 1.0, &zeros())
+        .unwrap()
+        .add(&mut other, &mut PrivacyRng::from_seed(99))
+        .unwrap();
     let mut resumed_rng = PrivacyRng::resume(&checkpoint).unwrap();
     let mut resumed = GaussianNoise::new(NoiseMode::Fast, 1.0, 1.0, &zeros()).unwrap();
     let mut again = zeros();
