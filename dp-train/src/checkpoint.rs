@@ -86,6 +86,33 @@ impl Checkpointing {
         self.dir.join("checkpoints")
     }
 
+    /// When the run folder holds a checkpoint, checks that `resolved` (the plan about to run,
+    /// as `config.resolved.toml` writes it) is the plan that checkpoint was made with, apart from
+    /// [`crate::plan::RESUMABLE_SECTIONS`]; a different plan is refused naming the first key
+    /// that differs, before anything in the folder is written. A folder without a checkpoint
+    /// passes.
+    pub fn check_resumed_plan(&self, resolved: &str) -> Result<(), TrainError> {
+        let folder = self.folder();
+        let Ok(name) = fs::read_to_string(folder.join("LATEST")) else {
+            return Ok(());
+        };
+        let saved_path = folder.join(name.trim()).join("config.resolved.toml");
+        let saved = fs::read_to_string(&saved_path).map_err(|e| {
+            TrainError::Config(format!(
+                "{}: {e}: the run folder's checkpoint does not say which plan made it; use a new folder",
+                saved_path.display()
+            ))
+        })?;
+        match crate::plan::first_plan_difference(&saved, resolved) {
+            None => Ok(()),
+            Some(key) => Err(TrainError::Config(format!(
+                "{key} differs from the plan of the run in {} (only [{}] settings may change on a resume); use the same plan or a new folder",
+                self.dir.display(),
+                crate::plan::RESUMABLE_SECTIONS.join("], [")
+            ))),
+        }
+    }
+
     /// Saves the state after `ledger.steps()` steps.
     pub(crate) fn save(
         &self,

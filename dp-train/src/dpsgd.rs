@@ -258,10 +258,12 @@ pub fn train_with_hooks(
             && resumed.ledger.noise_multiplier() == ledger.noise_multiplier()
             && resumed.ledger.delta() == ledger.delta()
             && resumed.ledger.correlated_steps() == ledger.correlated_steps()
-            && resumed.ledger.noise_mode() == ledger.noise_mode();
+            && resumed.ledger.noise_mode() == ledger.noise_mode()
+            && resumed.ledger.budget() == ledger.budget()
+            && resumed.ledger.seed() == ledger.seed();
         if !same_plan {
             return Err(TrainError::Config(
-                "the run folder's checkpoint was made with a different sampling, noise, noise mode or delta; use a new folder".into(),
+                "the run folder's checkpoint was made with a different sampling, noise, noise mode, delta, budget or seed; use a new folder".into(),
             ));
         }
         if let Steps::Cyclic { correlated, .. } = &mut steps {

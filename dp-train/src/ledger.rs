@@ -266,6 +266,11 @@ impl PrivacyLedger {
         self.delta
     }
 
+    /// The epsilon budget no step may take the run past.
+    pub fn budget(&self) -> f64 {
+        self.budget
+    }
+
     /// Epsilon after `steps` steps; the order is NaN for correlated noise (no RDP order).
     fn epsilon_after(&self, steps: u64) -> Result<EpsilonAtOrder, TrainError> {
         match &self.accounting {

@@ -481,3 +481,44 @@ impl TrainConfig {
         })
     }
 }
+
+/// The sections of a resolved plan that may differ between a run and its resumption: they
+/// decide how fast the same computation runs, never what it computes or releases.
+pub const RESUMABLE_SECTIONS: [&str; 1] = ["performance"];
+
+/// The first key (as `section.key`, in sorted order) whose value differs between two resolved
+/// plans (the `config.resolved.toml` of a run folder), outside [`RESUMABLE_SECTIONS`]; `None`
+/// when they agree. A plan that does not parse is reported as the key `(the whole plan)`.
+pub fn first_plan_difference(saved: &str, new: &str) -> Option<String> {
+    let parse = |text: &str| text.parse::<toml::Table>().ok();
+    let (Some(mut saved), Some(mut new)) = (parse(saved), parse(new)) else {
+        return Some("(the whole plan)".into());
+    };
+    for section in RESUMABLE_SECTIONS {
+        saved.remove(section);
+        new.remove(section);
+    }
+    first_difference("", &toml::Value::Table(saved), &toml::Value::Table(new))
+}
+
+fn first_difference(path: &str, a: &toml::Value, b: &toml::Value) -> Option<String> {
+    match (a, b) {
+        (toml::Value::Table(a), toml::Value::Table(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|key| {
+                let here = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match (a.get(key), b.get(key)) {
+                    (Some(x), Some(y)) => first_difference(&here, x, y),
+                    _ => Some(here),
+                }
+            })
+        }
+        _ => (a != b).then(|| path.to_string()),
+    }
+}

@@ -1201,6 +1201,75 @@ mod plans {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_resume_with_another_plan_is_refused_by_key_and_writes_nothing() {
+        let dir = std::env::temp_dir().join(format!("dp-train-replan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/fashion_mnist.toml"
+        );
+        let run_dir = dir.display().to_string();
+        let run = |extra: &[&str]| {
+            let mut args = vec![
+                "train",
+                "--config",
+                config,
+                "--run-dir",
+                &run_dir,
+                "--set",
+                "data.dataset_size=2000",
+                "--set",
+                "privacy.expected_batch_size=256",
+                "--set",
+                "privacy.epochs=0.5",
+                "--set",
+                "privacy.seed=3",
+                "--set",
+                "performance.checkpoint_every=2",
+                "--json",
+            ];
+            args.extend_from_slice(extra);
+            dp_train(&args)
+        };
+        let first = run(&[]);
+        assert!(
+            first.status.success(),
+            "{}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        let files = ["config.resolved.toml", "ledger.json", "metrics.jsonl"];
+        let snapshot = || files.map(|f| std::fs::read(dir.join(f)).unwrap());
+        let before = snapshot();
+        for (set, key) in [
+            ("privacy.epsilon=2", "privacy.epsilon"),
+            ("training.learning_rate=0.1", "training.learning_rate"),
+            ("model.hidden=[64]", "model.hidden"),
+            ("privacy.seed=4", "privacy.seed"),
+        ] {
+            let out = run(&["--set", set]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{set}: {stderr}");
+            assert!(
+                stderr.contains(key) && stderr.lines().count() == 1,
+                "{set}: {stderr}"
+            );
+            assert!(snapshot() == before, "{set} changed the run folder");
+        }
+        // Performance settings may change: the finished run is resumed, with nothing to do.
+        let again = run(&["--set", "performance.threads=1"]);
+        assert!(
+            again.status.success(),
+            "{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        let ledger = |bytes: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(bytes).unwrap()["steps"].clone()
+        };
+        assert_eq!(ledger(&snapshot()[1]), ledger(&before[1]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 mod correlated_noise {

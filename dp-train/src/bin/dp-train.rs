@@ -888,6 +888,21 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
         }
         None => PrivacyRng::from_os(),
     };
+    let resolved = format!(
+        "{}\n# Resolved from [data] and [privacy] only.\n[resolved]\nsampling_rate = {}\nsteps = {}\nnoise_multiplier = {}\nepsilon_budget = {}\n",
+        toml::to_string(&config).map_err(|e| TrainError::Config(e.to_string()))?,
+        plan.sampling_rate,
+        plan.steps,
+        plan.noise_multiplier,
+        if plan.epsilon_budget.is_finite() { plan.epsilon_budget.to_string() } else { "inf".into() }
+    );
+    let checkpointing = Checkpointing {
+        dir: args.run_dir.clone(),
+        every: config.performance.checkpoint_every.max(1),
+        resolved_config: Some(resolved.clone()),
+    };
+    // A folder holding another plan's checkpoint is refused before anything is loaded or written.
+    checkpointing.check_resumed_plan(&resolved)?;
     let cache_bar = ProgressBar::hidden();
     let job = Job::load(&config, device, args.data_dir.as_deref(), |done, total| {
         if cache_bar.is_hidden() && !args.json {
@@ -906,14 +921,6 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
     let n = config.data.dataset_size;
     let run_dir = &args.run_dir;
     std::fs::create_dir_all(run_dir)?;
-    let resolved = format!(
-        "{}\n# Resolved from [data] and [privacy] only.\n[resolved]\nsampling_rate = {}\nsteps = {}\nnoise_multiplier = {}\nepsilon_budget = {}\n",
-        toml::to_string(&config).map_err(|e| TrainError::Config(e.to_string()))?,
-        plan.sampling_rate,
-        plan.steps,
-        plan.noise_multiplier,
-        if plan.epsilon_budget.is_finite() { plan.epsilon_budget.to_string() } else { "inf".into() }
-    );
     std::fs::write(run_dir.join("config.resolved.toml"), &resolved)?;
     let dp = DpSgdConfig {
         expected_batch_size: config.privacy.expected_batch_size,
@@ -953,11 +960,7 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
         &dp,
         &mut rng,
         &mut NoHooks,
-        Some(&Checkpointing {
-            dir: run_dir.clone(),
-            every: config.performance.checkpoint_every.max(1),
-            resolved_config: Some(resolved.clone()),
-        }),
+        Some(&checkpointing),
         |step| {
             use std::io::Write as _;
             if let Err(e) = writeln!(
