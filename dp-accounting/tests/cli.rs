@@ -593,6 +593,22 @@ fn mf_reports_the_golden_error_and_the_gaussian_epsilon() {
         assert!(ratio <= 1.002, "{strategy}: {ratio}");
     }
     let blt = with(&["--strategy", "blt", "--buffers", "2"]);
+    // Fixed batches by position: the sensitivity holds for zero-out neighbours only.
+    assert_eq!(blt["neighbouring_relation"], "zero_out");
+    let text = run(&[
+        "mf",
+        "--steps",
+        "1024",
+        "--epochs",
+        "4",
+        "--strategy",
+        "blt",
+    ]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("zero-out") && !text.contains("add/remove one example;"),
+        "{text}"
+    );
     assert_eq!(blt["memory_vectors"], 2);
     assert_eq!(blt["recurrence"]["form"], "buffered");
     assert_eq!(blt["blt"]["buf_decay"].as_array().unwrap().len(), 2);

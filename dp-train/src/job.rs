@@ -116,8 +116,14 @@ impl Job {
             }
         );
         let first = |t: &Tensor| t.narrow(0, 0, n as i64);
-        let (train_ids, train_labels) =
-            by_length(first(&data.train.ids), first(&data.train.labels));
+        // Cyclic (matrix-factorization) runs put example i in batch i mod b: the order must not
+        // depend on any example's content, or zeroing one example would move others between
+        // batches. Poisson runs sample each example independently, so any order will do.
+        let (train_ids, train_labels) = if config.privacy.sampling == "cyclic" {
+            (first(&data.train.ids), first(&data.train.labels))
+        } else {
+            by_length(first(&data.train.ids), first(&data.train.labels))
+        };
         let (test_ids, test_labels) = by_length(data.test.ids, data.test.labels);
         let (train_ids, test_ids) = (train_ids.to_device(device), test_ids.to_device(device));
         let (train_labels, test_labels) = (
@@ -183,10 +189,12 @@ impl Job {
     }
 }
 
-/// Token sequences (N, L) padded with 0 reordered by length (stable), with their labels. Poisson batches list their examples in dataset order, so the physical
-/// batches of a logical batch then hold snippets of similar length and need little padding.
-/// The order of the dataset has no effect on privacy: each example still joins each batch
-/// independently with probability q, and clipped sums do not depend on order.
+/// Token sequences (N, L) padded with 0 reordered by length (stable), with their labels, for
+/// Poisson runs. Poisson batches list their examples in dataset order, so the physical batches
+/// of a logical batch then hold snippets of similar length and need little padding. The order
+/// has no effect on a Poisson run's privacy: each example still joins each batch independently
+/// with probability q, and clipped sums do not depend on order. (Cyclic runs keep the file's
+/// order: their batches are fixed by position.)
 fn by_length(inputs: Tensor, labels: Tensor) -> (Tensor, Tensor) {
     let lengths = inputs.ne(0).sum_dim_intlist(1, false, tch::Kind::Int64);
     let (_, order) = lengths.sort_stable(true, 0, false);

@@ -103,10 +103,16 @@ impl fmt::Display for PrivacyStatement {
             self.delta,
             prec = EPSILON_DIGITS as usize
         )?;
-        writeln!(
-            f,
-            "  neighbours    add/remove one example (example-level privacy)"
-        )?;
+        match self.correlated_steps {
+            None => writeln!(
+                f,
+                "  neighbours    add/remove one example (example-level privacy)"
+            )?,
+            Some(_) => writeln!(
+                f,
+                "  neighbours    zero-out: one example's gradient replaced by zero, its batch slot kept (example-level privacy, the relation of Choquette-Choo et al. 2023; not add/remove, which would move other examples between the fixed batches)"
+            )?,
+        }
         match (self.correlated_steps, self.order) {
             (Some(planned), _) => {
                 let batches = (1.0 / self.sampling_rate).round();

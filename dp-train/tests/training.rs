@@ -1285,6 +1285,95 @@ mod correlated_noise {
     const PLAN: &str = include_str!("../../examples/fashion_mnist_blt.toml");
 
     #[test]
+    fn zeroing_one_example_moves_no_other_example_between_the_fixed_batches() {
+        // Two text datasets differing in example 5 only (another length, which a reordering by
+        // length would act on): every batch but example 5's holds the same examples.
+        let dir = std::env::temp_dir().join(format!("dp-train-zero-out-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, replaced: Option<&str>| {
+            let mut text = String::from("text,label\n");
+            for i in 0..32 {
+                let snippet = match (i, replaced) {
+                    (5, Some(other)) => other.to_string(),
+                    _ => "the film is good ".repeat(i % 5 + 1).trim().to_string(),
+                };
+                text.push_str(&format!("{snippet},{}\n", i % 2));
+            }
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (base, other, test) = (
+            write("base.csv", None),
+            write("other.csv", Some("a b c d e f g h i j k")),
+            write("test.csv", None),
+        );
+        let load = |train: &str| {
+            let plan = format!(
+                r#"
+[data]
+dataset = "text-csv"
+dataset_size = 32
+max_length = 16
+train_file = "{train}"
+test_file = "{test}"
+[privacy]
+epsilon = 3.0
+delta = 1e-5
+expected_batch_size = 8
+epochs = 1
+clip_norm = 1.0
+noise = "mf"
+noise_mode = "fast"
+accountant = "gaussian"
+sampling = "cyclic"
+mf = {{ strategy = "blt", buffers = 2 }}
+[training]
+learning_rate = 0.1
+[model]
+kind = "encoder"
+finetune = {{ kind = "all" }}
+[performance]
+device = "cpu"
+"#
+            );
+            let config = TrainConfig::from_toml(&plan, &[]).unwrap();
+            let job = dp_train::job::Job::load(&config, Device::Cpu, None, |_, _| {}).unwrap();
+            let ids = job.train_data().inputs.shallow_clone();
+            (0..32)
+                .map(|i| {
+                    let mut row = Vec::<i64>::try_from(ids.get(i)).unwrap();
+                    while row.last() == Some(&0) {
+                        row.pop();
+                    }
+                    row
+                })
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (load(&base), load(&other));
+        // b = round(32 / 8) = 4 batches; example i is in batch i mod 4.
+        for i in 0..32 {
+            if i % 4 != 5 % 4 {
+                assert_eq!(a[i], b[i], "example {i} (batch {}) moved", i % 4);
+            }
+        }
+        assert_ne!(a[5], b[5]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_correlated_statement_says_zero_out() {
+        let ledger = PrivacyLedger::correlated(1.0 / 59.0, 1.4, 590, 1e-5, 3.0).unwrap();
+        let text = dp_train::PrivacyStatement::from_ledger(&ledger, 60_000, 1.0, None)
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("neighbours    zero-out") && !text.contains("add/remove one example"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_correlated_plan_is_cyclic_batches_and_one_gaussian_mechanism() {
         let plan = TrainConfig::from_toml(PLAN, &[])
             .unwrap()

@@ -308,6 +308,7 @@ pub(crate) fn run(a: MfArgs) -> Result<(), Failure> {
         }
         m.insert("steps".into(), json!(n));
         m.insert("epochs".into(), json!(a.epochs));
+        m.insert("neighbouring_relation".into(), json!("zero_out"));
         m.insert(
             "max_participations".into(),
             json!(participation.max_participations()),
@@ -413,7 +414,7 @@ pub(crate) fn run(a: MfArgs) -> Result<(), Failure> {
     if a.sampling_rate.is_none() && a.epochs > 1 {
         println!("  assumes      the same data order every epoch (each example at most {} times, {} steps apart); reshuffling between epochs breaks the sensitivity", a.epochs, separation);
     }
-    println!("  neighbours   add/remove one example; the units are the noise multiplier times the clip norm (divide by the batch size for averaged gradients)");
+    println!("  neighbours   zero-out: one example's gradient replaced by zero, its place in the data order kept (the relation b-min-sep participation assumes; add/remove would shift other examples); the units are the noise multiplier times the clip norm (divide by the batch size for averaged gradients)");
     Ok(())
 }
 
