@@ -97,6 +97,8 @@ pub struct ClippingEngine {
     trainable: HashMap<String, Tensor>,
     clip_norm: f64,
     style: ClippingStyle,
+    /// A planted bug for privacy audits: this parameter's layer is summed without clipping.
+    unclipped: Option<String>,
 }
 
 impl ClippingEngine {
@@ -115,6 +117,7 @@ impl ClippingEngine {
             trainable,
             clip_norm,
             style: ClippingStyle::Flat,
+            unclipped: None,
         })
     }
 
@@ -126,6 +129,17 @@ impl ClippingEngine {
             }
         }
         Ok(Self { style, ..self })
+    }
+
+    /// A deliberately broken engine, for privacy audits only: the layer holding `parameter`
+    /// is summed without its clip factor (its per-example contributions are unbounded), while
+    /// everything else, the norms and the reported events included, is unchanged. An audit that
+    /// runs DP-SGD with it must refute the claimed epsilon; nothing else should call it.
+    pub fn with_unclipped_layer_for_audit(self, parameter: &str) -> Self {
+        Self {
+            unclipped: Some(parameter.to_string()),
+            ..self
+        }
     }
 
     /// The clipping style.
@@ -202,7 +216,12 @@ impl ClippingEngine {
             } else {
                 Tensor::zeros(size.as_slice(), (*kind, *device))
             };
+            let unclipped = self
+                .unclipped
+                .as_deref()
+                .is_some_and(|p| record.parameters().any(|q| q == p));
             let factors = match &layer_norm2 {
+                _ if unclipped => keep_finite(flat_factors.ones_like()),
                 Some(per_record) if trained[r] => {
                     keep_finite((per_record[r].sqrt().reciprocal() * layer_clip).clamp_max(1.0))
                 }

@@ -2,12 +2,15 @@
 //! the counts into lower bounds on epsilon (`dp_accounting::audit`).
 //!
 //! Canaries:
-//! - **gradient (Dirac) canaries** (Nasr et al. 2023): an example whose gradient is all zeros
-//!   except one coordinate that no real example touches (a weight on an input feature that is
-//!   always 0). Like any example it is Poisson-sampled at rate q and clipped; the adversary gives
-//!   it norm 1000 C, so clipping must cut it to C. The attack observes every noisy update and
-//!   scores `sum_t (noisy gradient sum)_coordinate`: white-box, the strongest threat model of
-//!   DP-SGD, so a correct run's lower bound comes close to its epsilon.
+//! - **gradient canaries** (after Nasr et al. 2023's Dirac canaries): canary `i` is a training
+//!   example whose input is 0 everywhere except an extra feature of its own, which no real
+//!   image has, set to a large value, so its gradient reaches a column of the first layer's
+//!   weight that no real example touches, with a norm far above C. It goes through the same
+//!   path as every example: Poisson-sampled at rate q, run through the model, clipped by the
+//!   run's clipping engine and summed. The attack is white-box: at every step it computes the
+//!   canary's clipped gradient with its own copy of the engine at the current weights, and
+//!   scores the noisy update's column against that direction, summed over steps: the strongest
+//!   threat model of DP-SGD. A bug in the model's or the engine's clipping of that layer shows.
 //! - **input canaries**: a real image with a wrong label, in the training set or not; the attack
 //!   scores minus its loss under the final model (Yeom et al. 2018). Black-box and weak.
 //!
@@ -15,13 +18,14 @@
 //! a threshold fixed on the first 20% of trials and counts on the rest (Zanella-Béguelin et al.
 //! 2023 estimate); or one run with m gradient canaries each included with probability 1/2,
 //! guessing the r/2 highest and r/2 lowest scores (Steinke, Nasr, Jagielski 2023).
-//! Sabotaged runs (noise off, clipping off) show what a broken implementation looks like.
+//! Sabotaged runs (noise off, clipping off, one layer left unclipped by the engine) show what a
+//! broken implementation looks like; a failure of the canaries themselves fails the audit.
 
 use dp_accounting::audit::{
     estimate_epsilon, one_run_epsilon_lower_bound, AuditCounts, AuditEstimate,
 };
 use dp_accounting::{calibrate_noise_multiplier, AccountantKind};
-use dp_core::{ClippingStyle, NoiseMode, PrivacyRng, Tape};
+use dp_core::{ClippingEngine, ClippingStyle, NoiseMode, PrivacyRng, Tape};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use tch::{nn, Device, Kind, Reduction, Tensor};
@@ -31,8 +35,18 @@ use crate::error::TrainError;
 use crate::fashion_mnist::FashionMnist;
 use crate::models::Mlp;
 
-/// The adversary's chosen norm for a gradient canary, in units of C: clipping must reduce it.
+/// The clip norm of the no-clipping sabotage, in units of C.
 const CANARY_NORM_OVER_CLIP: f64 = 1000.0;
+
+/// A gradient canary's feature value: its gradient norm is then far above C (clipping must cut
+/// it), and mostly on its own column of the first layer's weight.
+const CANARY_FEATURE: f64 = 100.0;
+
+/// The class every gradient canary is labelled with.
+const CANARY_LABEL: i64 = 0;
+
+/// The first layer's weight, whose extra columns the gradient canaries own.
+const CANARY_PARAMETER: &str = "linear0.weight";
 
 /// Share of the K trials used to fix the attack's threshold (not counted).
 const CALIBRATION_SHARE: f64 = 0.2;
@@ -57,6 +71,9 @@ pub enum Sabotage {
     NoNoise,
     /// Clipping at 1000 C while the noise is still calibrated to C.
     NoClipping,
+    /// The clipping engine leaves the first layer unclipped (the canaries' layer), everything
+    /// else as claimed.
+    UnclippedLayer,
 }
 
 /// The private training run being audited, and the audit's size.
@@ -140,30 +157,85 @@ pub struct OneRunAudit {
     pub claim_refuted: bool,
 }
 
-/// Gradient canaries: Dirac gradients on coordinates of one weight that real data never
-/// touches; each step every included canary is Poisson-sampled, clipped and added.
-struct DiracCanaries {
-    param: String,
-    coordinates: Vec<i64>,
-    included: Vec<bool>,
-    magnitude: f64,
-    rate: f64,
-    rng: PrivacyRng,
+/// The white-box attack on gradient canaries (see the module docs): per canary, its clipped
+/// gradient's direction on its own column at the current step, and the running score.
+struct EngineCanaries<'a> {
+    model: &'a Mlp,
+    /// The attacker's engine: the claimed clipping, whatever the run's engine does.
+    engine: ClippingEngine,
+    /// Every canary's input (m, width) and label, included in the run or not.
+    inputs: Tensor,
+    labels: Tensor,
+    /// The first canary's column of [`CANARY_PARAMETER`] (the rest follow).
+    first_column: i64,
+    /// (width of the layer's output, m) unit directions of this step, zero where undefined.
+    directions: Option<Tensor>,
     scores: Vec<f64>,
+    /// The planted bug, if any: the run's engine leaves the canaries' layer unclipped.
+    unclipped_layer: bool,
 }
 
-impl StepHooks for DiracCanaries {
+impl<'a> EngineCanaries<'a> {
+    /// `m` canaries after the `first_column` real features, for `model` (whose variables are
+    /// in `vs`), clipped at `clip_norm`.
+    fn new(
+        model: &'a Mlp,
+        vs: &nn::VarStore,
+        first_column: i64,
+        m: i64,
+        clip_norm: f64,
+        unclipped_layer: bool,
+    ) -> Result<Self, TrainError> {
+        let inputs = canary_inputs(first_column, m);
+        Ok(Self {
+            model,
+            engine: ClippingEngine::new(vs, clip_norm)?,
+            labels: Tensor::full([m], CANARY_LABEL, (Kind::Int64, Device::Cpu)),
+            inputs,
+            first_column,
+            directions: None,
+            scores: vec![0.0; m as usize],
+            unclipped_layer,
+        })
+    }
+
+    /// The canaries' columns of `sums`' [`CANARY_PARAMETER`], (width of its output, m).
+    fn columns(&self, sums: &BTreeMap<String, Tensor>) -> Result<Tensor, TrainError> {
+        let weight = sums.get(CANARY_PARAMETER).ok_or_else(|| {
+            TrainError::Config(format!(
+                "audit: the canaries' parameter {CANARY_PARAMETER} is not among the step's sums"
+            ))
+        })?;
+        Ok(weight.f_narrow(1, self.first_column, self.scores.len() as i64)?)
+    }
+}
+
+impl StepHooks for EngineCanaries<'_> {
+    fn engine(&mut self, engine: ClippingEngine) -> ClippingEngine {
+        if self.unclipped_layer {
+            engine.with_unclipped_layer_for_audit(CANARY_PARAMETER)
+        } else {
+            engine
+        }
+    }
+
     fn before_noise(
         &mut self,
         _step: u64,
-        sums: &mut BTreeMap<String, Tensor>,
+        _sums: &mut BTreeMap<String, Tensor>,
     ) -> Result<(), TrainError> {
-        let flat = self.canary_sum(sums)?.f_view([-1])?;
-        for (&coordinate, &included) in self.coordinates.iter().zip(&self.included) {
-            if included && self.rng.bernoulli(self.rate) {
-                let _ = flat.f_get(coordinate)?.f_add_scalar_(self.magnitude)?;
-            }
-        }
+        // Each canary's clipped gradient at the current weights; its own column carries only
+        // its own contribution.
+        let mut tape = Tape::recording();
+        let losses = self
+            .model
+            .forward(&self.inputs, &mut tape)
+            .f_cross_entropy_loss::<Tensor>(&self.labels, None, Reduction::None, -100, 0.0)?;
+        let clipped = self.engine.clip(tape.take(), &losses)?;
+        let columns = self.columns(&clipped.sums)?.f_to_kind(Kind::Double)?;
+        let norms = columns.f_norm_scalaropt_dim(2.0, [0].as_slice(), true)?;
+        let directions = columns.f_div(&norms.f_clamp_min(f64::MIN_POSITIVE)?)?;
+        self.directions = Some(directions);
         Ok(())
     }
 
@@ -172,33 +244,37 @@ impl StepHooks for DiracCanaries {
         _step: u64,
         noisy: &BTreeMap<String, Tensor>,
     ) -> Result<(), TrainError> {
-        let flat = self.canary_sum(noisy)?.f_view([-1])?;
-        let values = Vec::<f64>::try_from(
-            flat.f_index_select(0, &Tensor::from_slice(&self.coordinates))?
-                .f_to_kind(Kind::Double)?,
-        )?;
-        if values.len() != self.scores.len() {
+        let directions = self.directions.take().ok_or_else(|| {
+            TrainError::Config("audit: a step was released without its canary directions".into())
+        })?;
+        let scores = self
+            .columns(noisy)?
+            .f_to_kind(Kind::Double)?
+            .f_mul(&directions)?
+            .f_sum_dim_intlist([0].as_slice(), false, Kind::Double)?;
+        let scores = Vec::<f64>::try_from(scores)?;
+        if scores.len() != self.scores.len() || scores.iter().any(|s| !s.is_finite()) {
             return Err(TrainError::Config(
-                "audit: the canary coordinates could not be read back".into(),
+                "audit: a canary's score could not be read (not finite or missing)".into(),
             ));
         }
-        for (score, value) in self.scores.iter_mut().zip(values) {
-            *score += value;
+        for (total, score) in self.scores.iter_mut().zip(scores) {
+            *total += score;
         }
         Ok(())
     }
 }
 
-impl DiracCanaries {
-    /// The sum of the canaries' parameter, or an error if the step has none.
-    fn canary_sum<'a>(&self, sums: &'a BTreeMap<String, Tensor>) -> Result<&'a Tensor, TrainError> {
-        sums.get(&self.param).ok_or_else(|| {
-            TrainError::Config(format!(
-                "audit: the canaries' parameter {} is not among the step's sums",
-                self.param
-            ))
-        })
-    }
+/// `m` canary inputs (m, `first_column + m`): canary `i` is 0 except feature `first_column + i`.
+fn canary_inputs(first_column: i64, m: i64) -> Tensor {
+    let eye = Tensor::eye(m, (Kind::Float, Device::Cpu)) * CANARY_FEATURE;
+    Tensor::cat(
+        &[
+            Tensor::zeros([m, first_column], (Kind::Float, Device::Cpu)),
+            eye,
+        ],
+        1,
+    )
 }
 
 struct Plan {
@@ -247,6 +323,7 @@ fn run_config(config: &AuditConfig, plan: &Plan) -> DpSgdConfig {
     };
     match config.sabotage {
         Sabotage::None => {}
+        Sabotage::UnclippedLayer => run.epsilon_budget = f64::INFINITY,
         Sabotage::NoNoise => {
             run.noise_multiplier = 0.0;
             run.epsilon_budget = f64::INFINITY;
@@ -260,57 +337,115 @@ fn run_config(config: &AuditConfig, plan: &Plan) -> DpSgdConfig {
     run
 }
 
-/// Images (N, 784) with `extra` zero features appended: the canaries' private coordinates.
-fn with_zero_features(images: &Tensor, extra: i64) -> Tensor {
-    let n = images.size()[0];
-    Tensor::cat(
-        &[
-            images.shallow_clone(),
-            Tensor::zeros([n, extra], (images.kind(), images.device())),
-        ],
-        1,
-    )
-}
-
-/// Trains one model on `(images, labels)`; returns its final-model loss on `probe` and the hooks.
-fn train_one<H: StepHooks>(
-    config: &AuditConfig,
-    run: &DpSgdConfig,
-    images: &Tensor,
-    labels: &Tensor,
-    hooks: &mut H,
-    seed: u64,
-    probe: Option<(&Tensor, &Tensor)>,
-) -> Result<f64, TrainError> {
+/// A fresh MLP for inputs of `width` features, initialised from `seed`.
+fn new_model(config: &AuditConfig, width: i64, seed: u64) -> (nn::VarStore, Mlp) {
     tch::manual_seed(seed as i64);
     let vs = nn::VarStore::new(Device::Cpu);
-    let mut dims = vec![images.size()[1]];
+    let mut dims = vec![width];
     dims.extend(&config.hidden);
     dims.push(10);
     let model = Mlp::new(&vs.root(), &dims);
+    (vs, model)
+}
+
+/// Trains `model` on `(images, labels)` with `hooks`. The run's expected batch size is scaled
+/// to the examples given, so that every example (canaries included) is sampled at the plan's
+/// rate `q`.
+fn train_model(
+    run: &DpSgdConfig,
+    q: f64,
+    (vs, model): (&nn::VarStore, &Mlp),
+    images: &Tensor,
+    labels: &Tensor,
+    hooks: &mut impl StepHooks,
+    seed: u64,
+) -> Result<(), TrainError> {
+    let run = DpSgdConfig {
+        expected_batch_size: q * images.size()[0] as f64,
+        ..run.clone()
+    };
     let forward = |x: &Tensor, tape: &mut Tape| model.forward(x, tape);
     let mut rng = PrivacyRng::from_seed(seed ^ 0x5eed);
     train_with_hooks(
-        &vs,
+        vs,
         forward,
         Batches {
             inputs: images,
             labels,
         },
-        run,
+        &run,
         &mut rng,
         hooks,
         None,
         |_| {},
     )?;
-    Ok(match probe {
-        Some((x, y)) => tch::no_grad(|| {
-            forward(x, &mut Tape::off())
-                .cross_entropy_loss::<Tensor>(y, None, Reduction::Mean, -100, 0.0)
-                .double_value(&[])
-        }),
-        None => 0.0,
-    })
+    Ok(())
+}
+
+/// `(images, labels)` with the included gradient canaries appended as examples, the images
+/// widened by the `m` canary features (0 for every real image).
+fn with_canaries(images: &Tensor, labels: &Tensor, included: &[bool]) -> (Tensor, Tensor) {
+    let (n, m) = (images.size()[0], included.len() as i64);
+    let width = images.size()[1];
+    let widened = Tensor::cat(
+        &[
+            images.shallow_clone(),
+            Tensor::zeros([n, m], (images.kind(), images.device())),
+        ],
+        1,
+    );
+    let rows: Vec<i64> = (0..m).filter(|&i| included[i as usize]).collect();
+    let picked = Tensor::from_slice(&rows);
+    let canaries = canary_inputs(width, m)
+        .to_kind(images.kind())
+        .index_select(0, &picked);
+    let canary_labels = Tensor::full(
+        [rows.len() as i64],
+        CANARY_LABEL,
+        (Kind::Int64, Device::Cpu),
+    );
+    (
+        Tensor::cat(&[widened, canaries], 0),
+        Tensor::cat(&[labels.to_kind(Kind::Int64), canary_labels], 0),
+    )
+}
+
+/// Gradient canaries' scores after one run of `config` on the first N images, with canary `i`
+/// in the training set when `included[i]`.
+fn gradient_canary_scores(
+    data: &FashionMnist,
+    config: &AuditConfig,
+    plan: &Plan,
+    run: &DpSgdConfig,
+    included: &[bool],
+    seed: u64,
+) -> Result<Vec<f64>, TrainError> {
+    let n = config.dataset_size as i64;
+    let (images, labels) = with_canaries(
+        &data.train_images.narrow(0, 0, n),
+        &data.train_labels.narrow(0, 0, n),
+        included,
+    );
+    let width = data.train_images.size()[1];
+    let (vs, model) = new_model(config, width + included.len() as i64, seed);
+    let mut canaries = EngineCanaries::new(
+        &model,
+        &vs,
+        width,
+        included.len() as i64,
+        config.clip_norm,
+        config.sabotage == Sabotage::UnclippedLayer,
+    )?;
+    train_model(
+        run,
+        plan.q,
+        (&vs, &model),
+        &images,
+        &labels,
+        &mut canaries,
+        seed,
+    )?;
+    Ok(canaries.scores)
 }
 
 /// Runs `trials` training runs with or without one canary and estimates epsilon from the
@@ -338,19 +473,7 @@ pub fn audit_trials(
             .wrapping_add(k as u64 + 1);
         let score = match canary {
             CanaryKind::Gradient => {
-                let images = with_zero_features(&data.train_images.narrow(0, 0, n), 1);
-                let labels = data.train_labels.narrow(0, 0, n);
-                let mut hooks = DiracCanaries {
-                    param: "linear0.weight".into(),
-                    coordinates: vec![784], // row 0, the extra feature's column
-                    included: vec![included],
-                    magnitude: (CANARY_NORM_OVER_CLIP * config.clip_norm).min(run.clip_norm),
-                    rate: plan.q,
-                    rng: PrivacyRng::from_seed(seed ^ 0xca11),
-                    scores: vec![0.0],
-                };
-                train_one(config, &run, &images, &labels, &mut hooks, seed, None)?;
-                hooks.scores[0]
+                gradient_canary_scores(data, config, &plan, &run, &[included], seed)?[0]
             }
             CanaryKind::Input => {
                 // The canary: the first test image with its label shifted by one class.
@@ -367,15 +490,23 @@ pub fn audit_trials(
                         data.train_labels.narrow(0, 0, n),
                     )
                 };
-                -train_one(
-                    config,
+                let (vs, model) = new_model(config, images.size()[1], seed);
+                let mut hooks = crate::dpsgd::NoHooks;
+                train_model(
                     &run,
+                    plan.q,
+                    (&vs, &model),
                     &images,
                     &labels,
-                    &mut crate::dpsgd::NoHooks,
+                    &mut hooks,
                     seed,
-                    Some((&x, &y)),
-                )?
+                )?;
+                -tch::no_grad(|| {
+                    model
+                        .forward(&x, &mut Tape::off())
+                        .f_cross_entropy_loss::<Tensor>(&y, None, Reduction::Mean, -100, 0.0)
+                        .map(|loss| loss.double_value(&[]))
+                })?
             }
         };
         scores.push((included, score));
@@ -448,34 +579,18 @@ pub fn audit_one_run(
     }
     let plan = plan(config)?;
     let run = run_config(config, &plan);
-    let n = config.dataset_size as i64;
-    let images = with_zero_features(&data.train_images.narrow(0, 0, n), canaries as i64);
-    let labels = data.train_labels.narrow(0, 0, n);
     let mut bits = PrivacyRng::from_seed(config.seed);
     let included: Vec<bool> = (0..canaries).map(|_| bits.bernoulli(0.5)).collect();
-    let width = images.size()[1];
-    let mut hooks = DiracCanaries {
-        param: "linear0.weight".into(),
-        // Row 0 of the first layer, the extra features' columns.
-        coordinates: (0..canaries as i64).map(|i| 784 + i).collect(),
-        included: included.clone(),
-        magnitude: (CANARY_NORM_OVER_CLIP * config.clip_norm).min(run.clip_norm),
-        rate: plan.q,
-        rng: PrivacyRng::from_seed(config.seed ^ 0xca11),
-        scores: vec![0.0; canaries as usize],
-    };
-    debug_assert!(width == 784 + canaries as i64);
-    train_one(
+    let scores = gradient_canary_scores(
+        data,
         config,
+        &plan,
         &run,
-        &images,
-        &labels,
-        &mut hooks,
+        &included,
         config.seed.wrapping_add(1),
-        None,
     )?;
     let mut order: Vec<usize> = (0..canaries as usize).collect();
-    order.sort_by(|&a, &b| hooks.scores[b].total_cmp(&hooks.scores[a]));
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
     let (k_in, k_out) = (guesses.div_ceil(2) as usize, (guesses / 2) as usize);
     let correct = order[..k_in].iter().filter(|&&i| included[i]).count()
         + order[order.len() - k_out..]

@@ -143,7 +143,13 @@ enum Steps {
 /// Observers of each step's gradient sums, for privacy audits. An error from a hook ends the
 /// run with that error: an audit whose canary failed must fail, never read as a result.
 pub trait StepHooks {
-    /// The clipped sums of a logical batch, before noise: an audit adds its canary gradient here.
+    /// The clipping engine the run will use, built from the configuration: an audit that plants
+    /// a bug (`ClippingEngine::with_unclipped_layer_for_audit`) returns a broken one; every other
+    /// hook returns it unchanged.
+    fn engine(&mut self, engine: ClippingEngine) -> ClippingEngine {
+        engine
+    }
+    /// The clipped sums of a logical batch, before noise: an audit reads its canaries here.
     fn before_noise(
         &mut self,
         _step: u64,
@@ -196,7 +202,8 @@ pub fn train_with_hooks(
 ) -> Result<TrainSummary, TrainError> {
     let n = data.labels.size()[0];
     validate(config, n)?;
-    let engine = ClippingEngine::new(vs, config.clip_norm)?.with_style(config.clipping)?;
+    let engine =
+        hooks.engine(ClippingEngine::new(vs, config.clip_norm)?.with_style(config.clipping)?);
     let (mut steps, ledger) = match &config.mechanism {
         Mechanism::PoissonGaussian => {
             let sampler = PoissonSampler::new(n as usize, config.expected_batch_size / n as f64)?;

@@ -176,6 +176,10 @@ mod audit {
         assert!(broken.claim_refuted, "{:?}", broken.estimate);
         let unclipped = audit_one_run(&data, &config(Sabotage::NoClipping), 500, 100).unwrap();
         assert!(unclipped.claim_refuted, "{unclipped:?}");
+        // The engine itself leaving one layer unclipped: the canaries go through it, so the
+        // audit sees it.
+        let one_layer = audit_one_run(&data, &config(Sabotage::UnclippedLayer), 500, 100).unwrap();
+        assert!(one_layer.claim_refuted, "{one_layer:?}");
         let one_run = audit_one_run(&data, &config(Sabotage::None), 500, 100).unwrap();
         assert!(!one_run.claim_refuted, "{one_run:?}");
     }

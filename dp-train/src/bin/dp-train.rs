@@ -139,8 +139,10 @@ struct TuneArgs {
 
 #[derive(clap::Args, Debug)]
 struct AuditArgs {
-    /// gradient: a Dirac gradient canary scored on every noisy update (white-box, strong);
-    /// input: a mislabelled image scored by its final loss (black-box, weak).
+    /// gradient: an example whose gradient owns one column of the first layer, trained and
+    /// clipped like any example, scored on every noisy update against its clipped gradient
+    /// (white-box, strong); input: a mislabelled image scored by its final loss (black-box,
+    /// weak).
     #[arg(long, default_value = "gradient", value_parser = ["gradient", "input"])]
     canary: String,
     /// Training runs, each with or without the canary (a fair coin each); 20% fix the
@@ -172,8 +174,9 @@ struct AuditArgs {
     /// Credible / confidence level of the bounds.
     #[arg(long, default_value_t = 0.95)]
     level: f64,
-    /// Plant a bug: none, no-noise, no-clipping.
-    #[arg(long, default_value = "none", value_parser = ["none", "no-noise", "no-clipping"])]
+    /// Plant a bug: none, no-noise, no-clipping (clip at 1000 C), unclipped-layer (the
+    /// clipping engine leaves the first layer, the gradient canaries' layer, unclipped).
+    #[arg(long, default_value = "none", value_parser = ["none", "no-noise", "no-clipping", "unclipped-layer"])]
     sabotage: String,
     /// Seed of the experiment.
     #[arg(long, default_value_t = 0)]
@@ -397,6 +400,7 @@ fn audit_command(args: AuditArgs) -> Result<(), TrainError> {
     let sabotage = match args.sabotage.as_str() {
         "no-noise" => Sabotage::NoNoise,
         "no-clipping" => Sabotage::NoClipping,
+        "unclipped-layer" => Sabotage::UnclippedLayer,
         _ => Sabotage::None,
     };
     let config = AuditConfig {
