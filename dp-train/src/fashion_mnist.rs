@@ -137,6 +137,8 @@ pub struct TrainedMlp {
     pub accuracies: Vec<f64>,
     /// Training wall time in seconds.
     pub train_seconds: f64,
+    /// The trained weights.
+    pub weights: nn::VarStore,
 }
 
 /// Trains an MLP (784 -> hidden -> 10, on the training data's device) with DP-SGD and reports
@@ -176,6 +178,7 @@ pub fn train_mlp(
         summary,
         accuracies,
         train_seconds,
+        weights: vs,
     })
 }
 

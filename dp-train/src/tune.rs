@@ -4,19 +4,30 @@
 //! truncated negative binomial: logarithmic at shape 0, geometric at shape 1), and the whole
 //! search is accounted as one `RepeatAndSelect` event.
 //!
+//! What that bound covers, and so what is released ([`Disclosure::ChosenOnly`], the default):
+//! the chosen run (its model, hyperparameters and selection score) and nothing about the
+//! others, K included. Each run is one mechanism: its DP-SGD steps and its selection score.
+//! The score is private too: a count of correct predictions on a validation split cut from the
+//! private training data, released with exact discrete Gaussian noise and accounted inside each
+//! run's event (sensitivity 2 under add/remove: the split is by position, so one example added
+//! to or removed from the validation split moves another across); or plain accuracy on a split the plan
+//! declares public, which is then not protected ([`Selection`]). Showing every run
+//! ([`Disclosure::AllTrials`], asked for explicitly) releases K and every run: the accounting is
+//! then the K-fold composition of the runs, K known.
+//!
 //! TAN mode (Sander et al. 2023) searches at batch `k B` with noise `k sigma` (same steps, same
 //! effective noise sigma/B, about k times cheaper), then trains the chosen hyperparameters once
 //! at full scale. The total epsilon then composes the search's bound with the final run's: the
 //! cheaper search runs are much less private when `k sigma < 2`, and the report shows it.
 
-use std::time::Instant;
-
 use dp_accounting::{
     calibrate_noise_multiplier, tnb_gamma, Accountant, AccountantKind, DpEvent, RdpAccountant,
     RunCount,
 };
-use dp_core::{ClippingStyle, NoiseMode, PrivacyRng};
+use dp_core::noise::noise_multiplier_for;
+use dp_core::{ClippingStyle, GaussianNoise, NoiseMode, PrivacyRng};
 use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
 
 use crate::dpsgd::{Batches, DpSgdConfig, Mechanism};
 use crate::error::TrainError;
@@ -54,6 +65,13 @@ pub struct TuneSettings {
     pub tan_scale: Option<f64>,
     /// Images held out of training to choose the best run.
     pub validation_size: usize,
+    /// How runs are scored: "noisy_count" (a private count of correct validation predictions,
+    /// with `selection_noise_multiplier`) or "public" (plain accuracy; the plan declares the
+    /// validation split public, and it is not protected). No default: privacy depends on it.
+    pub selection: String,
+    /// Standard deviation of the noisy count's noise (its sensitivity is 1), for "noisy_count".
+    #[serde(default)]
+    pub selection_noise_multiplier: Option<f64>,
     /// Use only the first this many training images (validation included).
     #[serde(default)]
     pub train_subset: Option<usize>,
@@ -107,6 +125,28 @@ impl TuneConfig {
         }
     }
 
+    /// How runs are scored.
+    pub fn selection(&self) -> Result<Selection, TrainError> {
+        match (
+            self.tuning.selection.as_str(),
+            self.tuning.selection_noise_multiplier,
+        ) {
+            ("noisy_count", Some(s)) if s.is_finite() && s > 0.0 => {
+                Ok(Selection::NoisyCount { noise_multiplier: s })
+            }
+            ("noisy_count", _) => Err(TrainError::Config(
+                "tuning.selection_noise_multiplier: a positive value is required with selection = \"noisy_count\"".into(),
+            )),
+            ("public", None) => Ok(Selection::Public),
+            ("public", Some(_)) => Err(TrainError::Config(
+                "tuning.selection_noise_multiplier applies to selection = \"noisy_count\" only".into(),
+            )),
+            (other, _) => Err(TrainError::Config(format!(
+                "tuning.selection: unknown '{other}' (noisy_count or public)"
+            ))),
+        }
+    }
+
     fn validate(&self) -> Result<(), TrainError> {
         let bad = |msg: &str| Err(TrainError::Config(msg.to_string()));
         let p = &self.privacy;
@@ -142,8 +182,38 @@ impl TuneConfig {
         if self.search.hidden.is_empty() {
             return bad("search.hidden must list at least one architecture");
         }
+        self.selection()?;
         self.runs().map(|_| ())
     }
+}
+
+/// The noisy count's sensitivity under add/remove: the example itself, and the training
+/// example the positional split then moves into the validation split.
+const COUNT_SENSITIVITY: f64 = 2.0;
+
+/// How each run's selection score is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Selection {
+    /// Correct validation predictions plus exact discrete Gaussian noise of this standard
+    /// deviation, accounted in every run's event with sensitivity 2.
+    NoisyCount {
+        /// Noise standard deviation over the count's sensitivity (1).
+        noise_multiplier: f64,
+    },
+    /// Plain validation accuracy: the plan declares the validation split public, and the
+    /// guarantee does not cover it.
+    Public,
+}
+
+/// What a search releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Disclosure {
+    /// The chosen run alone (the Papernot-Steinke bound's release).
+    ChosenOnly,
+    /// Every run and their number, accounted as K runs composed.
+    AllTrials,
 }
 
 /// One search run.
@@ -153,32 +223,36 @@ pub struct Trial {
     pub learning_rate: f64,
     /// Hidden widths drawn.
     pub hidden: Vec<i64>,
-    /// Validation accuracy.
-    pub validation_accuracy: f64,
+    /// The run's selection score: its validation accuracy, noisy under `noisy_count` (none for
+    /// a TAN final run, which is not scored).
+    pub selection_score: Option<f64>,
     /// Test accuracy (reported for the chosen run only; never used to choose).
     pub test_accuracy: f64,
     /// Training wall time.
     pub seconds: f64,
 }
 
-/// The outcome of a search.
-#[derive(Debug, Clone, Serialize)]
+/// The outcome of a search: what it releases, and its accounting.
+#[derive(Debug, Serialize)]
 pub struct TuneResult {
-    /// Runs drawn (K).
-    pub runs: usize,
-    /// Every search run.
-    pub trials: Vec<Trial>,
-    /// Index of the chosen run (none if K = 0: nothing is released).
-    pub chosen: Option<usize>,
-    /// Batch and noise multiplier of the search runs.
+    /// What was released.
+    pub disclosure: Disclosure,
+    /// How runs were scored.
+    pub selection: Selection,
+    /// The chosen run (none if no run was drawn: nothing is released).
+    pub chosen: Option<Trial>,
+    /// Every run, in order, K their number: only with [`Disclosure::AllTrials`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trials: Option<Vec<Trial>>,
+    /// Batch of the search runs.
     pub search_batch_size: f64,
-    /// Noise multiplier of the search runs.
+    /// Noise multiplier of the search runs (as accounted).
     pub search_noise_multiplier: f64,
     /// Steps of every run.
     pub steps: u64,
-    /// Epsilon of one search run.
+    /// Epsilon of one search run (its training and its selection score).
     pub single_run_epsilon: f64,
-    /// Epsilon of the search (RepeatAndSelect bound).
+    /// Epsilon of the search: the RepeatAndSelect bound, or K runs composed.
     pub tuning_epsilon: f64,
     /// The full-scale run in TAN mode.
     pub final_run: Option<Trial>,
@@ -186,26 +260,29 @@ pub struct TuneResult {
     pub final_run_epsilon: Option<f64>,
     /// Everything released, composed: the guarantee.
     pub total_epsilon: f64,
-    /// Wall time of the search runs.
-    pub search_seconds: f64,
+    /// The released model's weights (the chosen run's, or the TAN final run's).
+    #[serde(skip)]
+    pub model: Option<nn::VarStore>,
 }
 
 /// Draws K: Poisson(mean), or the truncated negative binomial (K >= 1) with
 /// `P[K = k] ∝ C(k + eta - 1, k) (1 - gamma)^k` (`(1 - gamma)^k / k` at eta = 0).
-fn draw_runs(runs: RunCount, mean: f64, rng: &mut PrivacyRng) -> usize {
+pub fn draw_runs(runs: RunCount, mean: f64, rng: &mut PrivacyRng) -> usize {
     let u = rng.uniform();
     let mut cumulative = 0.0;
     match runs {
         RunCount::Poisson => {
-            let mut p = (-mean).exp();
-            for k in 0..10_000 {
-                cumulative += p;
+            // Each probability in log space (exp(-mean) alone underflows above mean 745); the
+            // walk ends far in the upper tail (mass beyond it below 1e-300).
+            let last = (mean + 40.0 * mean.sqrt() + 50.0).ceil() as usize;
+            for k in 0..=last {
+                let kf = k as f64;
+                cumulative += (-mean + kf * mean.ln() - libm::lgamma(kf + 1.0)).exp();
                 if u <= cumulative {
                     return k;
                 }
-                p *= mean / (k as f64 + 1.0);
             }
-            10_000
+            last
         }
         RunCount::TruncatedNegativeBinomial { shape } => {
             let gamma = tnb_gamma(shape, mean);
@@ -236,14 +313,18 @@ fn epsilon_of(event: &DpEvent, delta: f64) -> Result<f64, TrainError> {
     Ok(acc.epsilon(delta)?)
 }
 
-/// Runs the search on Fashion-MNIST; `on_trial` sees each finished run.
+/// Runs the search on Fashion-MNIST and releases what `disclosure` says; `on_trial` sees each
+/// finished run with [`Disclosure::AllTrials`] only (with the chosen run alone, nothing about
+/// the others leaves this function).
 pub fn tune(
     data: &FashionMnist,
     config: &TuneConfig,
+    disclosure: Disclosure,
     rng: &mut PrivacyRng,
     mut on_trial: impl FnMut(&Trial),
 ) -> Result<TuneResult, TrainError> {
     let runs_distribution = config.runs()?;
+    let selection = config.selection()?;
     let p = &config.privacy;
     let total_images = data.train_labels.size()[0] as usize;
     let available = config
@@ -265,15 +346,27 @@ pub fn tune(
         )));
     }
     let steps = (p.epochs / q).ceil() as u64;
+    // Events use the calibrated multipliers; the secure noise is asked for enough more that
+    // what it accounts is at least them.
     let sigma = calibrate_noise_multiplier(AccountantKind::Rdp, q, steps, p.epsilon, p.delta)?
         .noise_multiplier;
     let scale = config.tuning.tan_scale.unwrap_or(1.0);
     let (search_batch, search_sigma) = (p.expected_batch_size * scale, sigma * scale);
-    let search_event = DpEvent::dp_sgd(search_batch / n as f64, search_sigma, steps);
-    let tuning_event = DpEvent::RepeatAndSelect {
-        event: Box::new(search_event.clone()),
-        mean: config.tuning.mean_runs,
-        runs: runs_distribution,
+    let training_event = DpEvent::dp_sgd(search_batch / n as f64, search_sigma, steps);
+    // The split is by position (training first, validation last): adding or removing a
+    // validation example also moves the last training example into the validation split, so
+    // the count's sensitivity is 2 (and the training set loses one example, the DP-SGD event's
+    // own neighbour). Accounted as a Gaussian of multiplier s / 2.
+    let search_event = match selection {
+        Selection::NoisyCount { noise_multiplier } => DpEvent::Composed {
+            events: vec![
+                training_event,
+                DpEvent::Gaussian {
+                    noise_multiplier: noise_multiplier / COUNT_SENSITIVITY,
+                },
+            ],
+        },
+        Selection::Public => training_event,
     };
 
     let (train_x, train_y) = (
@@ -298,19 +391,22 @@ pub fn tune(
             labels: &data.test_labels,
         },
     ];
+    // One run: trained, then scored on the validation split (noisily), then on the public test
+    // split (for the report). `scored` false: the TAN final run, which is not scored at all.
     let run = |batch: f64,
                noise: f64,
                lr: f64,
                hidden: &[i64],
                budget: f64,
+               scored: bool,
                rng: &mut PrivacyRng|
-     -> Result<Trial, TrainError> {
+     -> Result<(Trial, nn::VarStore), TrainError> {
         let dp = DpSgdConfig {
             expected_batch_size: batch,
             physical_batch_size: 512,
             steps,
             clip_norm: p.clip_norm,
-            noise_multiplier: noise,
+            noise_multiplier: noise_multiplier_for(NoiseMode::Secure, noise),
             noise: NoiseMode::Secure,
             learning_rate: lr,
             optimizer: Default::default(),
@@ -321,51 +417,77 @@ pub fn tune(
             clipping: ClippingStyle::Flat,
         };
         let trained = train_mlp(train_data, &evaluate, hidden, &dp, rng, None, |_| {})?;
-        Ok(Trial {
+        let selection_score = scored
+            .then(|| score(selection, trained.accuracies[0], v, rng))
+            .transpose()?;
+        let trial = Trial {
             learning_rate: lr,
             hidden: hidden.to_vec(),
-            validation_accuracy: trained.accuracies[0],
+            selection_score,
             test_accuracy: trained.accuracies[1],
             seconds: trained.train_seconds,
-        })
+        };
+        Ok((trial, trained.weights))
     };
 
     let runs = draw_runs(runs_distribution, config.tuning.mean_runs, rng);
+    // A run's own budget: its training alone (the score is accounted by the search).
+    let single_training_epsilon = epsilon_of(
+        &DpEvent::dp_sgd(search_batch / n as f64, search_sigma, steps),
+        p.delta,
+    )?;
     let single_run_epsilon = epsilon_of(&search_event, p.delta)?;
-    let start = Instant::now();
     let mut trials = Vec::with_capacity(runs);
-    for _ in 0..runs {
+    let mut best: Option<(usize, nn::VarStore)> = None;
+    for k in 0..runs {
         let lr = config.search.learning_rate[rng.below(config.search.learning_rate.len())];
         let hidden = config.search.hidden[rng.below(config.search.hidden.len())].clone();
-        let trial = run(
+        let (trial, weights) = run(
             search_batch,
             search_sigma,
             lr,
             &hidden,
-            single_run_epsilon,
+            single_training_epsilon,
+            true,
             rng,
         )?;
-        on_trial(&trial);
+        if disclosure == Disclosure::AllTrials {
+            on_trial(&trial);
+        }
+        let better = best.as_ref().is_none_or(|(b, _)| {
+            trial.selection_score.unwrap_or(f64::NEG_INFINITY) > trials_score(&trials, *b)
+        });
         trials.push(trial);
+        if better {
+            best = Some((k, weights));
+        }
     }
-    let search_seconds = start.elapsed().as_secs_f64();
-    let chosen = (0..trials.len()).max_by(|&a, &b| {
-        trials[a]
-            .validation_accuracy
-            .total_cmp(&trials[b].validation_accuracy)
-    });
+    let tuning_event = match disclosure {
+        Disclosure::ChosenOnly => DpEvent::RepeatAndSelect {
+            event: Box::new(search_event.clone()),
+            mean: config.tuning.mean_runs,
+            runs: runs_distribution,
+        },
+        Disclosure::AllTrials => DpEvent::SelfComposed {
+            event: Box::new(search_event.clone()),
+            count: runs as u64,
+        },
+    };
     let tuning_epsilon = epsilon_of(&tuning_event, p.delta)?;
-    let (final_run, final_run_epsilon, total_event) = match (config.tuning.tan_scale, chosen) {
+    let chosen = best.as_ref().map(|(b, _)| trials[*b].clone());
+    let mut model = best.map(|(_, weights)| weights);
+    let (final_run, final_run_epsilon, total_event) = match (config.tuning.tan_scale, &chosen) {
         (Some(_), Some(best)) => {
-            let best = &trials[best];
-            let final_trial = run(
+            let (final_trial, weights) = run(
                 p.expected_batch_size,
                 sigma,
                 best.learning_rate,
                 &best.hidden,
                 p.epsilon,
+                false,
                 rng,
             )?;
+            model = Some(weights);
             let final_event = DpEvent::dp_sgd(q, sigma, steps);
             let final_eps = epsilon_of(&final_event, p.delta)?;
             (
@@ -380,9 +502,10 @@ pub fn tune(
     };
     let total_epsilon = epsilon_of(&total_event, p.delta)?;
     Ok(TuneResult {
-        runs,
-        trials,
+        disclosure,
+        selection,
         chosen,
+        trials: (disclosure == Disclosure::AllTrials).then_some(trials),
         search_batch_size: search_batch,
         search_noise_multiplier: search_sigma,
         steps,
@@ -391,6 +514,40 @@ pub fn tune(
         final_run,
         final_run_epsilon,
         total_epsilon,
-        search_seconds,
+        model,
     })
+}
+
+/// The selection score of trial `k` (negative infinity when it has none).
+fn trials_score(trials: &[Trial], k: usize) -> f64 {
+    trials[k].selection_score.unwrap_or(f64::NEG_INFINITY)
+}
+
+/// A run's selection score from its validation accuracy on `v` examples: the accuracy itself
+/// for a public split; else the correct count plus exact discrete Gaussian noise of standard
+/// deviation `noise_multiplier` (accounted with sensitivity [`COUNT_SENSITIVITY`]), over `v`.
+fn score(
+    selection: Selection,
+    accuracy: f64,
+    v: usize,
+    rng: &mut PrivacyRng,
+) -> Result<f64, TrainError> {
+    match selection {
+        Selection::Public => Ok(accuracy),
+        Selection::NoisyCount { noise_multiplier } => {
+            let correct = (accuracy * v as f64).round();
+            let mut count = std::collections::BTreeMap::from([(
+                "count".to_string(),
+                Tensor::from_slice(&[correct]).to_kind(Kind::Double),
+            )]);
+            let mut noise = GaussianNoise::new(
+                NoiseMode::Secure,
+                noise_multiplier_for(NoiseMode::Secure, noise_multiplier),
+                1.0,
+                &count,
+            )?;
+            noise.add(&mut count, rng)?;
+            Ok(count["count"].to_device(Device::Cpu).double_value(&[0]) / v as f64)
+        }
+    }
 }

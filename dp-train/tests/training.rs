@@ -188,7 +188,7 @@ mod audit {
 mod tuning {
     use super::*;
     use dp_accounting::{Accountant, DpEvent, RdpAccountant, RunCount};
-    use dp_train::tune::{tune, TuneConfig};
+    use dp_train::tune::{draw_runs, tune, Disclosure, TuneConfig};
 
     const SMALL: &str = r#"
         [privacy]
@@ -202,10 +202,18 @@ mod tuning {
         mean_runs = 3.0
         validation_size = 1000
         train_subset = 4000
+        selection = "noisy_count"
+        selection_noise_multiplier = 5.0
         [search]
         learning_rate = [1.0, 4.0]
         hidden = [[32], [64]]
     "#;
+
+    fn epsilon(event: DpEvent) -> f64 {
+        let mut acc = RdpAccountant::default();
+        acc.compose(&event).unwrap();
+        acc.epsilon(1e-5).unwrap()
+    }
 
     #[test]
     fn config_errors_name_the_key() {
@@ -216,47 +224,172 @@ mod tuning {
         assert!(err.to_string().contains("mean_run"), "{err}");
         let err = TuneConfig::from_toml(&SMALL.replace("\"poisson\"", "\"uniform\"")).unwrap_err();
         assert!(err.to_string().contains("tuning.runs"), "{err}");
+        // How runs are scored is never a silent default.
+        let err =
+            TuneConfig::from_toml(&SMALL.replace("selection = \"noisy_count\"", "")).unwrap_err();
+        assert!(err.to_string().contains("selection"), "{err}");
+        let err = TuneConfig::from_toml(&SMALL.replace("selection_noise_multiplier = 5.0", ""))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("selection_noise_multiplier"),
+            "{err}"
+        );
     }
 
     #[test]
-    fn the_search_is_accounted_as_repeat_and_select_and_picks_the_best_run() {
+    fn the_number_of_runs_is_drawn_right_for_large_means() {
+        // exp(-1000) underflows: a walk from P[K = 0] would never move.
+        let mut rng = PrivacyRng::from_seed(4);
+        let draws: Vec<usize> = (0..200)
+            .map(|_| draw_runs(RunCount::Poisson, 1000.0, &mut rng))
+            .collect();
+        let mean = draws.iter().sum::<usize>() as f64 / 200.0;
+        // Mean within 4.9 standard errors (sqrt(1000 / 200)) of 1000.
+        assert!((mean - 1000.0).abs() < 4.9 * 5f64.sqrt(), "{mean}");
+        assert!(draws.iter().all(|&k| (800..1200).contains(&k)), "{draws:?}");
+    }
+
+    #[test]
+    fn the_search_is_accounted_with_its_private_scores_and_picks_the_best_run() {
         let data = load_fashion_mnist();
         let config = TuneConfig::from_toml(SMALL).unwrap();
-        let result = tune(&data, &config, &mut PrivacyRng::from_seed(11), |_| {}).unwrap();
-        // Independent accounting of the same plan: q = 256/3000, steps = ceil(1/q) = 12.
+        // Independent accounting of the same plan: q = 256/3000, steps = ceil(1/q) = 12; every
+        // run is its training and its noisy count (noise 5, sensitivity 2: the positional split
+        // moves one more example when a validation example is added or removed).
         let q = 256.0 / 3000.0;
-        assert_eq!(result.steps, 12);
-        let one = DpEvent::dp_sgd(q, result.search_noise_multiplier, 12);
-        let mut acc = RdpAccountant::default();
-        acc.compose(&DpEvent::RepeatAndSelect {
-            event: Box::new(one),
+        let one = |sigma: f64| DpEvent::Composed {
+            events: vec![
+                DpEvent::dp_sgd(q, sigma, 12),
+                DpEvent::Gaussian {
+                    noise_multiplier: 2.5,
+                },
+            ],
+        };
+        let chosen = tune(
+            &data,
+            &config,
+            Disclosure::ChosenOnly,
+            &mut PrivacyRng::from_seed(11),
+            |_| panic!("nothing about a run may leave a chosen-only search"),
+        )
+        .unwrap();
+        assert_eq!(chosen.steps, 12);
+        assert!(chosen.trials.is_none());
+        let repeat = epsilon(DpEvent::RepeatAndSelect {
+            event: Box::new(one(chosen.search_noise_multiplier)),
             mean: 3.0,
             runs: RunCount::Poisson,
-        })
-        .unwrap();
-        assert!((acc.epsilon(1e-5).unwrap() - result.total_epsilon).abs() < 1e-9);
+        });
+        assert!((repeat - chosen.total_epsilon).abs() < 1e-9);
+        // The score is accounted: a run costs more than its training alone.
+        let training_alone = epsilon(DpEvent::dp_sgd(q, chosen.search_noise_multiplier, 12));
         assert!(
-            result.total_epsilon > result.single_run_epsilon && result.single_run_epsilon <= 2.0
+            chosen.single_run_epsilon > training_alone
+                && chosen.total_epsilon > chosen.single_run_epsilon,
+            "{training_alone} {} {}",
+            chosen.single_run_epsilon,
+            chosen.total_epsilon
         );
-        assert_eq!(result.trials.len(), result.runs);
-        if let Some(best) = result.chosen {
-            let max = result
-                .trials
+        // Showing every run: the same seed draws the same runs, now composed, K known.
+        let mut seen = 0;
+        let all = tune(
+            &data,
+            &config,
+            Disclosure::AllTrials,
+            &mut PrivacyRng::from_seed(11),
+            |_| seen += 1,
+        )
+        .unwrap();
+        let trials = all.trials.as_ref().unwrap();
+        assert_eq!(seen, trials.len());
+        let composed = epsilon(DpEvent::SelfComposed {
+            event: Box::new(one(all.search_noise_multiplier)),
+            count: trials.len() as u64,
+        });
+        assert!((composed - all.total_epsilon).abs() < 1e-9);
+        if let Some(best) = &all.chosen {
+            let max = trials
                 .iter()
-                .map(|t| t.validation_accuracy)
-                .fold(0.0, f64::max);
-            assert_eq!(result.trials[best].validation_accuracy, max);
+                .filter_map(|t| t.selection_score)
+                .fold(f64::NEG_INFINITY, f64::max);
+            assert_eq!(best.selection_score, Some(max));
+            // The score is noisy: not a multiple of 1 / 1000 (a plain accuracy would be).
+            assert!(trials.iter().any(|t| {
+                let c = t.selection_score.unwrap() * 1000.0;
+                (c - c.round()).abs() > 1e-9
+            }));
         }
-        // The same seed draws the same number of runs; TAN mode adds a full-scale final run.
+        // TAN mode adds a full-scale final run, unscored.
         let mut tan = config.clone();
         tan.tuning.tan_scale = Some(0.5);
-        let tan_result = tune(&data, &tan, &mut PrivacyRng::from_seed(11), |_| {}).unwrap();
-        assert_eq!(tan_result.runs, result.runs);
+        let tan_result = tune(
+            &data,
+            &tan,
+            Disclosure::ChosenOnly,
+            &mut PrivacyRng::from_seed(11),
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(tan_result.search_batch_size, 128.0);
-        if result.runs > 0 {
-            assert!(tan_result.final_run.is_some());
+        if chosen.chosen.is_some() {
+            let last = tan_result.final_run.as_ref().unwrap();
+            assert!(last.selection_score.is_none());
             assert!(tan_result.total_epsilon > tan_result.tuning_epsilon);
         }
+    }
+
+    #[test]
+    fn tune_prints_and_saves_the_chosen_run_alone_unless_asked() {
+        let dir = std::env::temp_dir().join(format!("dp-train-tune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let plan = dir.join("tune.toml");
+        std::fs::write(&plan, SMALL.replace("mean_runs = 3.0", "mean_runs = 2.0")).unwrap();
+        let run_dir = dir.join("run");
+        let run = |extra: &[&str]| {
+            let mut args = vec!["tune", "--config", plan.to_str().unwrap(), "--seed", "5"];
+            args.extend_from_slice(extra);
+            dp_train(&args)
+        };
+        let out = run(&["--run-dir", run_dir.to_str().unwrap()]);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            !stderr.contains("run:") && !stdout.contains("run:"),
+            "{stdout}{stderr}"
+        );
+        assert!(stdout.contains("how many ran is not released"), "{stdout}");
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run_dir.join("tune.json")).unwrap())
+                .unwrap();
+        assert!(saved["result"].get("trials").is_none() && saved["result"].get("runs").is_none());
+        let report = std::fs::read_to_string(run_dir.join("privacy_report.txt")).unwrap();
+        assert_eq!(report, stdout);
+        if saved["result"]["chosen"].is_object() {
+            assert!(run_dir.join("model.safetensors").exists());
+        }
+        // Nothing secret in the folder: no generator state, no checkpoints.
+        let names: Vec<String> = std::fs::read_dir(&run_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| ["model.safetensors", "privacy_report.txt", "tune.json"]
+                    .contains(&n.as_str())),
+            "{names:?}"
+        );
+        // Asked for explicitly, every run is shown, and accounted as composed.
+        let shown = run(&["--show-trials", "--json"]);
+        assert!(shown.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+        assert_eq!(v["result"]["disclosure"], "all_trials");
+        assert!(v["result"]["trials"].is_array(), "{v}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 

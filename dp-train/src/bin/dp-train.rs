@@ -16,7 +16,7 @@ use dp_train::job::Job;
 use dp_train::models::{EncoderShape, Precision};
 use dp_train::optimizer::{Optimizer, Schedule};
 use dp_train::plan::TrainConfig;
-use dp_train::tune::{self, TuneConfig};
+use dp_train::tune::{self, Disclosure, TuneConfig};
 use dp_train::TrainError;
 use dp_train::{evaluate_accuracy, train_with_hooks, DpSgdConfig, NoHooks, PrivacyStatement};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -60,10 +60,13 @@ enum Command {
     ///   dp-train audit --canary gradient --trials 200 --epsilon 2 --out runs/audit
     Audit(AuditArgs),
     /// Private hyperparameter search: a random number of private runs with hyperparameters
-    /// drawn from the config's [search] space; the best on a validation split is released and
-    /// the total epsilon covers the whole search (Papernot and Steinke 2022). Optional TAN mode.
+    /// drawn from the config's [search] space, each scored on a validation split (a noisy
+    /// count, or a split the config declares public); only the best run is released (its
+    /// model, hyperparameters and score, nothing about the others, not even how many), and the
+    /// total epsilon covers the whole search (Papernot and Steinke 2022). --show-trials
+    /// releases every run instead, accounted as that many runs composed. Optional TAN mode.
     ///
-    /// Example: dp-train tune --config examples/tune_fashion_mnist.toml
+    /// Example: dp-train tune --config examples/tune_fashion_mnist.toml --run-dir runs/tuned
     Tune(TuneArgs),
     /// Time DP steps (secure and/or fast noise) against a non-private step of the same
     /// BERT-style encoder on the same batch (one process, in rounds of one step per mode; each
@@ -132,6 +135,14 @@ struct TuneArgs {
     /// Folder with the Fashion-MNIST IDX files [default: $DP_ASSETS/fashion-mnist].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Release every run (their hyperparameters, scores and number) instead of the chosen one
+    /// alone: the search is then accounted as that many runs composed, which costs more
+    /// epsilon than the random-count bound.
+    #[arg(long)]
+    show_trials: bool,
+    /// Save the released model (model.safetensors), the privacy report and tune.json here.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -541,26 +552,22 @@ fn tune_command(args: TuneArgs) -> Result<(), TrainError> {
         }
         None => PrivacyRng::from_os(),
     };
-    let start = std::time::Instant::now();
-    let result = tune::tune(&data, &config, &mut rng, |t| {
+    let disclosure = if args.show_trials {
+        Disclosure::AllTrials
+    } else {
+        Disclosure::ChosenOnly
+    };
+    let result = tune::tune(&data, &config, disclosure, &mut rng, |t| {
         if !args.json {
             eprintln!(
-                "  run: learning rate {:<6} hidden {:?}  validation accuracy {:.2}%  ({:.1} s)",
+                "  run: learning rate {:<6} hidden {:?}  selection score {:.2}%  ({:.1} s)",
                 t.learning_rate,
                 t.hidden,
-                100.0 * t.validation_accuracy,
+                100.0 * t.selection_score.unwrap_or(f64::NAN),
                 t.seconds
             );
         }
     })?;
-    let seconds = start.elapsed().as_secs_f64();
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({ "config": config, "result": result, "wall_seconds": seconds })
-        );
-        return Ok(());
-    }
     let up = |x: f64| {
         if x.is_finite() {
             format!("{:.3}", (x * 1000.0).ceil() / 1000.0)
@@ -568,34 +575,75 @@ fn tune_command(args: TuneArgs) -> Result<(), TrainError> {
             "infinite".into()
         }
     };
-    println!("Searched {} runs (drawn at random, mean {}) at batch {} and noise multiplier {:.4}, {} steps each; search took {:.1} s", result.runs, config.tuning.mean_runs, result.search_batch_size, result.search_noise_multiplier, result.steps, result.search_seconds);
-    match result.chosen {
-        None => println!("No run was drawn: nothing is released."),
-        Some(i) => {
-            let best = &result.trials[i];
-            println!("Chosen: learning rate {}, hidden {:?}: validation accuracy {:.2}%, test accuracy {:.2}%", best.learning_rate, best.hidden, 100.0 * best.validation_accuracy, 100.0 * best.test_accuracy);
+    let mut report = String::new();
+    {
+        use std::fmt::Write as _;
+        let w = &mut report;
+        let _ = match disclosure {
+            Disclosure::ChosenOnly => writeln!(w, "Released: the best of a random number of private runs (mean {}; how many ran is not released), each at batch {} and noise multiplier {:.4}, {} steps", config.tuning.mean_runs, result.search_batch_size, result.search_noise_multiplier, result.steps),
+            Disclosure::AllTrials => writeln!(w, "Released: all {} runs (--show-trials), each at batch {} and noise multiplier {:.4}, {} steps", result.trials.as_ref().map_or(0, Vec::len), result.search_batch_size, result.search_noise_multiplier, result.steps),
+        };
+        for t in result.trials.iter().flatten() {
+            let _ = writeln!(w, "  run: learning rate {}, hidden {:?}: selection score {:.2}%, test accuracy {:.2}%", t.learning_rate, t.hidden, 100.0 * t.selection_score.unwrap_or(f64::NAN), 100.0 * t.test_accuracy);
+        }
+        let _ = match &result.chosen {
+            None => writeln!(w, "No run was drawn: nothing is released."),
+            Some(best) => writeln!(w, "Chosen: learning rate {}, hidden {:?}: selection score {:.2}%, test accuracy {:.2}%", best.learning_rate, best.hidden, 100.0 * best.selection_score.unwrap_or(f64::NAN), 100.0 * best.test_accuracy),
+        };
+        if let (Some(f), Some(eps)) = (&result.final_run, result.final_run_epsilon) {
+            let _ = writeln!(
+                w,
+                "Final full-scale run (TAN), released: test accuracy {:.2}%, epsilon {}",
+                100.0 * f.test_accuracy,
+                up(eps)
+            );
+        }
+        let _ = writeln!(
+            w,
+            "Privacy (delta {:e}, add/remove one example, RDP):",
+            config.privacy.delta
+        );
+        let _ = match result.selection {
+            tune::Selection::NoisyCount { noise_multiplier } => writeln!(w, "  selection    a count of correct predictions on {} private validation examples plus exact discrete Gaussian noise of standard deviation {noise_multiplier}, accounted in every run with sensitivity 2 (the split is by position)", config.tuning.validation_size),
+            tune::Selection::Public => writeln!(w, "  selection    accuracy on {} validation examples the plan declares PUBLIC: they are not protected by this guarantee", config.tuning.validation_size),
+        };
+        let _ = writeln!(
+            w,
+            "  one search run       epsilon {} (its training and its selection score)",
+            up(result.single_run_epsilon)
+        );
+        let _ = match disclosure {
+            Disclosure::ChosenOnly => writeln!(w, "  the whole search     epsilon {} (Papernot-Steinke bound for a random number of runs, only the chosen one released)", up(result.tuning_epsilon)),
+            Disclosure::AllTrials => writeln!(w, "  the whole search     epsilon {} (every run released: the runs composed)", up(result.tuning_epsilon)),
+        };
+        let _ = writeln!(
+            w,
+            "  total released       epsilon {}   epsilon rounded up",
+            up(result.total_epsilon)
+        );
+        if let Some(seed) = args.seed {
+            let _ = writeln!(w, "  randomness   seeded with {seed}: reproducible, so anyone who knows the seed can remove the noise");
         }
     }
-    if let (Some(f), Some(eps)) = (&result.final_run, result.final_run_epsilon) {
-        println!("Final full-scale run (TAN): validation accuracy {:.2}%, test accuracy {:.2}% ({:.1} s), epsilon {}", 100.0 * f.validation_accuracy, 100.0 * f.test_accuracy, f.seconds, up(eps));
+    if let Some(run_dir) = &args.run_dir {
+        std::fs::create_dir_all(run_dir)?;
+        if let Some(model) = &result.model {
+            model.save(run_dir.join("model.safetensors"))?;
+        }
+        std::fs::write(run_dir.join("privacy_report.txt"), &report)?;
+        std::fs::write(
+            run_dir.join("tune.json"),
+            serde_json::json!({ "config": config, "result": result }).to_string(),
+        )?;
     }
-    println!(
-        "Privacy (delta {:e}, add/remove one example, RDP):",
-        config.privacy.delta
-    );
-    println!(
-        "  one search run       epsilon {}",
-        up(result.single_run_epsilon)
-    );
-    println!(
-        "  the whole search     epsilon {} (Papernot-Steinke bound for a random number of runs)",
-        up(result.tuning_epsilon)
-    );
-    println!(
-        "  total released       epsilon {}   epsilon rounded up",
-        up(result.total_epsilon)
-    );
-    println!("  wall time {seconds:.1} s");
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "config": config, "result": result })
+        );
+    } else {
+        print!("{report}");
+    }
     Ok(())
 }
 
