@@ -25,6 +25,7 @@ use dp_accounting::audit::{
     estimate_epsilon, one_run_epsilon_lower_bound, AuditCounts, AuditEstimate,
 };
 use dp_accounting::{calibrate_noise_multiplier, AccountantKind};
+use dp_core::noise::noise_multiplier_for;
 use dp_core::{ClippingEngine, ClippingStyle, NoiseMode, PrivacyRng, Tape};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -311,7 +312,9 @@ fn run_config(config: &AuditConfig, plan: &Plan) -> DpSgdConfig {
         physical_batch_size: 256,
         steps: config.steps,
         clip_norm: config.clip_norm,
-        noise_multiplier: plan.sigma,
+        // Enough more that the secure noise accounts at least the calibrated sigma (so the
+        // last step stays within the claim).
+        noise_multiplier: noise_multiplier_for(NoiseMode::Secure, plan.sigma),
         noise: NoiseMode::Secure,
         learning_rate: config.learning_rate,
         optimizer: Default::default(),
