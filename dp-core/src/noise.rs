@@ -54,6 +54,17 @@ pub fn noise_multiplier_for(mode: NoiseMode, accounted: f64) -> f64 {
     }
 }
 
+/// The least noise multiplier a mechanism in `mode` asked for `asked` accounts, whatever the clip
+/// norm and dimension (the inverse of [`noise_multiplier_for`]): a secure mechanism accounts at
+/// least `asked / (1 + 2^-20)`, a fast one exactly `asked`. Events built from it before a run
+/// (plans, searches) never claim more noise than the run will account.
+pub fn accounted_at_least(mode: NoiseMode, asked: f64) -> f64 {
+    match mode {
+        NoiseMode::Secure => asked / (1.0 + ROUNDING_SHARE),
+        NoiseMode::Fast => asked,
+    }
+}
+
 /// Held while a fast release keys libtorch's (process-wide) generator and draws from it.
 static FAST_NOISE_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
 

@@ -759,7 +759,7 @@ fn fast_noise_is_keyed_at_every_release_so_a_resumed_run_draws_what_the_uninterr
 
 #[test]
 fn a_secure_mechanism_asked_for_the_inflated_multiplier_accounts_at_least_the_target() {
-    use dp_core::noise::noise_multiplier_for;
+    use dp_core::noise::{accounted_at_least, noise_multiplier_for};
     for (target, clip, dim) in [
         (0.6430343380270306, 1.0, 22_566_146),
         (1.0, 0.1, 109_483_778),
@@ -776,6 +776,15 @@ fn a_secure_mechanism_asked_for_the_inflated_multiplier_accounts_at_least_the_ta
         assert!(accounted >= target, "{target} {clip} {dim}: {accounted}");
         assert!(accounted <= target * (1.0 + 1e-6), "{accounted}");
         assert_eq!(noise_multiplier_for(NoiseMode::Fast, target), target);
+        // Asked for the target itself, the mechanism accounts at least the advertised floor.
+        let plain = GaussianNoise::new(NoiseMode::Secure, target, clip, &wide)
+            .unwrap()
+            .accounted_noise_multiplier();
+        assert!(
+            plain >= accounted_at_least(NoiseMode::Secure, target),
+            "{plain}"
+        );
+        assert_eq!(accounted_at_least(NoiseMode::Fast, target), target);
     }
 }
 

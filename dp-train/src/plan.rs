@@ -9,7 +9,7 @@ use dp_accounting::mf::{
     Workload,
 };
 use dp_accounting::{calibrate_noise_multiplier, AccountantKind, DpEvent};
-use dp_core::noise::noise_multiplier_for;
+use dp_core::noise::{accounted_at_least, noise_multiplier_for};
 use dp_core::{ClippingStyle, NoiseMode};
 use serde::{Deserialize, Serialize};
 
@@ -233,7 +233,8 @@ pub struct ResolvedPlan {
     pub noise_multiplier: f64,
     /// Epsilon no step may exceed (infinite without noise).
     pub epsilon_budget: f64,
-    /// The accounted event.
+    /// The accounted event, with the least noise multiplier the run's noise will account (for
+    /// secure noise, up to `2^-20` below `noise_multiplier`).
     pub event: DpEvent,
     /// How batches are formed and noised.
     pub mechanism: Mechanism,
@@ -417,7 +418,9 @@ impl TrainConfig {
                 count: steps,
             }
         } else {
-            DpEvent::dp_sgd(q, noise_multiplier, steps)
+            // What the run's noise will account at least (never more than it).
+            let accounted = accounted_at_least(p.noise_mode, noise_multiplier);
+            DpEvent::dp_sgd(q, accounted, steps)
         };
         Ok(ResolvedPlan {
             sampling_rate: q,
