@@ -190,10 +190,10 @@ impl ClippingEngine {
             }
             trained.push(is_trained);
         }
-        let device = losses.device();
-        let norms = terms.total(batch, device).sqrt();
-        let layer_norm2 = matches!(self.style, ClippingStyle::PerLayer)
-            .then(|| terms.per_record(records.len(), batch, device));
+        let per_layer = matches!(self.style, ClippingStyle::PerLayer);
+        let (norm2, layer_norm2) =
+            terms.bounds(batch, losses.device(), per_layer.then_some(records.len()));
+        let norms = norm2.sqrt();
         let finite = norms.isfinite();
         let nonfinite = batch - finite.sum(Kind::Int64).int64_value(&[]);
         let keep_finite = |f: Tensor| f.where_self(&finite, &f.zeros_like());

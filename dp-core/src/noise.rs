@@ -77,8 +77,6 @@ pub struct GaussianNoise {
     /// Parameter names and shapes, in the sums' (name) order.
     layout: Vec<(String, Vec<i64>)>,
     dim: usize,
-    /// Whether the sums live on an accelerator, whose compute the noise generation overlaps.
-    overlap: bool,
     secure: Option<SecureStream>,
 }
 
@@ -87,8 +85,9 @@ pub struct GaussianNoise {
 struct SecureStream {
     grid: Grid,
     table: Arc<Table>,
-    /// Accelerators only: the pinned host buffer the next release's integers are drawn into,
-    /// handed to the background thread while it draws and handed back by `ahead`.
+    /// Accelerators only (its presence says the sums live on one): the pinned host buffer the
+    /// next release's integers are drawn into, handed to the background thread while it draws
+    /// and handed back by `ahead`.
     staging: Option<Tensor>,
     ahead: Option<JoinHandle<Result<Tensor, CoreError>>>,
 }
@@ -135,7 +134,6 @@ impl GaussianNoise {
             clip_norm,
             layout,
             dim,
-            overlap: accelerator.is_some(),
             secure,
         })
     }
@@ -186,9 +184,11 @@ impl GaussianNoise {
     /// descheduled), so the release generates its noise itself, on all cores; so does a
     /// release that was not started. Starting twice before a release does nothing more.
     pub fn start(&mut self, rng: &mut PrivacyRng) {
-        if let (true, Some(stream)) = (self.overlap, &mut self.secure) {
-            if stream.ahead.is_none() {
-                stream.start(&self.layout, rng);
+        // Only sums on an accelerator have a staging buffer, and it is with the background
+        // thread from a start to the release that joins it.
+        if let Some(stream) = &mut self.secure {
+            if let Some(staging) = stream.staging.take() {
+                stream.start(staging, &self.layout, rng);
             }
         }
     }
@@ -256,13 +256,11 @@ impl GaussianNoise {
 impl SecureStream {
     /// Starts generating the next release's integers on a background thread, into the staging
     /// buffer (which the thread owns until the release joins it).
-    fn start(&mut self, layout: &[(String, Vec<i64>)], rng: &mut PrivacyRng) {
+    fn start(&mut self, mut staging: Tensor, layout: &[(String, Vec<i64>)], rng: &mut PrivacyRng) {
         let keys = block_keys(layout, rng);
         let sizes: Vec<usize> = layout.iter().map(|(_, s)| numel(s)).collect();
         let table = Arc::clone(&self.table);
-        let staging = self.staging.take();
         self.ahead = Some(std::thread::spawn(move || {
-            let mut staging = staging.ok_or(CoreError::NoiseThread)?;
             let mut rest = host_integers(&mut staging).ok_or(CoreError::NoiseThread)?;
             for (n, keys) in sizes.iter().zip(&keys) {
                 let (part, tail) = rest.split_at_mut(*n);

@@ -204,7 +204,7 @@ impl NormTerms {
     /// Upper bounds (f64, (terms, B)) on the exact squared norms of groups of terms, with the
     /// records they belong to: the terms are grouped by kind and by the shape of their position
     /// factors, and each group is computed in a few operations.
-    fn bounds(&self) -> Vec<(Vec<usize>, Tensor)> {
+    fn group_bounds(&self) -> Vec<(Vec<usize>, Tensor)> {
         let mut out = Vec::new();
         for (ghost, terms) in [(true, &self.ghost), (false, &self.vectors)] {
             let mut groups: Vec<(Vec<i64>, bool, Vec<&Term>)> = Vec::new();
@@ -241,27 +241,32 @@ impl NormTerms {
         out
     }
 
-    /// Per example (B, f64), an upper bound on the exact squared norm of all terms together.
-    pub(crate) fn total(&self, batch: i64, device: Device) -> Tensor {
-        let mut total = Tensor::zeros([batch], (Kind::Double, device));
-        for (_, bounds) in self.bounds() {
+    /// Upper bounds (f64) on the exact squared norms: per example over all terms (B), and, when
+    /// `records` is given, per record `0..records` (each (B), zero for a record without terms).
+    /// The groups' bounds are computed once for both.
+    pub(crate) fn bounds(
+        &self,
+        batch: i64,
+        device: Device,
+        records: Option<usize>,
+    ) -> (Tensor, Option<Vec<Tensor>>) {
+        let zeros = || Tensor::zeros([batch], (Kind::Double, device));
+        let mut total = zeros();
+        let mut per_record: Option<Vec<Tensor>> =
+            records.map(|r| (0..r).map(|_| zeros()).collect());
+        for (owners, bounds) in self.group_bounds() {
             total += bounds.sum_dim_intlist(0, false, Kind::Double);
-        }
-        total * (1.0 + SUM_SLACK)
-    }
-
-    /// Per record `0..records` (each (B), f64), an upper bound on the exact squared norm of its
-    /// terms (zero for a record without any).
-    pub(crate) fn per_record(&self, records: usize, batch: i64, device: Device) -> Vec<Tensor> {
-        let mut out: Vec<Tensor> = (0..records)
-            .map(|_| Tensor::zeros([batch], (Kind::Double, device)))
-            .collect();
-        for (owners, bounds) in self.bounds() {
-            for (k, record) in owners.into_iter().enumerate() {
-                out[record] += bounds.get(k as i64);
+            if let Some(per_record) = per_record.as_mut() {
+                for (k, record) in owners.into_iter().enumerate() {
+                    per_record[record] += bounds.get(k as i64);
+                }
             }
         }
-        out.into_iter().map(|t| t * (1.0 + SUM_SLACK)).collect()
+        let slack = |t: Tensor| t * (1.0 + SUM_SLACK);
+        (
+            slack(total),
+            per_record.map(|p| p.into_iter().map(slack).collect()),
+        )
     }
 }
 
@@ -284,7 +289,12 @@ mod tests {
         let s_of = |s: PositionSum| {
             let mut terms = NormTerms::new(Kind::Float);
             terms.vector(0, Tensor::zeros([1], (Kind::Float, Device::Cpu)), s, 1, 0);
-            terms.total(1, Device::Cpu).double_value(&[0]).sqrt() / gamma(1, u)
+            terms
+                .bounds(1, Device::Cpu, None)
+                .0
+                .double_value(&[0])
+                .sqrt()
+                / gamma(1, u)
         };
         let within = |v: f64, exact: f64| (exact..exact * (1.0 + 1e-6)).contains(&v);
         let s = s_of(position_sum(&x, Some(&y)));
@@ -308,9 +318,10 @@ mod tests {
             up: 1.0,
         };
         terms.ghost(0, Tensor::from_slice(&[-1e-3f32]), s, (768, 3072, 128));
-        let total = terms.total(1, Device::Cpu).double_value(&[0]);
+        let (total, per) = terms.bounds(1, Device::Cpu, Some(2));
+        let total = total.double_value(&[0]);
         assert!(total > 2e-4, "{total}");
-        let per = terms.per_record(2, 1, Device::Cpu);
+        let per = per.unwrap();
         assert_eq!(per[0].double_value(&[0]), total);
         assert_eq!(per[1].double_value(&[0]), 0.0);
     }

@@ -437,9 +437,10 @@ pub fn tune(
         p.delta,
     )?;
     let single_run_epsilon = epsilon_of(&search_event, p.delta)?;
-    let mut trials = Vec::with_capacity(runs);
-    let mut best: Option<(usize, nn::VarStore)> = None;
-    for k in 0..runs {
+    // Every run, kept only when every run is disclosed; and the best so far with its model.
+    let mut trials = Vec::new();
+    let mut best: Option<(Trial, nn::VarStore)> = None;
+    for _ in 0..runs {
         let lr = config.search.learning_rate[rng.below(config.search.learning_rate.len())];
         let hidden = config.search.hidden[rng.below(config.search.hidden.len())].clone();
         let (trial, weights) = run(
@@ -453,13 +454,13 @@ pub fn tune(
         )?;
         if disclosure == Disclosure::AllTrials {
             on_trial(&trial);
+            trials.push(trial.clone());
         }
-        let better = best.as_ref().is_none_or(|(b, _)| {
-            trial.selection_score.unwrap_or(f64::NEG_INFINITY) > trials_score(&trials, *b)
-        });
-        trials.push(trial);
-        if better {
-            best = Some((k, weights));
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| trial.selection_score > b.selection_score)
+        {
+            best = Some((trial, weights));
         }
     }
     let tuning_event = match disclosure {
@@ -474,8 +475,9 @@ pub fn tune(
         },
     };
     let tuning_epsilon = epsilon_of(&tuning_event, p.delta)?;
-    let chosen = best.as_ref().map(|(b, _)| trials[*b].clone());
-    let mut model = best.map(|(_, weights)| weights);
+    let (chosen, mut model) = best.map_or((None, None), |(trial, weights)| {
+        (Some(trial), Some(weights))
+    });
     let (final_run, final_run_epsilon, total_event) = match (config.tuning.tan_scale, &chosen) {
         (Some(_), Some(best)) => {
             let (final_trial, weights) = run(
@@ -516,11 +518,6 @@ pub fn tune(
         total_epsilon,
         model,
     })
-}
-
-/// The selection score of trial `k` (negative infinity when it has none).
-fn trials_score(trials: &[Trial], k: usize) -> f64 {
-    trials[k].selection_score.unwrap_or(f64::NEG_INFINITY)
 }
 
 /// A run's selection score from its validation accuracy on `v` examples: the accuracy itself
