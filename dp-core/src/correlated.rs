@@ -134,7 +134,7 @@ impl CorrelatedNoise {
 
     /// The state to checkpoint: `(name, tensor)` pairs (saved generator states as bytes under
     /// `rng/INDEX`) and the step count.
-    pub fn state(&self) -> (Vec<(String, Tensor)>, u64) {
+    pub fn state(&self) -> Result<(Vec<(String, Tensor)>, u64), CoreError> {
         let mut tensors: Vec<(String, Tensor)> = self
             .state
             .iter()
@@ -145,12 +145,12 @@ impl CorrelatedNoise {
             })
             .collect();
         for (j, snapshot) in self.past_generators.iter().flatten().enumerate() {
-            tensors.push((
-                format!("rng/{j}"),
-                Tensor::from_slice(&snapshot_bytes(snapshot)),
-            ));
+            let key = format!("rng/{j}");
+            let bytes =
+                snapshot_bytes(snapshot).ok_or_else(|| CoreError::NoiseState(key.clone()))?;
+            tensors.push((key, Tensor::from_slice(&bytes)));
         }
-        (tensors, self.steps)
+        Ok((tensors, self.steps))
     }
 
     /// Restores a state saved by [`CorrelatedNoise::state`].
@@ -185,14 +185,15 @@ impl CorrelatedNoise {
     }
 }
 
-/// A generator state as 57 bytes: key, stream position (u128, little-endian), seed flag, seed.
-fn snapshot_bytes(snapshot: &RngSnapshot) -> Vec<u8> {
-    let position: u128 = snapshot.word_position.parse().unwrap_or_default();
+/// A generator state as 57 bytes: key, stream position (u128, little-endian), seed flag, seed
+/// (zero bytes when the flag says there is none); `None` for a position that is not a u128.
+fn snapshot_bytes(snapshot: &RngSnapshot) -> Option<Vec<u8>> {
+    let position: u128 = snapshot.word_position.parse().ok()?;
     let mut bytes = snapshot.key.to_vec();
     bytes.extend(position.to_le_bytes());
     bytes.push(u8::from(snapshot.seed.is_some()));
-    bytes.extend(snapshot.seed.unwrap_or_default().to_le_bytes());
-    bytes
+    bytes.extend(snapshot.seed.unwrap_or(0).to_le_bytes());
+    Some(bytes)
 }
 
 fn snapshot_from_bytes(bytes: &[u8]) -> Option<RngSnapshot> {

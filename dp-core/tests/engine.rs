@@ -1012,7 +1012,7 @@ fn regenerated_correlated_noise_equals_stored_noise() {
     for t in 0..n {
         if t == 4 {
             // Resume the regenerating generator from its checkpointed state.
-            let (state, steps) = regenerated.state();
+            let (state, steps) = regenerated.state().unwrap();
             regenerated = CorrelatedNoise::regenerating(recurrence.clone(), 2.0).unwrap();
             regenerated.restore(state, steps).unwrap();
         }

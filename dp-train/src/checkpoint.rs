@@ -76,6 +76,11 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// `value` as pretty JSON; a value that cannot be written is an error, never an empty file.
+fn pretty_json(value: &impl Serialize) -> Result<String, TrainError> {
+    serde_json::to_string_pretty(value).map_err(|e| TrainError::Io(std::io::Error::other(e)))
+}
+
 fn sync(path: &Path) -> Result<(), TrainError> {
     File::open(path)?.sync_all()?;
     Ok(())
@@ -133,7 +138,7 @@ impl Checkpointing {
         vs.save(tmp.join("weights.safetensors"))?;
         optimizer.save(&tmp.join("optimizer.safetensors"))?;
         if let Some(noise) = correlated {
-            let (tensors, _) = noise.state();
+            let (tensors, _) = noise.state()?;
             let named: Vec<(String, &Tensor)> =
                 tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
             // Created owner-only first, then written by libtorch (which truncates, keeping
@@ -145,9 +150,7 @@ impl Checkpointing {
         }
         write_secret(
             &tmp.join(GENERATOR_FILE),
-            serde_json::to_string_pretty(&rng.snapshot())
-                .unwrap_or_default()
-                .as_bytes(),
+            pretty_json(&rng.snapshot())?.as_bytes(),
         )?;
         let record = ledger.record()?;
         let state = CheckpointState {
@@ -155,12 +158,7 @@ impl Checkpointing {
             optimizer_steps: optimizer.steps(),
             ledger: record.clone(),
         };
-        write_synced(
-            &tmp.join("state.json"),
-            serde_json::to_string_pretty(&state)
-                .unwrap_or_default()
-                .as_bytes(),
-        )?;
+        write_synced(&tmp.join("state.json"), pretty_json(&state)?.as_bytes())?;
         if let Some(config) = &self.resolved_config {
             write_synced(&tmp.join("config.resolved.toml"), config.as_bytes())?;
         }
@@ -176,9 +174,7 @@ impl Checkpointing {
         fs::rename(folder.join("LATEST.tmp"), folder.join("LATEST"))?;
         write_synced(
             &self.dir.join("ledger.json.tmp"),
-            serde_json::to_string_pretty(&record)
-                .unwrap_or_default()
-                .as_bytes(),
+            pretty_json(&record)?.as_bytes(),
         )?;
         fs::rename(
             self.dir.join("ledger.json.tmp"),
