@@ -6,7 +6,10 @@
 //! chosen accountant's reported (upper-bound) epsilon. Sigma is found to a relative bracket of
 //! [`AccountantKind::calibration_tolerance`]: 1e-6 for RDP, 1e-4 for PRV (whose epsilon is
 //! itself only known to its error bracket). For the PRV accountant the search starts from the RDP
-//! answer, which is never below it (RDP is looser), so few PRV evaluations are needed.
+//! answer, which is never below it (RDP is looser), so few PRV evaluations are needed, and stops
+//! at half of it; where the PRV bracket's half-width keeps its upper end above a target that RDP
+//! meets, the calibration says so instead of answering. A run that uses a record with
+//! probability `1 - (1 - q)^T <= delta` needs no noise: that is refused, not calibrated.
 
 use crate::accountant::AccountantKind;
 use crate::error::{check_range, AccountingError};
@@ -14,6 +17,9 @@ use crate::event::DpEvent;
 
 /// Largest noise multiplier searched before a target is declared unreachable.
 const MAX_SIGMA: f64 = 1e4;
+
+/// Smallest noise multiplier searched: a target met below it is met without meaningful noise.
+const MIN_SIGMA: f64 = 0.01;
 
 /// Largest number of steps searched.
 const MAX_STEPS: u64 = 1 << 40;
@@ -68,6 +74,16 @@ pub fn calibrate_noise_multiplier(
             expected: "at least one step",
         });
     }
+    // A record takes part in some step with probability 1 - (1 - q)^T; at most delta, the run is
+    // (0, delta)-DP whatever the noise.
+    let used = -(steps as f64 * (-q).ln_1p()).exp_m1();
+    if used <= delta {
+        return Err(AccountingError::TargetMetWithoutNoise {
+            target: target_epsilon,
+            min_sigma: 0.0,
+            achieved: 0.0,
+        });
+    }
     let epsilon = |sigma: f64| dp_sgd_epsilon(kind, q, sigma, steps, delta);
     // An upper end: the RDP answer for the FFT accountant (never below it), else by doubling.
     let (mut hi, mut eps_hi) = match kind {
@@ -87,18 +103,41 @@ pub fn calibrate_noise_multiplier(
             }
             (hi, eps_hi)
         }
-        AccountantKind::Prv { .. } => {
+        AccountantKind::Prv { epsilon_error } => {
             let rdp =
                 calibrate_noise_multiplier(AccountantKind::Rdp, q, steps, target_epsilon, delta)?;
-            (rdp.noise_multiplier, epsilon(rdp.noise_multiplier)?)
+            let eps_prv = epsilon(rdp.noise_multiplier)?;
+            if eps_prv > target_epsilon {
+                return Err(bracket_too_wide(target_epsilon, epsilon_error, eps_prv));
+            }
+            (rdp.noise_multiplier, eps_prv)
         }
     };
-    // A lower end whose epsilon is above the target (PRV's sigma is typically 3-8% below RDP's).
+    // A lower end whose epsilon is above the target (PRV's sigma is typically 3-8% below RDP's;
+    // the search stops at half of it, where a PRV lattice grows costly, keeping what meets the
+    // target).
+    let floor = match kind {
+        AccountantKind::Rdp => MIN_SIGMA,
+        AccountantKind::Prv { .. } => (0.5 * hi).max(MIN_SIGMA),
+    };
     let mut lo = 0.9 * hi;
     let mut eps_lo = epsilon(lo)?;
     while eps_lo <= target_epsilon {
+        if lo <= floor {
+            return match kind {
+                AccountantKind::Rdp => Err(AccountingError::TargetMetWithoutNoise {
+                    target: target_epsilon,
+                    min_sigma: lo,
+                    achieved: eps_lo,
+                }),
+                AccountantKind::Prv { .. } => Ok(Calibration {
+                    noise_multiplier: lo,
+                    epsilon: eps_lo,
+                }),
+            };
+        }
         (hi, eps_hi) = (lo, eps_lo);
-        lo *= 0.8;
+        lo = (lo * 0.8).max(floor);
         eps_lo = epsilon(lo)?;
     }
     // Illinois false position on epsilon(sigma) - target, keeping the bracket, so the upper
@@ -153,11 +192,19 @@ pub fn max_steps(
     let fits = |steps: u64| -> Result<bool, AccountingError> {
         Ok(dp_sgd_epsilon(kind, q, sigma, steps, delta)? <= target_epsilon)
     };
-    // RDP is never tighter, so its answer is a floor for the FFT accountant.
+    // RDP is never tighter, so its answer is a floor for the FFT accountant, unless the PRV
+    // bracket's half-width alone pushes its reported epsilon past the target.
     let mut lo = match kind {
         AccountantKind::Rdp => 0,
-        AccountantKind::Prv { .. } => {
-            max_steps(AccountantKind::Rdp, q, sigma, target_epsilon, delta)?
+        AccountantKind::Prv { epsilon_error } => {
+            let rdp = max_steps(AccountantKind::Rdp, q, sigma, target_epsilon, delta)?;
+            if rdp > 0 {
+                let eps_prv = dp_sgd_epsilon(kind, q, sigma, rdp, delta)?;
+                if eps_prv > target_epsilon {
+                    return Err(bracket_too_wide(target_epsilon, epsilon_error, eps_prv));
+                }
+            }
+            rdp
         }
     };
     if lo == 0 && !fits(1)? {
@@ -169,10 +216,9 @@ pub fn max_steps(
         lo = hi;
         hi *= 2;
         if hi > MAX_STEPS {
-            return Err(AccountingError::UnreachableTarget {
+            return Err(AccountingError::TooManySteps {
                 target: target_epsilon,
-                max_sigma: sigma,
-                achieved: 0.0,
+                max_steps: MAX_STEPS,
             });
         }
     }
@@ -185,4 +231,21 @@ pub fn max_steps(
         }
     }
     Ok(lo)
+}
+
+/// The PRV bracket cannot meet `target` where RDP does: say by how much, and suggest an error
+/// that leaves room (half the gap between the PRV estimate and the target).
+fn bracket_too_wide(target: f64, epsilon_error: f64, achieved: f64) -> AccountingError {
+    let room = target - (achieved - epsilon_error);
+    AccountingError::PrvBracketTooWide {
+        target,
+        epsilon_error,
+        achieved,
+        excess: achieved - target,
+        suggested: if room > 0.0 {
+            room / 2.0
+        } else {
+            epsilon_error / 10.0
+        },
+    }
 }

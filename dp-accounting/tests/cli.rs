@@ -792,3 +792,477 @@ fn mf_bad_input_is_one_line_naming_the_flag_and_help_teaches_the_strategies() {
         assert!(text.contains(word), "help lacks {word}");
     }
 }
+
+/// Runs the command with a deadline: a hang fails the test instead of stalling the suite.
+fn run_within(args: &[&str], seconds: u64) -> Output {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dp-accounting"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let start = Instant::now();
+    while child.try_wait().expect("waits").is_none() {
+        if start.elapsed() > Duration::from_secs(seconds) {
+            let _ = child.kill();
+            panic!("{args:?} ran past {seconds} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// A refusal: exit code 2, one line on stderr containing `says`, nothing on stdout.
+fn refused(line: &str, says: &str) {
+    let args: Vec<&str> = line.split_whitespace().collect();
+    let out = run_within(&args, 20);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{line}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{line}: {stderr}");
+    assert!(
+        stderr.contains(says),
+        "{line} should say {says:?}: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{line}");
+}
+
+#[test]
+fn calibration_never_reports_an_epsilon_above_its_target() {
+    // The PRV bracket's half-width alone would put the upper end above these targets.
+    for line in [
+        "sigma --sampling-rate 0.5 --steps 100 --delta 1e-6 --epsilon 0.05",
+        "sigma --sampling-rate 0.1 --steps 100 --delta 1e-6 --epsilon 0.03",
+        "sigma --sampling-rate 0.01 --steps 1000 --delta 1e-5 --epsilon 1 --epsilon-error 0.5",
+        "sigma --sampling-rate 0.01 --steps 100 --delta 1e-5 --epsilon 0.0001",
+    ] {
+        refused(line, "above the target");
+    }
+    // With the error it suggests, or RDP, the answer meets the target.
+    for line in [
+        "sigma --sampling-rate 0.5 --steps 100 --delta 1e-6 --epsilon 0.05 --epsilon-error 0.002",
+        "sigma --sampling-rate 0.5 --steps 100 --delta 1e-6 --epsilon 0.05 --accountant rdp",
+        "steps --sampling-rate 0.01 --noise-multiplier 2 --delta 1e-5 --epsilon 1",
+    ] {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        let out = json(&args);
+        let epsilon = out["epsilon"].as_f64().expect("finite");
+        assert!(
+            epsilon <= 0.05 || line.starts_with("steps"),
+            "{line}: {out}"
+        );
+        assert!(epsilon <= 1.0, "{line}: {out}");
+    }
+    // A run that uses a record with probability at most delta needs no noise: refused, at once.
+    refused(
+        "sigma --sampling-rate 1e-9 --steps 1000 --delta 1e-5 --epsilon 1",
+        "no noise to calibrate",
+    );
+    refused(
+        "steps --sampling-rate 0.01 --noise-multiplier 1 --delta 1e-5 --epsilon 1e9",
+        "more than 1099511627776 steps fit",
+    );
+}
+
+#[test]
+fn a_delta_below_what_the_prv_resolves_is_answered_by_rdp_and_said() {
+    let args = [
+        "epsilon",
+        "--sampling-rate",
+        "0.01",
+        "--noise-multiplier",
+        "1",
+        "--steps",
+        "1000",
+        "--delta",
+        "1e-300",
+    ];
+    let out = json(&args);
+    assert_eq!(out["accountant"], "rdp", "{out}");
+    assert!(out["note"].as_str().unwrap().contains("RDP"), "{out}");
+    let mut rdp = args.to_vec();
+    rdp.extend(["--accountant", "rdp"]);
+    assert_eq!(out["epsilon"], json(&rdp)["epsilon"]);
+    let text = String::from_utf8_lossy(&run(&args).stdout).to_string();
+    assert!(text.contains("note        the PRV accountant resolves delta down to 1e-12"));
+    // At the smallest delta it answers, the PRV bracket's lower end stays below RDP's bound.
+    let mut at_floor = args.to_vec();
+    at_floor[8] = "1e-12";
+    let prv = json(&at_floor);
+    at_floor.extend(["--accountant", "rdp"]);
+    let rdp = json(&at_floor);
+    assert_eq!(prv["accountant"], "prv");
+    assert!(
+        prv["epsilon_lower"].as_f64() <= rdp["epsilon"].as_f64(),
+        "{prv} {rdp}"
+    );
+}
+
+#[test]
+fn requests_beyond_memory_or_time_are_refused_up_front_in_one_line() {
+    let plan = "--sampling-rate 0.01 --noise-multiplier 1 --delta 1e-5";
+    for line in [
+        format!("epsilon {plan} --steps 1000 --epsilon-error 1e-12"),
+        format!("curve {plan} --steps 1000 --epsilon-error 1e-12"),
+        format!("steps {plan} --epsilon 1 --epsilon-error 1e-10"),
+        "sigma --sampling-rate 0.01 --steps 1000 --delta 1e-5 --epsilon 1 --epsilon-error 1e-9"
+            .into(),
+        format!("epsilon {plan} --steps 1000000000000"),
+        "epsilon --sampling-rate 1e-9 --noise-multiplier 1 --delta 1e-5 --epochs 1e6".into(),
+    ] {
+        refused(&line, "beyond the PRV accountant's precision");
+    }
+    for strategy in ["identity", "sqrt", "banded", "blt"] {
+        refused(
+            &format!("mf --steps 1000000000000 --strategy {strategy}"),
+            "--steps: must be between 1 and 1000000",
+        );
+    }
+}
+
+#[test]
+fn messages_name_what_is_wrong_and_outputs_do_not_mix() {
+    let plan = "--sampling-rate 0.01 --noise-multiplier 1 --delta 1e-5";
+    refused(&format!("curve {plan} --steps 100 --csv - --json"), "--csv");
+    refused(
+        "epsilon --sampling-rate 0.01 --noise-multiplier 1 --steps 10 --delta -1e-5",
+        "--delta: must be in (0, 1), got -0.00001",
+    );
+    refused(&format!("epsilon {plan}"), "--steps");
+    refused("mf --strategy identity", "--steps");
+    let huge = u64::MAX.to_string();
+    refused(
+        &format!("audit --fp 0 --fn 0 --positives {huge} --negatives {huge} --delta 1e-5"),
+        "--positives",
+    );
+    let audit = run(&[
+        "audit",
+        "--fp",
+        "50",
+        "--fn",
+        "400",
+        "--positives",
+        "1000",
+        "--negatives",
+        "1000",
+        "--delta",
+        "1e-5",
+    ]);
+    assert!(String::from_utf8_lossy(&audit.stdout).contains("Clopper-Pearson epsilon >="));
+    // An infinite epsilon is the string "inf" in every command, never null.
+    let plan = "--sampling-rate 1 --noise-multiplier 1e-200 --steps 10 --delta 1e-5";
+    let of = |line: String| json(&line.split_whitespace().collect::<Vec<_>>());
+    let epsilon = of(format!("epsilon {plan} --accountant rdp"));
+    let tune = of(format!("tune {plan} --runs poisson --mean 3"));
+    let curve = of(format!("curve {plan} --accountants rdp"));
+    assert_eq!(epsilon["epsilon"], "inf", "{epsilon}");
+    assert_eq!(tune["epsilon"], "inf", "{tune}");
+    assert_eq!(tune["single_run_epsilon"], "inf", "{tune}");
+    assert_eq!(curve["curve"][0]["epsilon_rdp"], "inf", "{curve}");
+    // A step with almost no noise puts the PRV's mass past e^709: refused, never NaN.
+    refused(
+        "epsilon --sampling-rate 1 --noise-multiplier 0.001 --steps 1000 --delta 1e-5",
+        "lattice",
+    );
+    let out = json(&[
+        "epsilon",
+        "--sampling-rate",
+        "1",
+        "--noise-multiplier",
+        "0.03",
+        "--steps",
+        "1000",
+        "--delta",
+        "1e-5",
+    ]);
+    assert!(out["epsilon_upper"].as_f64().unwrap() > 560_000.0, "{out}");
+}
+
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dp-accounting"))
+        .args(["mf", "--steps", "1000", "--strategy", "sqrt"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("output");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+mod fuzz {
+    //! The command line over generated arguments: each flag gets a typical value or an extreme,
+    //! negative, non-finite, huge or malformed one. Every run must end within its deadline with
+    //! exit code 0, 1 or 2; an error is one line, no panic or abort; `--json` is valid JSON;
+    //! and an accepted calibration reports an epsilon at most its target. The generator is
+    //! seeded, so a failure reproduces.
+    use super::run_within;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    use serde_json::Value;
+    use std::cell::Cell;
+
+    /// Values that break parsers and numerics.
+    const EXTREME: [&str; 16] = [
+        "0",
+        "-1",
+        "-1e-5",
+        "NaN",
+        "inf",
+        "-inf",
+        "1e300",
+        "1e-300",
+        "5e-324",
+        "abc",
+        "",
+        "1e",
+        "18446744073709551616",
+        "1000000000000",
+        "0x10",
+        " 1",
+    ];
+
+    /// A flag's typical values (so that most runs get past parsing into the numerics).
+    fn typical(flag: &str) -> &'static [&'static str] {
+        match flag {
+            "--sampling-rate" => &["0.001", "0.01", "0.5", "1"],
+            "--noise-multiplier" => &["0.3", "1", "4"],
+            "--steps" => &["1", "100", "1000"],
+            "--epochs" => &["1", "3"],
+            "--delta" => &["1e-5", "1e-9", "1e-13"],
+            "--epsilon" => &["0.05", "1", "8"],
+            "--epsilon-error" => &["0.01", "0.1"],
+            "--points" => &["2", "10"],
+            "--mean" => &["1", "5"],
+            "--shape" => &["0", "1"],
+            "--dataset-size" => &["1000", "60000"],
+            "--batch-size" => &["10", "256"],
+            "--scales" => &["0.5,1", "1"],
+            "--fp" | "--fn" => &["0", "10", "100"],
+            "--positives" | "--negatives" => &["100", "1000", "10000000"],
+            "--level" => &["0.9", "0.95"],
+            "--accountant" => &["rdp", "prv"],
+            "--accountants" => &["rdp", "rdp,prv"],
+            "--runs" => &["poisson", "truncated-negative-binomial"],
+            "--strategy" => &["identity", "sqrt", "nu", "bsr", "bisr", "banded", "blt"],
+            "--bands" | "--buffers" => &["1", "4"],
+            "--nu" => &["0.5", "0.9"],
+            "--workload" => &["prefix", "momentum"],
+            "--momentum" => &["0.9"],
+            "--objective" => &["mean", "max"],
+            _ => &["1"],
+        }
+    }
+
+    /// Each command with the flags it needs, then the flags it may be given.
+    type Flags = (&'static [&'static str], &'static [&'static str]);
+    const COMMANDS: [(&str, Flags); 8] = [
+        (
+            "epsilon",
+            (
+                &[
+                    "--sampling-rate",
+                    "--noise-multiplier",
+                    "--steps",
+                    "--delta",
+                ],
+                &["--epochs", "--accountant", "--epsilon-error"],
+            ),
+        ),
+        (
+            "sigma",
+            (
+                &["--sampling-rate", "--steps", "--delta", "--epsilon"],
+                &[
+                    "--dataset-size",
+                    "--batch-size",
+                    "--epochs",
+                    "--accountant",
+                    "--epsilon-error",
+                ],
+            ),
+        ),
+        (
+            "steps",
+            (
+                &[
+                    "--sampling-rate",
+                    "--noise-multiplier",
+                    "--delta",
+                    "--epsilon",
+                ],
+                &["--accountant", "--epsilon-error"],
+            ),
+        ),
+        (
+            "curve",
+            (
+                &[
+                    "--sampling-rate",
+                    "--noise-multiplier",
+                    "--steps",
+                    "--delta",
+                ],
+                &["--accountants", "--epsilon-error", "--points"],
+            ),
+        ),
+        (
+            "tune",
+            (
+                &[
+                    "--sampling-rate",
+                    "--noise-multiplier",
+                    "--steps",
+                    "--delta",
+                    "--runs",
+                    "--mean",
+                ],
+                &["--shape"],
+            ),
+        ),
+        (
+            "tan",
+            (
+                &[
+                    "--dataset-size",
+                    "--batch-size",
+                    "--noise-multiplier",
+                    "--steps",
+                    "--delta",
+                ],
+                &["--scales"],
+            ),
+        ),
+        (
+            "audit",
+            (
+                &["--fp", "--fn", "--positives", "--negatives", "--delta"],
+                &["--level"],
+            ),
+        ),
+        (
+            "mf",
+            (
+                &["--steps", "--strategy"],
+                &[
+                    "--epochs",
+                    "--bands",
+                    "--buffers",
+                    "--nu",
+                    "--workload",
+                    "--momentum",
+                    "--objective",
+                    "--noise-multiplier",
+                    "--delta",
+                    "--sampling-rate",
+                ],
+            ),
+        ),
+    ];
+
+    /// Cases per command.
+    const CASES: u32 = 64;
+
+    /// A flag's value: typical seven times in eight, else extreme.
+    fn value(flag: &'static str) -> impl Strategy<Value = String> {
+        prop_oneof![
+            7 => proptest::sample::select(typical(flag)).prop_map(str::to_string),
+            1 => proptest::sample::select(&EXTREME[..]).prop_map(str::to_string),
+        ]
+    }
+
+    /// Arguments for one command: each needed flag present 19 times in 20, each other flag
+    /// once in 4.
+    fn arguments((needed, optional): Flags) -> impl Strategy<Value = Vec<(String, String)>> {
+        let flag = |flag: &'static str, p: f64| {
+            proptest::option::weighted(p, value(flag))
+                .prop_map(move |v| v.map(|v| (flag.to_string(), v)))
+        };
+        needed
+            .iter()
+            .map(|&f| flag(f, 0.95))
+            .chain(optional.iter().map(|&f| flag(f, 0.25)))
+            .collect::<Vec<_>>()
+            .prop_map(|flags| flags.into_iter().flatten().collect())
+    }
+
+    /// Runs one case; true if the command answered (exit code 0).
+    fn check(command: &str, flags: &[(String, String)]) -> Result<bool, TestCaseError> {
+        let mut args: Vec<&str> = vec![command, "--json"];
+        for (flag, value) in flags {
+            args.extend([flag.as_str(), value.as_str()]);
+        }
+        let out = run_within(&args, 30);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let code = out.status.code();
+        prop_assert!(
+            matches!(code, Some(0..=2)),
+            "{args:?}: exit {code:?}: {stderr}"
+        );
+        prop_assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        if code != Some(0) {
+            prop_assert_eq!(stderr.lines().count(), 1, "{:?}: {}", args, stderr);
+            prop_assert!(stderr.starts_with("dp-accounting: "), "{args:?}: {stderr}");
+            return Ok(false);
+        }
+        let json: Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| TestCaseError::fail(format!("{args:?}: not JSON: {e}")))?;
+        if command == "sigma" || command == "steps" {
+            let target: f64 = flags
+                .iter()
+                .find(|(f, _)| f == "--epsilon")
+                .and_then(|(_, v)| v.parse().ok())
+                .expect("accepted with --epsilon");
+            let epsilon = json["epsilon"].as_f64().unwrap_or(f64::INFINITY);
+            prop_assert!(
+                epsilon <= target,
+                "{args:?}: epsilon {epsilon} above {target}"
+            );
+        }
+        Ok(true)
+    }
+
+    #[test]
+    fn every_command_survives_generated_arguments() {
+        let mut summary = Vec::new();
+        for (command, flags) in COMMANDS {
+            let config = Config {
+                cases: CASES,
+                failure_persistence: None,
+                // A failing case is reported as generated: shrinking would rerun slow cases.
+                max_shrink_iters: 0,
+                ..Config::default()
+            };
+            let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+            let mut runner = TestRunner::new_with_rng(config, rng);
+            let (tried, accepted) = (Cell::new(0u32), Cell::new(0u32));
+            let result = runner.run(&arguments(flags), |flags| {
+                tried.set(tried.get() + 1);
+                if check(command, &flags)? {
+                    accepted.set(accepted.get() + 1);
+                }
+                Ok(())
+            });
+            if let Err(e) = result {
+                panic!("{command}: {e}");
+            }
+            summary.push(format!(
+                "{command} {} ({} answered)",
+                tried.get(),
+                accepted.get()
+            ));
+        }
+        eprintln!(
+            "cases tried per command (0 panics, aborts or hangs): {}",
+            summary.join(", ")
+        );
+    }
+}

@@ -119,6 +119,20 @@ const SHRINK: f64 = 0.7;
 /// Discretisations tried before giving up.
 const MAX_TRIES: usize = 8;
 
+/// Smallest delta answered. The FFT's floating-point round-off, about 1e-16 of the total mass
+/// per lattice point, is not in the error budget; `delta_error = delta / 1000` must stay well
+/// above it. At delta 1e-16 the bracket was measured false (its lower end above RDP's upper bound
+/// for q = 0.01, sigma = 1, 1000 steps); at 1e-14 it still held. 1e-12 keeps a margin of 100.
+pub const PRV_MIN_DELTA: f64 = 1e-12;
+
+/// Most points of one step's lattice (64 MiB of f64, about 8 s on 2 cores): a smaller epsilon
+/// error or more steps need a finer mesh than memory and time allow.
+const MAX_STEP_LATTICE: f64 = (1u64 << 23) as f64;
+
+/// Most steps composed: beyond, the tail cut per step (`delta_error / (6 T)`) nears the
+/// smallest doubles and the rounding budget per step vanishes.
+const MAX_PRV_STEPS: u64 = 1_000_000_000;
+
 /// Block length `T1` about `BLOCK_PER_SQRT_STEP sqrt(T)`.
 const BLOCK_PER_SQRT_STEP: f64 = 3.0;
 
@@ -158,9 +172,15 @@ impl PrvAccountant {
         })
     }
 
-    /// The epsilon bracket for `delta`.
+    /// The epsilon bracket for `delta` (at least [`PRV_MIN_DELTA`]). The bracket is checked
+    /// against the RDP accountant's upper bound: a lower end above it is a numerical failure.
     pub fn epsilon_bounds(&self, delta: f64) -> Result<EpsilonBounds, AccountingError> {
         check_range("delta", delta, delta > 0.0 && delta < 1.0, "0 < delta < 1")?;
+        if delta < PRV_MIN_DELTA {
+            return Err(AccountingError::BeyondPrecision(format!(
+                "delta {delta:e} is below {PRV_MIN_DELTA:e}, the smallest its floating-point FFT resolves; use the RDP accountant"
+            )));
+        }
         if self.non_private {
             return Ok(EpsilonBounds {
                 lower: f64::INFINITY,
@@ -176,13 +196,36 @@ impl PrvAccountant {
             });
         }
         let delta_error = delta / 1000.0;
+        self.check_steps()?;
         let composed = self.compose_grid(delta_error)?;
         let eps = |d: f64| composed.epsilon(d);
-        Ok(EpsilonBounds {
+        let bounds = EpsilonBounds {
             lower: (eps(delta + delta_error) - self.epsilon_error).max(0.0),
             estimate: eps(delta),
             upper: eps(delta - delta_error) + self.epsilon_error,
-        })
+        };
+        if bounds.lower.is_nan() || bounds.estimate.is_nan() || bounds.upper.is_nan() {
+            return Err(AccountingError::Numerical(format!(
+                "the PRV bracket at delta {delta:e} is not a number"
+            )));
+        }
+        let rdp = self.rdp()?.epsilon(delta)?;
+        if bounds.lower > rdp {
+            return Err(AccountingError::Numerical(format!(
+                "the PRV bracket's lower end {} exceeds the RDP upper bound {rdp} at delta {delta:e}",
+                bounds.lower
+            )));
+        }
+        Ok(bounds)
+    }
+
+    /// The same steps composed by the RDP accountant.
+    fn rdp(&self) -> Result<RdpAccountant, AccountingError> {
+        let mut rdp = RdpAccountant::default();
+        for &(q, sigma, count) in &self.steps {
+            rdp.compose(&DpEvent::dp_sgd(q, sigma, count))?;
+        }
+        Ok(rdp)
     }
 
     /// An upper bound on delta at `epsilon`: `delta_est(epsilon - eps_error) + delta_error`, with
@@ -195,14 +238,22 @@ impl PrvAccountant {
         if self.steps.is_empty() {
             return Ok(0.0);
         }
-        let mut rdp = RdpAccountant::default();
-        for &(q, sigma, count) in &self.steps {
-            rdp.compose(&DpEvent::dp_sgd(q, sigma, count))?;
-        }
-        let rdp_delta = rdp.delta(epsilon)?;
+        self.check_steps()?;
+        let rdp_delta = self.rdp()?.delta(epsilon)?;
         let delta_error = (rdp_delta / 1000.0).max(1e-15);
         let composed = self.compose_grid(delta_error)?;
         Ok((composed.delta(epsilon - self.epsilon_error) + delta_error).min(1.0))
+    }
+
+    /// Refuses more steps than [`MAX_PRV_STEPS`].
+    fn check_steps(&self) -> Result<(), AccountingError> {
+        let steps = self.total_steps();
+        if steps > MAX_PRV_STEPS {
+            return Err(AccountingError::BeyondPrecision(format!(
+                "{steps} steps: it composes at most {MAX_PRV_STEPS:e}; use the RDP accountant"
+            )));
+        }
+        Ok(())
     }
 
     fn total_steps(&self) -> u64 {
@@ -296,8 +347,8 @@ impl PrvAccountant {
             }
             mesh *= SHRINK;
         }
-        Err(AccountingError::Numerical(format!(
-            "the PRV rounding bounds overran the error budget down to mesh {mesh:e}"
+        Err(AccountingError::BeyondPrecision(format!(
+            "its rounding bounds overran the error budget down to mesh {mesh:e}: raise the epsilon error, take fewer steps, or use the RDP accountant"
         )))
     }
 }
@@ -413,6 +464,12 @@ impl OneStep {
     fn new(prv: SubsampledGaussianPrv, mesh: f64, tail: f64) -> Result<Self, AccountingError> {
         let lo = switch_point(|t| prv.cdf(t) <= tail).0;
         let hi = switch_point(|t| prv.survival(t) > tail).1;
+        let points = (hi - lo) / mesh;
+        if points.is_nan() || points >= MAX_STEP_LATTICE {
+            return Err(AccountingError::BeyondPrecision(format!(
+                "one step's lattice would need {points:.3e} points (at most {MAX_STEP_LATTICE:e}): raise the epsilon error, take fewer steps, or use the RDP accountant"
+            )));
+        }
         let start = (lo / mesh).round() as i64;
         let n = ((hi / mesh).round() as i64 - start + 1) as usize;
         let edge = |j: usize| ((start as f64 + j as f64 - 0.5) * mesh).clamp(lo, hi);

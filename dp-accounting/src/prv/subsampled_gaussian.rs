@@ -31,27 +31,35 @@ pub(crate) struct SubsampledGaussianPrv {
 }
 
 impl SubsampledGaussianPrv {
+    /// `log((e^t - 1 + q) / q)`, or `None` below the support: from `e^t - 1 + q` near the
+    /// support's start (accurate there), and as `t + log(1 - (1 - q) e^-t) - log q` for `t > 0`,
+    /// where `e^t` would overflow past 709 (a step with little noise puts its mass there).
+    fn log_ratio(&self, t: f64) -> Option<f64> {
+        if t > 0.0 {
+            return Some(t + (-(1.0 - self.q) * (-t).exp()).ln_1p() - self.q.ln());
+        }
+        let inner = t.exp_m1() + self.q;
+        (inner > 0.0).then(|| (inner / self.q).ln())
+    }
+
     /// `x` threshold `z(t)`, or `None` below the support.
     fn threshold(&self, t: f64) -> Option<f64> {
-        let inner = t.exp_m1() + self.q; // e^t - 1 + q, accurate near the support's start
-        (inner > 0.0).then(|| self.sigma * self.sigma * (inner / self.q).ln() + 0.5)
+        self.log_ratio(t).map(|r| self.sigma * self.sigma * r + 0.5)
     }
 
     /// At `t`: `P[Y <= t]` if `t < 0`, else `P[Y > t]`, with `z(t)` and `s(t)` (see the module
     /// docs). Below the support: `(0, -inf, 0)`.
     pub fn tail_and_slope_terms(&self, t: f64) -> (f64, f64, f64) {
-        let e_m1 = t.exp_m1();
-        let inner = e_m1 + self.q;
-        if inner <= 0.0 {
+        let Some(z) = self.threshold(t) else {
             return (0.0, f64::NEG_INFINITY, 0.0);
-        }
-        let z = self.sigma * self.sigma * (inner / self.q).ln() + 0.5;
+        };
         let tail = if t < 0.0 {
             self.mixture_tail(-z, 1.0 - z)
         } else {
             self.mixture_tail(z, z - 1.0)
         };
-        (tail, z, inner / (1.0 + e_m1))
+        // s = (e^t - 1 + q) / e^t = 1 - (1 - q) e^-t.
+        (tail, z, -(1.0 - self.q) * (-t).exp() + 1.0)
     }
 
     /// `P[Y <= t]`.

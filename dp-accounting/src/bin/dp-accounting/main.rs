@@ -1,5 +1,14 @@
 //! `dp-accounting`: privacy budgets for DP-SGD from the command line (no libtorch needed).
 
+/// `println!` and `print!` that exit quietly when standard output is a closed pipe
+/// (`dp-accounting ... | head -1`), as Unix tools do, instead of panicking.
+macro_rules! println {
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*)) };
+}
+
 mod mf;
 
 use std::path::PathBuf;
@@ -11,6 +20,7 @@ use dp_accounting::plot::{line_chart, Series};
 use dp_accounting::{
     calibrate_noise_multiplier, max_steps, round_up, tan_table, Accountant, AccountantKind,
     AccountingError, DpEvent, FractionalSeries, PrvAccountant, RdpAccountant, RunCount,
+    PRV_MIN_DELTA,
 };
 use serde_json::{json, Map, Value};
 
@@ -49,7 +59,7 @@ enum Command {
         #[command(flatten)]
         length: Length,
         /// Noise standard deviation over the clip norm (sigma).
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_hyphen_values = true)]
         noise_multiplier: f64,
         #[command(flatten)]
         choice: Choice,
@@ -61,7 +71,7 @@ enum Command {
         #[command(flatten)]
         length: Length,
         /// Target epsilon.
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_hyphen_values = true)]
         epsilon: f64,
         #[command(flatten)]
         choice: Choice,
@@ -71,10 +81,10 @@ enum Command {
         #[command(flatten)]
         common: Common,
         /// Noise standard deviation over the clip norm (sigma).
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_hyphen_values = true)]
         noise_multiplier: f64,
         /// Target epsilon.
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_hyphen_values = true)]
         epsilon: f64,
         #[command(flatten)]
         choice: Choice,
@@ -87,16 +97,16 @@ enum Command {
         #[command(flatten)]
         length: Length,
         /// Noise multiplier of each run.
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_hyphen_values = true)]
         noise_multiplier: f64,
         /// Distribution of the number of runs.
         #[arg(long, value_enum)]
         runs: Runs,
         /// Mean number of runs.
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_hyphen_values = true)]
         mean: f64,
         /// Shape of the truncated negative binomial (0: logarithmic, 1: geometric).
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_hyphen_values = true)]
         shape: Option<f64>,
     },
     /// Configurations with the same total amount of noise (TAN, Sander et al. 2023): batch and
@@ -106,23 +116,23 @@ enum Command {
         #[arg(long)]
         dataset_size: u64,
         /// Expected batch size B of the reference run.
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_hyphen_values = true)]
         batch_size: f64,
         /// Noise multiplier of the reference run.
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_hyphen_values = true)]
         noise_multiplier: f64,
         /// Steps S (the same in every row).
         #[arg(long)]
         steps: u64,
         /// Target delta.
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_hyphen_values = true)]
         delta: f64,
         /// Scales k: each row runs batch k B with noise k sigma.
         #[arg(
             long,
             value_delimiter = ',',
             default_value = "0.0625,0.25,1,4",
-            allow_negative_numbers = true
+            allow_hyphen_values = true
         )]
         scales: Vec<f64>,
         /// Print JSON for scripts instead of a table.
@@ -149,10 +159,10 @@ enum Command {
         #[arg(long)]
         negatives: u64,
         /// The delta of the privacy region, in [0, 1): 0 asks whether the run is pure epsilon-DP.
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_hyphen_values = true)]
         delta: f64,
         /// Credible / confidence level.
-        #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 0.95, allow_hyphen_values = true)]
         level: f64,
         /// Print JSON for scripts instead of a report.
         #[arg(long)]
@@ -186,13 +196,13 @@ enum Command {
         #[command(flatten)]
         length: Length,
         /// Noise standard deviation over the clip norm (sigma).
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_hyphen_values = true)]
         noise_multiplier: f64,
         /// Accountants to compare, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "rdp,prv")]
         accountants: Vec<Kind>,
         /// Half-width of the PRV accountant's epsilon bracket.
-        #[arg(long, allow_negative_numbers = true, default_value_t = 0.01)]
+        #[arg(long, allow_hyphen_values = true, default_value_t = 0.01)]
         epsilon_error: f64,
         /// Number of points between 1 and the last step (log-spaced).
         #[arg(long, default_value_t = 25)]
@@ -210,16 +220,16 @@ enum Command {
 #[derive(Args, Debug)]
 struct Common {
     /// Probability q that a record joins a step's batch (Poisson sampling).
-    #[arg(long, allow_negative_numbers = true, conflicts_with_all = ["dataset_size", "batch_size"], required_unless_present = "dataset_size")]
+    #[arg(long, allow_hyphen_values = true, conflicts_with_all = ["dataset_size", "batch_size"], required_unless_present = "dataset_size")]
     sampling_rate: Option<f64>,
     /// Records in the dataset N (with --batch-size: q = B / N).
     #[arg(long, requires = "batch_size")]
     dataset_size: Option<u64>,
     /// Expected batch size B (with --dataset-size).
-    #[arg(long, allow_negative_numbers = true, requires = "dataset_size")]
+    #[arg(long, allow_hyphen_values = true, requires = "dataset_size")]
     batch_size: Option<f64>,
     /// Target delta (take it well below 1/N).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     delta: f64,
     /// Print JSON for scripts instead of a statement.
     #[arg(long)]
@@ -234,7 +244,7 @@ struct Length {
     #[arg(long)]
     steps: Option<u64>,
     /// Passes over the data in expectation: steps = ceil(epochs / q).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     epochs: Option<f64>,
 }
 
@@ -246,7 +256,7 @@ struct Choice {
     #[arg(long, value_enum, default_value_t = Kind::Prv)]
     accountant: Kind,
     /// Half-width of the PRV accountant's epsilon bracket.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.01)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.01)]
     epsilon_error: f64,
 }
 
@@ -284,14 +294,44 @@ impl From<AccountingError> for Failure {
         match e {
             AccountingError::InvalidParameter { .. }
             | AccountingError::Unsupported { .. }
-            | AccountingError::UnreachableTarget { .. } => Failure::Usage(e.to_string()),
+            | AccountingError::UnreachableTarget { .. }
+            | AccountingError::TargetMetWithoutNoise { .. }
+            | AccountingError::TooManySteps { .. }
+            | AccountingError::PrvBracketTooWide { .. }
+            | AccountingError::BeyondPrecision(_) => Failure::Usage(e.to_string()),
             AccountingError::Numerical(_) => Failure::Other(e.to_string()),
         }
     }
 }
 
+/// A clap error as one line: its first line, with the missing arguments named when that is
+/// the error (clap lists them on the lines that follow).
+fn one_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let mut lines = rendered.lines();
+    let first = lines.next().unwrap_or("invalid arguments").trim_end();
+    if e.kind() != clap::error::ErrorKind::MissingRequiredArgument {
+        return first.to_string();
+    }
+    let missing: Vec<&str> = lines.map(str::trim).take_while(|l| !l.is_empty()).collect();
+    format!("{first} {}", missing.join(", "))
+}
+
 fn usage(flag: &str, message: impl std::fmt::Display) -> Failure {
     Failure::Usage(format!("--{flag}: {message}"))
+}
+
+/// Writes to standard output; a closed pipe ends the process quietly with success, any other
+/// write error with one line and code 1.
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("dp-accounting: error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
 }
 
 fn main() -> ExitCode {
@@ -304,9 +344,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // One line naming the flag; the usage text is one --help away.
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("dp-accounting: {first} (see --help)");
+            eprintln!("dp-accounting: {} (see --help)", one_line(&e));
             return ExitCode::from(2);
         }
     };
@@ -322,6 +360,12 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Most trials of each kind `audit` accepts: far beyond any experiment (each trial is a training
+/// run or a canary), and where its time stays bounded: the beta quantiles' cost grows with the
+/// counts (2 s at 1e7 trials with half of them errors, 40 s at 1e8), and at 1e14 the credible
+/// interval's upper end overflows.
+const MAX_AUDIT_TRIALS: u64 = 10_000_000;
 
 /// A validated plan: sampling rate, delta and (where given) steps.
 struct Plan {
@@ -392,9 +436,28 @@ fn steps_of(length: &Length, q: f64) -> Result<u64, Failure> {
     }
 }
 
-fn accountant(choice: &Choice) -> Result<AccountantKind, Failure> {
+/// The accountant that answers, and why it is not the one asked for when it is not: the PRV
+/// accountant's floating-point FFT resolves delta only down to [`PRV_MIN_DELTA`]; below it the
+/// RDP accountant, whose bound holds at every delta, answers.
+fn accountant(choice: &Choice, delta: f64) -> Result<(AccountantKind, Option<String>), Failure> {
     let error = finite_positive("epsilon-error", choice.epsilon_error)?;
-    Ok(choice.accountant.with_error(error))
+    Ok(match choice.accountant.with_error(error) {
+        AccountantKind::Prv { .. } if delta < PRV_MIN_DELTA => (
+            AccountantKind::Rdp,
+            Some(format!(
+                "the PRV accountant resolves delta down to {PRV_MIN_DELTA:e} only (floating-point FFT): the RDP accountant answers for delta {delta:e}"
+            )),
+        ),
+        kind => (kind, None),
+    })
+}
+
+/// Adds the note saying which accountant answered, if any, to a report's fields.
+fn with_note(mut extra: Map<String, Value>, note: Option<String>) -> Map<String, Value> {
+    if let Some(note) = note {
+        extra.insert("note".into(), json!(note));
+    }
+    extra
 }
 
 /// Epsilon with what each accountant adds to the JSON (order, or the PRV bracket).
@@ -419,9 +482,9 @@ fn epsilon_report(
             let mut acc = PrvAccountant::new(epsilon_error)?;
             acc.compose(&event)?;
             let b = acc.epsilon_bounds(delta)?;
-            extra.insert("epsilon_lower".into(), json!(b.lower));
-            extra.insert("epsilon_estimate".into(), json!(b.estimate));
-            extra.insert("epsilon_upper".into(), json!(b.upper));
+            extra.insert("epsilon_lower".into(), number(b.lower));
+            extra.insert("epsilon_estimate".into(), number(b.estimate));
+            extra.insert("epsilon_upper".into(), number(b.upper));
             extra.insert("epsilon_error".into(), json!(epsilon_error));
             b.upper
         }
@@ -440,9 +503,17 @@ fn run(command: Command) -> Result<(), Failure> {
             let p = plan(&common)?;
             let steps = steps_of(&length, p.q)?;
             let sigma = finite_positive("noise-multiplier", noise_multiplier)?;
-            let kind = accountant(&choice)?;
+            let (kind, note) = accountant(&choice, p.delta)?;
             let (epsilon, extra) = epsilon_report(kind, p.q, sigma, steps, p.delta)?;
-            emit(&p, kind, sigma, steps, epsilon, extra, None);
+            emit(
+                &p,
+                kind,
+                sigma,
+                steps,
+                epsilon,
+                with_note(extra, note),
+                None,
+            );
         }
         Command::Sigma {
             common,
@@ -453,7 +524,7 @@ fn run(command: Command) -> Result<(), Failure> {
             let p = plan(&common)?;
             let steps = steps_of(&length, p.q)?;
             let target = finite_positive("epsilon", epsilon)?;
-            let kind = accountant(&choice)?;
+            let (kind, note) = accountant(&choice, p.delta)?;
             let cal = calibrate_noise_multiplier(kind, p.q, steps, target, p.delta)?;
             let (achieved, extra) =
                 epsilon_report(kind, p.q, cal.noise_multiplier, steps, p.delta)?;
@@ -468,7 +539,7 @@ fn run(command: Command) -> Result<(), Failure> {
                 cal.noise_multiplier,
                 steps,
                 achieved,
-                extra,
+                with_note(extra, note),
                 Some(headline),
             );
         }
@@ -481,7 +552,7 @@ fn run(command: Command) -> Result<(), Failure> {
             let p = plan(&common)?;
             let sigma = finite_positive("noise-multiplier", noise_multiplier)?;
             let target = finite_positive("epsilon", epsilon)?;
-            let kind = accountant(&choice)?;
+            let (kind, note) = accountant(&choice, p.delta)?;
             let steps = max_steps(kind, p.q, sigma, target, p.delta)?;
             if steps == 0 {
                 return Err(usage(
@@ -494,7 +565,15 @@ fn run(command: Command) -> Result<(), Failure> {
                 "at most {steps} steps ({:.2} epochs) fit within epsilon {target}",
                 steps as f64 * p.q
             );
-            emit(&p, kind, sigma, steps, achieved, extra, Some(headline));
+            emit(
+                &p,
+                kind,
+                sigma,
+                steps,
+                achieved,
+                with_note(extra, note),
+                Some(headline),
+            );
         }
         Command::Tune {
             common,
@@ -548,9 +627,9 @@ fn run(command: Command) -> Result<(), Failure> {
             if p.json {
                 let mut m = common_json(&p, AccountantKind::Rdp, sigma);
                 m.insert("steps".into(), json!(steps));
-                m.insert("epsilon".into(), json!(tuned_eps.epsilon));
+                m.insert("epsilon".into(), number(tuned_eps.epsilon));
                 m.insert("order".into(), json!(tuned_eps.order));
-                m.insert("single_run_epsilon".into(), json!(single_eps));
+                m.insert("single_run_epsilon".into(), number(single_eps));
                 m.insert(
                     "runs".into(),
                     serde_json::to_value(runs).unwrap_or(Value::Null),
@@ -618,9 +697,18 @@ fn run(command: Command) -> Result<(), Failure> {
                 FractionalSeries::Signed,
             )?;
             if as_json {
+                let rows: Vec<Value> = table
+                    .rows
+                    .iter()
+                    .map(|r| {
+                        let mut row = serde_json::to_value(r).unwrap_or(Value::Null);
+                        row["epsilon"] = number(r.epsilon);
+                        row
+                    })
+                    .collect();
                 let out = json!({
                     "dataset_size": dataset_size, "steps": steps, "delta": delta,
-                    "eta": table.eta, "tan_limit_epsilon": table.tan_limit_epsilon, "rows": table.rows,
+                    "eta": table.eta, "tan_limit_epsilon": number(table.tan_limit_epsilon), "rows": rows,
                 });
                 println!("{out}");
             } else {
@@ -663,11 +751,13 @@ fn run(command: Command) -> Result<(), Failure> {
             if !(level.is_finite() && level > 0.0 && level < 1.0) {
                 return Err(usage("level", format!("must be in (0, 1), got {level}")));
             }
-            if positives == 0 {
-                return Err(usage("positives", "must be at least 1"));
-            }
-            if negatives == 0 {
-                return Err(usage("negatives", "must be at least 1"));
+            for (flag, trials) in [("positives", positives), ("negatives", negatives)] {
+                if !(1..=MAX_AUDIT_TRIALS).contains(&trials) {
+                    return Err(usage(
+                        flag,
+                        format!("must be between 1 and {MAX_AUDIT_TRIALS:e} (the posterior's cost grows with the counts), got {trials}"),
+                    ));
+                }
             }
             if fp > negatives {
                 return Err(usage(
@@ -706,6 +796,12 @@ fn run(command: Command) -> Result<(), Failure> {
             svg,
         } => {
             let p = plan(&common)?;
+            if p.json && csv.as_ref().is_some_and(|c| c.as_os_str() == "-") {
+                return Err(usage(
+                    "csv",
+                    "'-' (standard output) cannot be combined with --json: give a file",
+                ));
+            }
             let last = steps_of(&length, p.q)?;
             let sigma = finite_positive("noise-multiplier", noise_multiplier)?;
             let error = finite_positive("epsilon-error", epsilon_error)?;
@@ -775,14 +871,7 @@ fn emit(
     if p.json {
         let mut m = common_json(p, kind, sigma);
         m.insert("steps".into(), json!(steps));
-        m.insert(
-            "epsilon".into(),
-            if epsilon.is_finite() {
-                json!(epsilon)
-            } else {
-                json!("inf")
-            },
-        );
+        m.insert("epsilon".into(), number(epsilon));
         m.extend(extra);
         println!("{}", Value::Object(m));
         return;
@@ -809,13 +898,17 @@ fn emit(
     );
     println!("  mechanism   {steps} steps of the Poisson-subsampled Gaussian: sampling rate q = {}, noise multiplier {sigma}", p.q);
     println!("  accountant  {how}");
+    if let Some(note) = extra.get("note").and_then(Value::as_str) {
+        println!("  note        {note}");
+    }
     println!("  neighbours  add/remove one record (the guarantee is per record)");
     println!("  sampling    assumes true Poisson sampling (each record joins each batch independently with probability q); shuffled fixed-size batches are a different mechanism");
     println!("  depends on  q, the noise multiplier, the number of steps and delta");
     println!("  not on      the model, the learning rate, the data, or the clip norm itself (the noise scales with it)");
 }
 
-/// JSON number, or the string "inf" for infinity.
+/// JSON number, or the string "inf" for infinity: every command writes an infinite epsilon
+/// the same way (JSON has no infinity; serde would write null).
 fn number(x: f64) -> Value {
     if x.is_infinite() {
         json!("inf")
@@ -881,7 +974,7 @@ fn print_audit(e: &AuditEstimate) {
         ("Jeffreys", &e.jeffreys),
     ] {
         println!(
-            "  {name:<15}epsilon >= {} at {pct}% confidence; two-sided [{}, {}]",
+            "  {name:<16}epsilon >= {} at {pct}% confidence; two-sided [{}, {}]",
             down(f.eps_lo_one_sided),
             down(f.eps_lo_two_sided),
             up(f.eps_hi_two_sided)
@@ -947,7 +1040,7 @@ fn write_curve(
                 let mut row = Map::new();
                 row.insert("steps".into(), json!(s));
                 for (name, values) in columns {
-                    row.insert(format!("epsilon_{name}"), json!(values[i]));
+                    row.insert(format!("epsilon_{name}"), number(values[i]));
                 }
                 Value::Object(row)
             })
