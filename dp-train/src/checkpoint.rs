@@ -12,7 +12,16 @@
 //! Resuming replays the steps after the last checkpoint from the same generator state, so they
 //! draw the same batches and the same noise: the replayed outputs are the ones the killed
 //! process computed (and never released), and the ledger counts each step once.
+//!
+//! Damage is refused, never guessed around: every checkpoint carries a manifest with the
+//! SHA-256 of each of its files, checked before a resume reads anything; the run folder's
+//! `ledger.json` must agree with the checkpoint's ledger and may not record more steps than it;
+//! and a folder whose record says steps were spent but whose `LATEST` (or `checkpoints/`) is
+//! gone is refused rather than started over. This protects against accidents and casual edits,
+//! not against whoever runs the training forging their own records (they could rewrite the
+//! manifest too).
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,6 +54,57 @@ struct CheckpointState {
 
 /// The file of a checkpoint that holds the privacy generator's state.
 pub const GENERATOR_FILE: &str = "generator.json";
+
+/// The file of a checkpoint that lists the SHA-256 of every other file in it.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// The files every checkpoint holds (besides its manifest).
+const REQUIRED_FILES: [&str; 4] = [
+    "state.json",
+    GENERATOR_FILE,
+    "weights.safetensors",
+    "optimizer.safetensors",
+];
+
+/// A checkpoint's files and their SHA-256 digests (hex).
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    sha256: BTreeMap<String, String>,
+}
+
+/// A checkpoint whose files match its manifest and whose ledger agrees with the run folder's.
+struct Verified {
+    dir: PathBuf,
+    state: CheckpointState,
+}
+
+fn damaged(path: &Path, reason: impl Into<String>) -> TrainError {
+    TrainError::Damaged {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The SHA-256 of a file, in hex.
+fn sha256(path: &Path) -> Result<String, TrainError> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut File::open(path)?, &mut hasher)?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// The digests of every file in `dir` but the manifest.
+fn manifest_of(dir: &Path) -> Result<Manifest, TrainError> {
+    let mut sha256s = BTreeMap::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != MANIFEST_FILE {
+            sha256s.insert(name, sha256(&entry.path())?);
+        }
+    }
+    Ok(Manifest { sha256: sha256s })
+}
 
 /// What a resumed run continues from.
 pub(crate) struct Resumed {
@@ -91,17 +151,125 @@ impl Checkpointing {
         self.dir.join("checkpoints")
     }
 
-    /// When the run folder holds a checkpoint, checks that `resolved` (the plan about to run,
-    /// as `config.resolved.toml` writes it) is the plan that checkpoint was made with, apart from
-    /// [`crate::plan::RESUMABLE_SECTIONS`]; a different plan is refused naming the first key
-    /// that differs, before anything in the folder is written. A folder without a checkpoint
-    /// passes.
-    pub fn check_resumed_plan(&self, resolved: &str) -> Result<(), TrainError> {
+    /// The latest checkpoint, verified (see the module docs); `None` for a folder that has
+    /// recorded no steps.
+    fn latest(&self) -> Result<Option<Verified>, TrainError> {
         let folder = self.folder();
-        let Ok(name) = fs::read_to_string(folder.join("LATEST")) else {
+        let latest = folder.join("LATEST");
+        let ledger_path = self.dir.join("ledger.json");
+        let name = match fs::read_to_string(&latest) {
+            Ok(name) => name.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let has_checkpoints = fs::read_dir(&folder).is_ok_and(|entries| {
+                    entries
+                        .flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+                });
+                if ledger_path.exists() || has_checkpoints {
+                    return Err(damaged(
+                        &latest,
+                        "is missing, but the run folder records spent steps (ledger.json or a checkpoint): starting over here would lose that record; restore it, or train in a new run folder",
+                    ));
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(damaged(&latest, e.to_string())),
+        };
+        let well_formed = name.len() == 14
+            && name.starts_with("step-")
+            && name[5..].bytes().all(|b| b.is_ascii_digit());
+        if !well_formed {
+            return Err(damaged(
+                &latest,
+                format!("names {name:?}, not a checkpoint (step-NNNNNNNNN)"),
+            ));
+        }
+        let dir = folder.join(&name);
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let manifest: Manifest = fs::read_to_string(&manifest_path)
+            .map_err(|e| damaged(&manifest_path, e.to_string()))
+            .and_then(|text| {
+                serde_json::from_str(&text).map_err(|e| damaged(&manifest_path, e.to_string()))
+            })?;
+        for required in REQUIRED_FILES {
+            if !manifest.sha256.contains_key(required) {
+                return Err(damaged(&manifest_path, format!("does not list {required}")));
+            }
+        }
+        let found = manifest_of(&dir)?;
+        for name in found.sha256.keys() {
+            if !manifest.sha256.contains_key(name) {
+                return Err(damaged(
+                    &dir.join(name),
+                    "is not in the checkpoint's manifest",
+                ));
+            }
+        }
+        for (name, want) in &manifest.sha256 {
+            match found.sha256.get(name) {
+                None => return Err(damaged(&dir.join(name), "is missing")),
+                Some(got) if got != want => {
+                    return Err(damaged(
+                        &dir.join(name),
+                        format!(
+                            "does not match its SHA-256 in {MANIFEST_FILE} (damaged or edited)"
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let state_path = dir.join("state.json");
+        let state: CheckpointState = serde_json::from_str(&fs::read_to_string(&state_path)?)
+            .map_err(|e| damaged(&state_path, e.to_string()))?;
+        if state.step != state.ledger.steps || name != format!("step-{:09}", state.step) {
+            return Err(damaged(
+                &state_path,
+                format!(
+                    "says step {} with {} ledger steps, in a checkpoint named {name}",
+                    state.step, state.ledger.steps
+                ),
+            ));
+        }
+        // The run folder's ledger is written after the checkpoint: it may lag behind it (a kill
+        // in between), never lead it or describe another run.
+        if let Ok(text) = fs::read_to_string(&ledger_path) {
+            let top: LedgerRecord =
+                serde_json::from_str(&text).map_err(|e| damaged(&ledger_path, e.to_string()))?;
+            if top.steps > state.ledger.steps {
+                return Err(damaged(
+                    &ledger_path,
+                    format!(
+                        "records {} spent steps, more than the latest checkpoint's {}",
+                        top.steps, state.ledger.steps
+                    ),
+                ));
+            }
+            let comparable = |r: &LedgerRecord| LedgerRecord {
+                steps: 0,
+                epsilon_spent: None,
+                ..r.clone()
+            };
+            if comparable(&top) != comparable(&state.ledger) {
+                return Err(damaged(
+                    &ledger_path,
+                    "describes another mechanism, budget or seed than the latest checkpoint's ledger",
+                ));
+            }
+        }
+        Ok(Some(Verified { dir, state }))
+    }
+
+    /// When the run folder holds a checkpoint, verifies it (see the module docs) and checks that
+    /// `resolved` (the plan about to run, as `config.resolved.toml` writes it) is the plan that
+    /// checkpoint was made with, apart from [`crate::plan::RESUMABLE_SECTIONS`]; a different plan
+    /// is refused naming the first key that differs, before anything in the folder is written.
+    /// A folder that has recorded no steps passes.
+    pub fn check_resumed_plan(&self, resolved: &str) -> Result<(), TrainError> {
+        let Some(latest) = self.latest()? else {
             return Ok(());
         };
-        let saved_path = folder.join(name.trim()).join("config.resolved.toml");
+        let saved_path = latest.dir.join("config.resolved.toml");
         let saved = fs::read_to_string(&saved_path).map_err(|e| {
             TrainError::Config(format!(
                 "{}: {e}: the run folder's checkpoint does not say which plan made it; use a new folder",
@@ -164,6 +332,10 @@ impl Checkpointing {
         }
         sync(&tmp.join("weights.safetensors"))?;
         sync(&tmp.join("optimizer.safetensors"))?;
+        write_synced(
+            &tmp.join(MANIFEST_FILE),
+            pretty_json(&manifest_of(&tmp)?)?.as_bytes(),
+        )?;
         let name = format!("step-{step:09}");
         let target = folder.join(&name);
         if target.exists() {
@@ -202,25 +374,13 @@ impl Checkpointing {
         vs: &nn::VarStore,
         optimizer: Optimizer,
     ) -> Result<Option<Resumed>, TrainError> {
-        let folder = self.folder();
-        let Ok(name) = fs::read_to_string(folder.join("LATEST")) else {
+        let Some(Verified { dir, state }) = self.latest()? else {
             return Ok(None);
         };
-        let dir = folder.join(name.trim());
-        let corrupt = |what: &str| {
-            TrainError::Config(format!(
-                "checkpoint {} is unreadable: {what}",
-                dir.display()
-            ))
-        };
-        let state: CheckpointState =
-            serde_json::from_str(&fs::read_to_string(dir.join("state.json"))?)
-                .map_err(|e| corrupt(&e.to_string()))?;
-        let generator: RngSnapshot = fs::read_to_string(dir.join(GENERATOR_FILE))
-            .map_err(|e| corrupt(&format!("{GENERATOR_FILE}: {e}")))
-            .and_then(|text| {
-                serde_json::from_str(&text).map_err(|e| corrupt(&format!("{GENERATOR_FILE}: {e}")))
-            })?;
+        let corrupt = |what: &str| damaged(&dir, what);
+        let generator_path = dir.join(GENERATOR_FILE);
+        let generator: RngSnapshot = serde_json::from_str(&fs::read_to_string(&generator_path)?)
+            .map_err(|e| damaged(&generator_path, e.to_string()))?;
         let variables = vs.variables();
         let saved = Tensor::read_safetensors(dir.join("weights.safetensors"))?;
         if saved.len() != variables.len() {
@@ -231,6 +391,13 @@ impl Checkpointing {
                 let var = variables
                     .get(name)
                     .ok_or_else(|| corrupt(&format!("unknown variable {name}")))?;
+                if var.size() != tensor.size() {
+                    return Err(corrupt(&format!(
+                        "{name} has shape {:?}, the model's has {:?}",
+                        tensor.size(),
+                        var.size()
+                    )));
+                }
                 var.shallow_clone().f_copy_(tensor)?;
             }
             Ok(())

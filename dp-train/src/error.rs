@@ -32,6 +32,15 @@ pub enum TrainError {
     /// A clipping, noise or sampling error.
     #[error(transparent)]
     Core(#[from] dp_core::CoreError),
+    /// A run folder's record (a checkpoint file, its manifest, the ledger) is damaged or
+    /// disagrees with the rest; the run was refused before anything was written.
+    #[error("{path}: {reason}; refusing to resume, nothing was written")]
+    Damaged {
+        /// The file (or folder) at fault.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Writing a report failed.
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),

@@ -1204,6 +1204,195 @@ fn kill_and_resume(noise_mode: &str, max_wait: usize, min_kills: usize) {
     std::fs::remove_dir_all(&base).unwrap();
 }
 
+/// Every file of a folder, by path relative to it, with its bytes.
+fn folder_contents(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path.strip_prefix(dir).unwrap().display().to_string();
+                files.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn damaged_or_edited_run_folders_are_refused_naming_the_file_and_left_as_they_are() {
+    use std::path::Path;
+    let base = std::env::temp_dir().join(format!("dp-train-damage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let run = |dir: &Path| {
+        let dir = dir.display().to_string();
+        dp_train(&[
+            "fashion-mnist",
+            "--seed",
+            "7",
+            "--epsilon",
+            "3",
+            "--epochs",
+            "0.5",
+            "--train-subset",
+            "1000",
+            "--batch-size",
+            "100",
+            "--checkpoint-every",
+            "2",
+            "--noise-mode",
+            "fast",
+            "--json",
+            "--run-dir",
+            &dir,
+        ])
+    };
+    let original = base.join("original");
+    assert!(run(&original).status.success());
+    let checkpoint = |dir: &Path| {
+        let latest = std::fs::read_to_string(dir.join("checkpoints/LATEST")).unwrap();
+        dir.join("checkpoints").join(latest.trim())
+    };
+    let flip_last_byte = |path: &Path| {
+        let mut bytes = std::fs::read(path).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(path, bytes).unwrap();
+    };
+    // Sets a field of a JSON file (a path of object keys), as a hand edit would.
+    let edit = |path: &Path, keys: &[&str], value: serde_json::Value| {
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut field = &mut json;
+        for key in keys {
+            field = field.get_mut(*key).unwrap();
+        }
+        *field = value;
+        std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    };
+    use serde_json::json;
+    type Damage<'a> = (&'a str, &'a str, Box<dyn Fn(&Path) + 'a>);
+    let damages: Vec<Damage> = vec![
+        ("nothing (the control)", "", Box::new(|_| {})),
+        (
+            "ledger steps edited in state.json",
+            "state.json",
+            Box::new(|d| {
+                edit(
+                    &checkpoint(d).join("state.json"),
+                    &["ledger", "steps"],
+                    json!(1),
+                )
+            }),
+        ),
+        (
+            "budget edited in state.json",
+            "state.json",
+            Box::new(|d| {
+                edit(
+                    &checkpoint(d).join("state.json"),
+                    &["ledger", "budget"],
+                    json!(100.0),
+                )
+            }),
+        ),
+        (
+            "a flipped byte in the weights' data",
+            "weights.safetensors",
+            Box::new(|d| flip_last_byte(&checkpoint(d).join("weights.safetensors"))),
+        ),
+        (
+            "a flipped byte in the optimizer's data",
+            "optimizer.safetensors",
+            Box::new(|d| flip_last_byte(&checkpoint(d).join("optimizer.safetensors"))),
+        ),
+        (
+            "a reset generator stream",
+            "generator.json",
+            Box::new(|d| {
+                edit(
+                    &checkpoint(d).join("generator.json"),
+                    &["word_position"],
+                    json!("0"),
+                )
+            }),
+        ),
+        (
+            "a truncated generator file",
+            "generator.json",
+            Box::new(|d| {
+                let path = checkpoint(d).join("generator.json");
+                let text = std::fs::read(&path).unwrap();
+                std::fs::write(&path, &text[..text.len() / 2]).unwrap();
+            }),
+        ),
+        (
+            "a deleted manifest",
+            "manifest.json",
+            Box::new(|d| std::fs::remove_file(checkpoint(d).join("manifest.json")).unwrap()),
+        ),
+        (
+            "a file added to the checkpoint",
+            "noise.safetensors",
+            Box::new(|d| std::fs::write(checkpoint(d).join("noise.safetensors"), b"x").unwrap()),
+        ),
+        (
+            "more steps in the run folder's ledger than in the checkpoint",
+            "ledger.json",
+            Box::new(|d| edit(&d.join("ledger.json"), &["steps"], json!(50))),
+        ),
+        (
+            "another budget in the run folder's ledger",
+            "ledger.json",
+            Box::new(|d| edit(&d.join("ledger.json"), &["budget"], json!(null))),
+        ),
+        (
+            "a deleted LATEST",
+            "LATEST",
+            Box::new(|d| std::fs::remove_file(d.join("checkpoints/LATEST")).unwrap()),
+        ),
+        (
+            "a deleted checkpoints folder",
+            "LATEST",
+            Box::new(|d| std::fs::remove_dir_all(d.join("checkpoints")).unwrap()),
+        ),
+    ];
+    for (what, file, damage) in &damages {
+        let dir = base.join("damaged");
+        let _ = std::fs::remove_dir_all(&dir);
+        let copied = Command::new("cp")
+            .args([
+                "-a",
+                &original.display().to_string(),
+                &dir.display().to_string(),
+            ])
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        damage(&dir);
+        let before = folder_contents(&dir);
+        let out = run(&dir);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if file.is_empty() {
+            assert!(out.status.success(), "{what}: {stderr}");
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
+        assert!(
+            stderr.contains(file) && stderr.contains("refusing to resume"),
+            "{what} should name {file}: {stderr}"
+        );
+        assert!(
+            before == folder_contents(&dir),
+            "{what}: the folder changed"
+        );
+    }
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
 mod plans {
     use super::*;
     use dp_train::plan::TrainConfig;
