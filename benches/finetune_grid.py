@@ -51,10 +51,10 @@ GRID = [
     ("head only, sgd 2, C 1", ['model.finetune={ kind = "top", blocks = 0 }', SGD,
                                "training.learning_rate=2.0", "privacy.clip_norm=1.0"]),
     ("all, adam 1e-3, C 0.1, no noise", [FULL, "training.learning_rate=0.001", "privacy.clip_norm=0.1",
-                                          "privacy.noise=none"]),
+                                          "privacy.noise=none", "privacy.epsilon=inf"]),
     ("all, adam 1e-3, C 0.1, 10 epochs, no noise", [FULL, "training.learning_rate=0.001",
                                                      "privacy.clip_norm=0.1", "privacy.epochs=10",
-                                                     "privacy.noise=none"]),
+                                                     "privacy.noise=none", "privacy.epsilon=inf"]),
 ]
 
 def main():

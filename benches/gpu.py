@@ -82,7 +82,7 @@ def parts(args, runs):
                 "--run-dir", str(runs / f"minilm-{noise}-{epsilon}-{seed}"), "--json",
                 "--set", f"privacy.seed={seed}"]
         if noise == "none":
-            argv += ["--set", "privacy.noise=none"]
+            argv += ["--set", "privacy.noise=none", "--set", "privacy.epsilon=inf"]
         else:
             argv += ["--set", f"privacy.epsilon={epsilon}"]
         if dry:

@@ -50,6 +50,59 @@ pub enum Optimizer {
     },
 }
 
+impl Optimizer {
+    /// Checks the hyperparameters' ranges: momentum and betas in [0, 1), eps > 0, weight decay
+    /// >= 0, Nesterov only with momentum.
+    pub fn check(&self) -> Result<(), TrainError> {
+        let unit = |name: &str, v: f64| {
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(TrainError::Config(format!(
+                    "training.optimizer.{name} must be in [0, 1), got {v}"
+                )))
+            }
+        };
+        let positive = |name: &str, v: f64, zero_ok: bool| {
+            if v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) {
+                Ok(())
+            } else {
+                Err(TrainError::Config(format!(
+                    "training.optimizer.{name} must be a finite number {} 0, got {v}",
+                    if zero_ok { ">=" } else { ">" }
+                )))
+            }
+        };
+        match *self {
+            Optimizer::Sgd { momentum, nesterov } => {
+                unit("momentum", momentum)?;
+                if nesterov && momentum == 0.0 {
+                    return Err(TrainError::Config(
+                        "training.optimizer.nesterov needs a momentum > 0".into(),
+                    ));
+                }
+            }
+            Optimizer::Adam { beta1, beta2, eps } => {
+                unit("beta1", beta1)?;
+                unit("beta2", beta2)?;
+                positive("eps", eps, false)?;
+            }
+            Optimizer::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                unit("beta1", beta1)?;
+                unit("beta2", beta2)?;
+                positive("eps", eps, false)?;
+                positive("weight_decay", weight_decay, true)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for Optimizer {
     fn default() -> Self {
         Optimizer::Sgd {

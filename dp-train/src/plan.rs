@@ -18,6 +18,17 @@ use crate::error::TrainError;
 use crate::models::{Finetune, Precision};
 use crate::optimizer::{Optimizer, Schedule};
 
+/// Fashion-MNIST's inputs and classes (the MLP's first and last widths).
+const MLP_INPUTS: i64 = 784;
+const MLP_CLASSES: i64 = 10;
+
+/// Widest hidden layer of an MLP.
+const MAX_HIDDEN_WIDTH: i64 = 65_536;
+
+/// Most parameters of an MLP (400 MB in f32): beyond, a CPU run is hopeless and per-example
+/// gradients do not fit in memory.
+const MAX_MLP_PARAMETERS: i64 = 100_000_000;
+
 /// The datasets a plan can name.
 pub const DATASETS: &str = "fashion-mnist, rotten-tomatoes or text-csv";
 
@@ -247,12 +258,24 @@ fn config_error(msg: impl Into<String>) -> TrainError {
 impl TrainConfig {
     /// Parses TOML after applying `section.key=value` overrides.
     pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self, TrainError> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| config_error(e.message().to_string()))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+            // The message alone does not say where ("duplicate key"): add the line.
+            let place = e.span().map_or(String::new(), |span| {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                let shown = text.lines().nth(line - 1).unwrap_or("").trim();
+                format!(" at line {line} (`{shown}`)")
+            });
+            config_error(format!("plan: {}{place}", e.message().trim()))
+        })?;
         for o in overrides {
             let (path, value) = o
                 .split_once('=')
                 .ok_or_else(|| config_error(format!("--set {o}: expected section.key=value")))?;
+            if value.contains(['\n', '\r']) {
+                return Err(config_error(format!(
+                    "--set {path}: the value must be one line (a line break could add tables to the plan)"
+                )));
+            }
             let (section, key) = path
                 .split_once('.')
                 .ok_or_else(|| config_error(format!("--set {o}: expected section.key=value")))?;
@@ -277,8 +300,69 @@ impl TrainConfig {
         Ok(config)
     }
 
-    /// Validates and resolves the mechanism from `[data]` and `[privacy]` alone.
+    /// Checks the values that do not decide the mechanism (the model's size, the optimizer,
+    /// `[performance]`) before any tensor is made.
+    fn check_values(&self) -> Result<(), TrainError> {
+        let m = &self.model;
+        if m.kind == "mlp" {
+            let mut inputs = MLP_INPUTS;
+            let mut parameters = 0i64;
+            for &width in &m.hidden {
+                if !(1..=MAX_HIDDEN_WIDTH).contains(&width) {
+                    return Err(config_error(format!(
+                        "model.hidden: widths must be between 1 and {MAX_HIDDEN_WIDTH}, got {width}"
+                    )));
+                }
+                parameters += (inputs + 1) * width;
+                inputs = width;
+            }
+            parameters += (inputs + 1) * MLP_CLASSES;
+            if parameters > MAX_MLP_PARAMETERS {
+                return Err(config_error(format!(
+                    "model.hidden: {:?} makes {parameters} parameters ({:.1} GB in f32, more with per-example gradients); at most {MAX_MLP_PARAMETERS}",
+                    m.hidden,
+                    parameters as f64 * 4.0 / 1e9
+                )));
+            }
+        }
+        if !(1..=512).contains(&self.data.max_length) {
+            return Err(config_error(format!(
+                "data.max_length must be between 1 and 512 (the encoder's positions), got {}",
+                self.data.max_length
+            )));
+        }
+        let t = &self.training;
+        if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
+            return Err(config_error(format!(
+                "training.learning_rate must be a finite number > 0, got {}",
+                t.learning_rate
+            )));
+        }
+        t.optimizer.check()?;
+        let perf = &self.performance;
+        if perf.physical_batch_size == 0 {
+            return Err(config_error(
+                "performance.physical_batch_size must be at least 1",
+            ));
+        }
+        if !(0..=1024).contains(&perf.threads) {
+            return Err(config_error(format!(
+                "performance.threads must be between 0 (libtorch's default) and 1024, got {}",
+                perf.threads
+            )));
+        }
+        if perf.checkpoint_every == 0 {
+            return Err(config_error(
+                "performance.checkpoint_every must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Validates and resolves the mechanism from `[data]` and `[privacy]` alone (after checking
+    /// the other sections' values).
     pub fn resolve(&self) -> Result<ResolvedPlan, TrainError> {
+        self.check_values()?;
         let (d, p) = (&self.data, &self.privacy);
         match (d.dataset.as_str(), self.model.kind.as_str()) {
             ("fashion-mnist", "mlp") | ("rotten-tomatoes" | "text-csv", "encoder") => {}
@@ -320,6 +404,12 @@ impl TrainConfig {
         let positive = |x: f64| x.is_finite() && x > 0.0;
         if !(p.delta > 0.0 && p.delta < 1.0) {
             return Err(config_error("privacy.delta must be in (0, 1)"));
+        }
+        if p.delta * d.dataset_size as f64 >= 1.0 {
+            return Err(config_error(format!(
+                "privacy.delta {} is at least 1/N = 1/{}: a mechanism that publishes a random example whole meets it; take delta well below 1/N",
+                p.delta, d.dataset_size
+            )));
         }
         if !positive(p.clip_norm) {
             return Err(config_error("privacy.clip_norm must be > 0"));
@@ -384,7 +474,13 @@ impl TrainConfig {
             }
         };
         let (noise_multiplier, epsilon_budget) = match (p.noise.as_str(), p.noise_multiplier) {
-            ("none", None) => (0.0, f64::INFINITY),
+            ("none", None) if p.epsilon == f64::INFINITY => (0.0, f64::INFINITY),
+            ("none", None) => {
+                return Err(config_error(format!(
+                    "privacy.epsilon: noise = \"none\" trains WITHOUT privacy, which epsilon {} would not describe: set epsilon = inf too (--set privacy.epsilon=inf)",
+                    p.epsilon
+                )))
+            }
             ("none", Some(_)) => {
                 return Err(config_error(
                     "privacy.noise_multiplier cannot be set with noise = \"none\"",

@@ -1483,6 +1483,233 @@ mod plans {
     }
 
     #[test]
+    fn values_out_of_range_are_refused_before_any_tensor_is_made() {
+        assert_refused(
+            PLAN,
+            &[
+                ("model.hidden=[0]", "model.hidden"),
+                ("model.hidden=[100000000]", "model.hidden"),
+                ("model.hidden=[65536, 65536]", "parameters"),
+                (
+                    "performance.physical_batch_size=0",
+                    "performance.physical_batch_size",
+                ),
+                ("performance.threads=-1", "performance.threads"),
+                (
+                    "performance.checkpoint_every=0",
+                    "performance.checkpoint_every",
+                ),
+                (
+                    "training.optimizer={ kind = \"sgd\", momentum = 2.0, nesterov = false }",
+                    "training.optimizer.momentum",
+                ),
+                (
+                    "training.optimizer={ kind = \"adam\", beta1 = 0.9, beta2 = 1.5, eps = 1e-8 }",
+                    "training.optimizer.beta2",
+                ),
+                ("training.learning_rate=-1", "training.learning_rate"),
+                ("training.learning_rate=nan", "training.learning_rate"),
+                ("data.max_length=100000", "data.max_length"),
+                // A delta that publishing one random example whole would meet.
+                ("privacy.delta=0.1", "1/N"),
+                ("privacy.delta=0.00002", "1/N"),
+                // No noise is a choice to say, not a silent infinite budget.
+                ("privacy.noise=\"none\"", "epsilon = inf"),
+                // A value cannot smuggle in a second table.
+                ("privacy.epsilon=3\n[privacy]\nepsilon = 100", "one line"),
+            ],
+        );
+        let none = TrainConfig::from_toml(
+            PLAN,
+            &[
+                "privacy.noise=\"none\"".into(),
+                "privacy.epsilon=inf".into(),
+            ],
+        )
+        .unwrap()
+        .resolve()
+        .unwrap();
+        assert_eq!(none.noise_multiplier, 0.0);
+        assert!(none.epsilon_budget.is_infinite());
+        // A duplicate key is named with its line.
+        let duplicated = PLAN.replacen("delta = 1e-5", "delta = 1e-5\ndelta = 1e-6", 1);
+        let err = TrainConfig::from_toml(&duplicated, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("duplicate") && err.contains("delta = 1e-6"),
+            "{err}"
+        );
+    }
+
+    /// Plans over generated values for every key (typical, extreme, negative, non-finite,
+    /// huge, malformed): parsing and resolving never panics, every refusal is one line naming a
+    /// plan key or `--set`, and every accepted calibrated plan accounts at most its target. The
+    /// refusals also go through the `dp-train` binary: exit code 2, one line, no panic.
+    #[test]
+    fn generated_plans_are_refused_in_one_line_or_resolve_within_their_budget() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+        use std::cell::RefCell;
+        const KEYS: [(&str, &[&str]); 20] = [
+            ("data.dataset_size", &["100", "60000"]),
+            ("data.max_length", &["16", "64"]),
+            ("privacy.epsilon", &["1", "8"]),
+            ("privacy.delta", &["1e-5", "1e-7"]),
+            ("privacy.noise_multiplier", &["1", "0.5"]),
+            ("privacy.expected_batch_size", &["32", "1024"]),
+            ("privacy.epochs", &["1", "3"]),
+            ("privacy.steps", &["10"]),
+            ("privacy.clip_norm", &["1", "0.1"]),
+            ("privacy.noise", &["\"gaussian\"", "\"none\"", "\"mf\""]),
+            ("privacy.noise_mode", &["\"secure\"", "\"fast\""]),
+            ("privacy.sampling", &["\"poisson\"", "\"cyclic\""]),
+            ("privacy.seed", &["1"]),
+            ("training.learning_rate", &["0.5", "0.001"]),
+            (
+                "training.optimizer",
+                &[
+                    "\"adam\"",
+                    "{ kind = \"sgd\", momentum = 0.9, nesterov = true }",
+                ],
+            ),
+            ("model.hidden", &["[256]", "[]", "[64, 64]"]),
+            ("performance.physical_batch_size", &["512", "1"]),
+            ("performance.threads", &["0", "2"]),
+            ("performance.checkpoint_every", &["50", "1"]),
+            ("performance.device", &["\"cpu\""]),
+        ];
+        const EXTREME: [&str; 14] = [
+            "0",
+            "-1",
+            "nan",
+            "inf",
+            "-inf",
+            "1e300",
+            "1e-300",
+            "18446744073709551616",
+            "\"x\"",
+            "[0]",
+            "[100000000]",
+            "{ }",
+            "true",
+            "1.5",
+        ];
+        let value = |typical: &'static [&'static str]| {
+            prop_oneof![
+                5 => proptest::sample::select(typical).prop_map(str::to_string),
+                1 => proptest::sample::select(&EXTREME[..]).prop_map(str::to_string),
+            ]
+        };
+        let overrides = KEYS
+            .iter()
+            .map(|&(key, typical)| {
+                proptest::option::weighted(0.3, value(typical))
+                    .prop_map(move |v| v.map(|v| format!("{key}={v}")))
+            })
+            .collect::<Vec<_>>()
+            .prop_map(|sets| sets.into_iter().flatten().collect::<Vec<String>>());
+        let config = Config {
+            cases: 400,
+            failure_persistence: None,
+            max_shrink_iters: 0,
+            ..Config::default()
+        };
+        let mut runner =
+            TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+        let refusals = RefCell::new(Vec::new());
+        let (tried, accepted) = (RefCell::new(0), RefCell::new(0));
+        runner
+            .run(&overrides, |sets| {
+                *tried.borrow_mut() += 1;
+                let result = std::panic::catch_unwind(|| {
+                    TrainConfig::from_toml(PLAN, &sets).and_then(|c| c.resolve())
+                });
+                let Ok(result) = result else {
+                    return Err(TestCaseError::fail(format!("{sets:?} panicked")));
+                };
+                match result {
+                    Ok(plan) => {
+                        *accepted.borrow_mut() += 1;
+                        // A calibrated plan accounts at most its target over all its steps (a
+                        // given noise multiplier may not: the ledger then stops the run there).
+                        let calibrated = !sets
+                            .iter()
+                            .any(|s| s.starts_with("privacy.noise_multiplier"));
+                        if calibrated
+                            && plan.noise_multiplier > 0.0
+                            && plan.mechanism == Mechanism::PoissonGaussian
+                        {
+                            let mut acc = dp_accounting::RdpAccountant::default();
+                            use dp_accounting::Accountant;
+                            acc.compose(&plan.event).unwrap();
+                            let delta = TrainConfig::from_toml(PLAN, &sets).unwrap().privacy.delta;
+                            let spent = acc.epsilon(delta).unwrap();
+                            prop_assert!(
+                                spent <= plan.epsilon_budget,
+                                "{sets:?}: {spent} > {}",
+                                plan.epsilon_budget
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        prop_assert!(!message.contains('\n'), "{sets:?}: {message}");
+                        let names_a_key = message.contains("--set")
+                            || message.contains("plan")
+                            || KEYS.iter().any(|(k, _)| {
+                                let (section, key) = k.split_once('.').unwrap();
+                                message.contains(k)
+                                    || message.contains(section)
+                                    || message.contains(key)
+                            });
+                        prop_assert!(names_a_key, "{sets:?}: {message}");
+                        refusals.borrow_mut().push(sets);
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        // Refusals through the binary (a sample: each starts libtorch).
+        let plan_file =
+            std::env::temp_dir().join(format!("dp-train-fuzz-{}.toml", std::process::id()));
+        std::fs::write(&plan_file, PLAN).unwrap();
+        let refusals = refusals.into_inner();
+        for sets in refusals.iter().step_by((refusals.len() / 12).max(1)) {
+            let mut args = vec![
+                "train".to_string(),
+                "--config".into(),
+                plan_file.display().to_string(),
+                "--run-dir".into(),
+                std::env::temp_dir()
+                    .join("dp-train-fuzz-never-written")
+                    .display()
+                    .to_string(),
+            ];
+            for set in sets {
+                args.extend(["--set".to_string(), set.clone()]);
+            }
+            let out = Command::new(env!("CARGO_BIN_EXE_dp-train"))
+                .args(&args)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{sets:?}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{sets:?}: {stderr}");
+            assert!(!std::env::temp_dir()
+                .join("dp-train-fuzz-never-written")
+                .exists());
+        }
+        std::fs::remove_file(&plan_file).unwrap();
+        println!(
+            "generated plans: {} tried, {} accepted, {} refused; 0 panics",
+            tried.into_inner(),
+            accepted.into_inner(),
+            refusals.len()
+        );
+    }
+
+    #[test]
     fn a_run_stops_before_its_budget_and_says_so() {
         let dir = std::env::temp_dir().join(format!("dp-train-budget-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -950,7 +950,7 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
     );
     let checkpointing = Checkpointing {
         dir: args.run_dir.clone(),
-        every: config.performance.checkpoint_every.max(1),
+        every: config.performance.checkpoint_every,
         resolved_config: Some(resolved.clone()),
     };
     // A folder holding another plan's checkpoint is refused before anything is loaded or written.
