@@ -19,6 +19,7 @@
 mod accountant;
 pub mod audit;
 mod calibrate;
+pub mod cli;
 mod error;
 mod event;
 pub mod mf;

@@ -30,7 +30,7 @@ use dp_core::{CorrelatedNoise, PrivacyRng, RngSnapshot};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use crate::error::TrainError;
+use crate::error::{AtPath, TrainError};
 use crate::ledger::{LedgerRecord, PrivacyLedger};
 use crate::optimizer::{Optimizer, OptimizerState};
 
@@ -154,6 +154,13 @@ impl Checkpointing {
     /// The latest checkpoint, verified (see the module docs); `None` for a folder that has
     /// recorded no steps.
     fn latest(&self) -> Result<Option<Verified>, TrainError> {
+        if self.dir.exists() && !self.dir.is_dir() {
+            return Err(TrainError::File {
+                action: "use as the run folder",
+                path: self.dir.display().to_string(),
+                source: std::io::Error::other("it is a file, not a folder"),
+            });
+        }
         let folder = self.folder();
         let latest = folder.join("LATEST");
         let ledger_path = self.dir.join("ledger.json");
@@ -288,6 +295,18 @@ impl Checkpointing {
 
     /// Saves the state after `ledger.steps()` steps.
     pub(crate) fn save(
+        &self,
+        vs: &nn::VarStore,
+        optimizer: &OptimizerState,
+        rng: &PrivacyRng,
+        ledger: &PrivacyLedger,
+        correlated: Option<&CorrelatedNoise>,
+    ) -> Result<(), TrainError> {
+        self.write_checkpoint(vs, optimizer, rng, ledger, correlated)
+            .at("write a checkpoint in", &self.folder())
+    }
+
+    fn write_checkpoint(
         &self,
         vs: &nn::VarStore,
         optimizer: &OptimizerState,

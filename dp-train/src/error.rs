@@ -41,10 +41,50 @@ pub enum TrainError {
         /// What is wrong with it.
         reason: String,
     },
-    /// Writing a report failed.
-    #[error("cannot write output: {0}")]
+    /// Reading or writing a named file or folder failed.
+    #[error("cannot {action} {path}: {source}")]
+    File {
+        /// What was being done ("read", "write", "create the run folder").
+        action: &'static str,
+        /// The file or folder.
+        path: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// An input or output operation failed (inside a step whose file is named by the caller).
+    #[error("input/output error: {0}")]
     Io(#[from] std::io::Error),
     /// A libtorch error.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+}
+
+/// Names the file (and what was being done) in an I/O error.
+pub trait AtPath<T> {
+    /// The error as [`TrainError::File`] for `path`.
+    fn at(self, action: &'static str, path: &std::path::Path) -> Result<T, TrainError>;
+}
+
+impl<T> AtPath<T> for Result<T, std::io::Error> {
+    fn at(self, action: &'static str, path: &std::path::Path) -> Result<T, TrainError> {
+        self.map_err(|source| TrainError::File {
+            action,
+            path: path.display().to_string(),
+            source,
+        })
+    }
+}
+
+impl<T> AtPath<T> for Result<T, TrainError> {
+    /// Names the path on a bare I/O error; other errors pass unchanged.
+    fn at(self, action: &'static str, path: &std::path::Path) -> Result<T, TrainError> {
+        self.map_err(|e| match e {
+            TrainError::Io(source) => TrainError::File {
+                action,
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        })
+    }
 }

@@ -26,6 +26,6 @@ pub use dpsgd::{
     evaluate_accuracy, train, train_with_hooks, Batches, DpSgdConfig, Mechanism, NoHooks,
     StepHooks, StepReport, TrainSummary,
 };
-pub use error::TrainError;
+pub use error::{AtPath, TrainError};
 pub use ledger::PrivacyLedger;
 pub use statement::PrivacyStatement;

@@ -1390,6 +1390,27 @@ fn damaged_or_edited_run_folders_are_refused_naming_the_file_and_left_as_they_ar
             "{what}: the folder changed"
         );
     }
+    // A run folder that is a file, and a report without metrics, name the path.
+    let file = base.join("a-file");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let out = run(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.lines().count() == 1 && stderr.contains(&*file.display().to_string()),
+        "{stderr}"
+    );
+    std::fs::remove_file(original.join("metrics.jsonl")).ok();
+    std::fs::write(original.join("privacy_report.txt"), "report\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dp-train"))
+        .args(["report", &original.display().to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot read") && stderr.contains("metrics.jsonl"),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&base).unwrap();
 }
 

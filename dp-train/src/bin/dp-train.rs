@@ -18,7 +18,9 @@ use dp_train::optimizer::{Optimizer, Schedule};
 use dp_train::plan::TrainConfig;
 use dp_train::tune::{self, Disclosure, TuneConfig};
 use dp_train::TrainError;
-use dp_train::{evaluate_accuracy, train_with_hooks, DpSgdConfig, NoHooks, PrivacyStatement};
+use dp_train::{
+    evaluate_accuracy, train_with_hooks, AtPath, DpSgdConfig, NoHooks, PrivacyStatement,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::Device;
 
@@ -300,7 +302,22 @@ struct FashionMnistArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line naming the argument; the usage text is one --help away.
+            eprintln!(
+                "dp-train: {} (see --help)",
+                dp_accounting::cli::one_line(&e)
+            );
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Train(args) => train_command(args),
         Command::Report { run_dir } => report_command(&run_dir),
@@ -512,11 +529,11 @@ fn audit_command(args: AuditArgs) -> Result<(), TrainError> {
     };
     let seconds = start.elapsed().as_secs_f64();
     if let Some(out) = &args.out {
-        std::fs::create_dir_all(out)?;
-        std::fs::write(out.join("report.txt"), &report)?;
-        std::fs::write(out.join("audit.json"), json.to_string())?;
+        std::fs::create_dir_all(out).at("create", out)?;
+        write_file(&out.join("report.txt"), report.as_bytes())?;
+        write_file(&out.join("audit.json"), json.to_string().as_bytes())?;
         if let Some(svg) = &plot {
-            std::fs::write(out.join("posterior.svg"), svg)?;
+            write_file(&out.join("posterior.svg"), svg.as_bytes())?;
         }
     }
     if args.json {
@@ -626,14 +643,16 @@ fn tune_command(args: TuneArgs) -> Result<(), TrainError> {
         }
     }
     if let Some(run_dir) = &args.run_dir {
-        std::fs::create_dir_all(run_dir)?;
+        std::fs::create_dir_all(run_dir).at("create the run folder", run_dir)?;
         if let Some(model) = &result.model {
             model.save(run_dir.join("model.safetensors"))?;
         }
-        std::fs::write(run_dir.join("privacy_report.txt"), &report)?;
-        std::fs::write(
-            run_dir.join("tune.json"),
-            serde_json::json!({ "config": config, "result": result }).to_string(),
+        write_file(&run_dir.join("privacy_report.txt"), report.as_bytes())?;
+        write_file(
+            &run_dir.join("tune.json"),
+            serde_json::json!({ "config": config, "result": result })
+                .to_string()
+                .as_bytes(),
         )?;
     }
     if args.json {
@@ -972,8 +991,8 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
     cache_bar.finish_and_clear();
     let n = config.data.dataset_size;
     let run_dir = &args.run_dir;
-    std::fs::create_dir_all(run_dir)?;
-    std::fs::write(run_dir.join("config.resolved.toml"), &resolved)?;
+    std::fs::create_dir_all(run_dir).at("create the run folder", run_dir)?;
+    write_file(&run_dir.join("config.resolved.toml"), resolved.as_bytes())?;
     let dp = DpSgdConfig {
         expected_batch_size: config.privacy.expected_batch_size,
         physical_batch_size: config.performance.physical_batch_size.max(1),
@@ -996,10 +1015,12 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
             job.description, plan.steps, plan.noise_multiplier
         );
     }
+    let metrics_path = run_dir.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(run_dir.join("metrics.jsonl"))?;
+        .open(&metrics_path)
+        .at("open", &metrics_path)?;
     let bar = step_bar(plan.steps, args.json);
     let private = plan.noise_multiplier > 0.0;
     let started = std::time::Instant::now();
@@ -1068,7 +1089,7 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
         statement.steps,
         SECRETS_NOTE
     );
-    std::fs::write(run_dir.join("privacy_report.txt"), &report)?;
+    write_file(&run_dir.join("privacy_report.txt"), report.as_bytes())?;
     if args.json {
         println!(
             "{}",
@@ -1085,6 +1106,11 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// Writes a file, naming it in the error.
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), TrainError> {
+    std::fs::write(path, bytes).at("write", path)
+}
+
 fn report_command(run_dir: &std::path::Path) -> Result<(), TrainError> {
     let report = std::fs::read_to_string(run_dir.join("privacy_report.txt")).map_err(|e| {
         TrainError::Config(format!(
@@ -1093,7 +1119,8 @@ fn report_command(run_dir: &std::path::Path) -> Result<(), TrainError> {
         ))
     })?;
     print!("{report}");
-    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl"))?;
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics_path).at("read", &metrics_path)?;
     // Steps replayed after a resume appear twice with identical values: keep the last.
     let mut by_step = std::collections::BTreeMap::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -1125,7 +1152,7 @@ fn report_command(run_dir: &std::path::Path) -> Result<(), TrainError> {
             }],
             &[],
         );
-        std::fs::write(run_dir.join(file), svg)?;
+        write_file(&run_dir.join(file), svg.as_bytes())?;
     }
     println!(
         "Curves written to {} (epsilon.svg, loss.svg, accuracy.svg)",

@@ -304,19 +304,6 @@ impl From<AccountingError> for Failure {
     }
 }
 
-/// A clap error as one line: its first line, with the missing arguments named when that is
-/// the error (clap lists them on the lines that follow).
-fn one_line(e: &clap::Error) -> String {
-    let rendered = e.render().to_string();
-    let mut lines = rendered.lines();
-    let first = lines.next().unwrap_or("invalid arguments").trim_end();
-    if e.kind() != clap::error::ErrorKind::MissingRequiredArgument {
-        return first.to_string();
-    }
-    let missing: Vec<&str> = lines.map(str::trim).take_while(|l| !l.is_empty()).collect();
-    format!("{first} {}", missing.join(", "))
-}
-
 fn usage(flag: &str, message: impl std::fmt::Display) -> Failure {
     Failure::Usage(format!("--{flag}: {message}"))
 }
@@ -344,7 +331,10 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // One line naming the flag; the usage text is one --help away.
-            eprintln!("dp-accounting: {} (see --help)", one_line(&e));
+            eprintln!(
+                "dp-accounting: {} (see --help)",
+                dp_accounting::cli::one_line(&e)
+            );
             return ExitCode::from(2);
         }
     };
