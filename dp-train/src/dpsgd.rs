@@ -427,5 +427,11 @@ fn validate(config: &DpSgdConfig, n: i64) -> Result<(), TrainError> {
             config.learning_rate
         ));
     }
-    Ok(())
+    if !(config.delta > 0.0 && config.delta * (n as f64) < 1.0) {
+        return bad(format!(
+            "delta {} must be in (0, 1/N) with N = {n}: a mechanism that publishes a random example whole meets a delta of 1/N",
+            config.delta
+        ));
+    }
+    config.optimizer.check()
 }

@@ -141,6 +141,41 @@ pub struct TrainedMlp {
     pub weights: nn::VarStore,
 }
 
+/// Fashion-MNIST's inputs and classes (the MLP's first and last widths).
+const MLP_INPUTS: i64 = 784;
+const MLP_CLASSES: i64 = 10;
+
+/// Widest hidden layer of an MLP.
+const MAX_HIDDEN_WIDTH: i64 = 65_536;
+
+/// Most parameters of an MLP (400 MB in f32): beyond, a CPU run is hopeless and per-example
+/// gradients do not fit in memory.
+const MAX_MLP_PARAMETERS: i64 = 100_000_000;
+
+/// Checks an MLP's hidden widths (`model.hidden`, `--hidden`) before any tensor is made: each
+/// between 1 and 65536, at most 1e8 parameters in all.
+pub fn check_hidden(hidden: &[i64]) -> Result<(), TrainError> {
+    let mut inputs = MLP_INPUTS;
+    let mut parameters = 0i64;
+    for &width in hidden {
+        if !(1..=MAX_HIDDEN_WIDTH).contains(&width) {
+            return Err(TrainError::Config(format!(
+                "model.hidden (--hidden): widths must be between 1 and {MAX_HIDDEN_WIDTH}, got {width}"
+            )));
+        }
+        parameters += (inputs + 1) * width;
+        inputs = width;
+    }
+    parameters += (inputs + 1) * MLP_CLASSES;
+    if parameters > MAX_MLP_PARAMETERS {
+        return Err(TrainError::Config(format!(
+            "model.hidden (--hidden): {hidden:?} makes {parameters} parameters ({:.1} GB in f32, more with per-example gradients); at most {MAX_MLP_PARAMETERS}",
+            parameters as f64 * 4.0 / 1e9
+        )));
+    }
+    Ok(())
+}
+
 /// Trains an MLP (784 -> hidden -> 10, on the training data's device) with DP-SGD and reports
 /// its accuracy on each of `evaluate`.
 pub fn train_mlp(
@@ -152,10 +187,11 @@ pub fn train_mlp(
     checkpointing: Option<&Checkpointing>,
     on_step: impl FnMut(&StepReport),
 ) -> Result<TrainedMlp, TrainError> {
+    check_hidden(hidden)?;
     let vs = nn::VarStore::new(train_data.inputs.device());
-    let mut dims = vec![784];
+    let mut dims = vec![MLP_INPUTS];
     dims.extend(hidden);
-    dims.push(10);
+    dims.push(MLP_CLASSES);
     let model = Mlp::new(&vs.root(), &dims);
     let forward = |x: &Tensor, tape: &mut dp_core::Tape| model.forward(x, tape);
     let start = Instant::now();

@@ -18,17 +18,6 @@ use crate::error::TrainError;
 use crate::models::{Finetune, Precision};
 use crate::optimizer::{Optimizer, Schedule};
 
-/// Fashion-MNIST's inputs and classes (the MLP's first and last widths).
-const MLP_INPUTS: i64 = 784;
-const MLP_CLASSES: i64 = 10;
-
-/// Widest hidden layer of an MLP.
-const MAX_HIDDEN_WIDTH: i64 = 65_536;
-
-/// Most parameters of an MLP (400 MB in f32): beyond, a CPU run is hopeless and per-example
-/// gradients do not fit in memory.
-const MAX_MLP_PARAMETERS: i64 = 100_000_000;
-
 /// The datasets a plan can name.
 pub const DATASETS: &str = "fashion-mnist, rotten-tomatoes or text-csv";
 
@@ -303,27 +292,8 @@ impl TrainConfig {
     /// Checks the values that do not decide the mechanism (the model's size, the optimizer,
     /// `[performance]`) before any tensor is made.
     fn check_values(&self) -> Result<(), TrainError> {
-        let m = &self.model;
-        if m.kind == "mlp" {
-            let mut inputs = MLP_INPUTS;
-            let mut parameters = 0i64;
-            for &width in &m.hidden {
-                if !(1..=MAX_HIDDEN_WIDTH).contains(&width) {
-                    return Err(config_error(format!(
-                        "model.hidden: widths must be between 1 and {MAX_HIDDEN_WIDTH}, got {width}"
-                    )));
-                }
-                parameters += (inputs + 1) * width;
-                inputs = width;
-            }
-            parameters += (inputs + 1) * MLP_CLASSES;
-            if parameters > MAX_MLP_PARAMETERS {
-                return Err(config_error(format!(
-                    "model.hidden: {:?} makes {parameters} parameters ({:.1} GB in f32, more with per-example gradients); at most {MAX_MLP_PARAMETERS}",
-                    m.hidden,
-                    parameters as f64 * 4.0 / 1e9
-                )));
-            }
+        if self.model.kind == "mlp" {
+            crate::fashion_mnist::check_hidden(&self.model.hidden)?;
         }
         if !(1..=512).contains(&self.data.max_length) {
             return Err(config_error(format!(

@@ -134,6 +134,30 @@ fn bad_command_line_values_give_one_line_and_exit_code_2() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("batch size"), "{stderr}");
+    // Checked before any tensor is made, with the value named.
+    for (flag, value, says) in [
+        ("--hidden", "0", "--hidden"),
+        ("--hidden", "100000000", "--hidden"),
+        ("--momentum", "2", "momentum"),
+        ("--checkpoint-every", "0", "--checkpoint-every"),
+        ("--delta", "0.1", "1/N"),
+        ("--learning-rate", "-1", "learning rate -1"),
+        ("--delta", "-1e-5", "-0.00001"),
+    ] {
+        let out = dp_train(&[
+            "fashion-mnist",
+            "--train-subset",
+            "500",
+            "--batch-size",
+            "100",
+            flag,
+            value,
+        ]);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{flag} {value}: {stderr}");
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+    }
 }
 
 mod audit {
@@ -1204,6 +1228,118 @@ fn kill_and_resume(noise_mode: &str, max_wait: usize, min_kills: usize) {
     std::fs::remove_dir_all(&base).unwrap();
 }
 
+/// `dp-train fashion-mnist` over generated flags (typical values for a run of a few steps, or
+/// extreme, negative, non-finite, huge and malformed ones): every run ends within its deadline
+/// with exit code 0, 1 or 2, an error is one line, and nothing panics or aborts.
+#[test]
+fn generated_command_lines_end_in_one_line_or_a_finished_run() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    const FLAGS: [(&str, &[&str]); 12] = [
+        ("--epsilon", &["3", "8"]),
+        ("--delta", &["1e-5"]),
+        ("--epochs", &["0.2", "0.5"]),
+        ("--batch-size", &["50", "100"]),
+        ("--physical-batch-size", &["16", "64"]),
+        ("--clip-norm", &["1", "0.5"]),
+        ("--learning-rate", &["0.5", "0.1"]),
+        ("--momentum", &["0.9", "0"]),
+        ("--hidden", &["64", "16"]),
+        ("--checkpoint-every", &["2", "50"]),
+        ("--noise-mode", &["fast", "secure"]),
+        ("--seed", &["1", "2"]),
+    ];
+    const EXTREME: [&str; 12] = [
+        "0",
+        "-1",
+        "-1e-5",
+        "NaN",
+        "inf",
+        "1e300",
+        "1e-300",
+        "abc",
+        "",
+        "100000000",
+        "18446744073709551616",
+        "0.0",
+    ];
+    let arguments = FLAGS
+        .iter()
+        .map(|&(flag, typical)| {
+            let value = prop_oneof![
+                6 => proptest::sample::select(typical).prop_map(str::to_string),
+                1 => proptest::sample::select(&EXTREME[..]).prop_map(str::to_string),
+            ];
+            proptest::option::weighted(0.6, value).prop_map(move |v| v.map(|v| (flag, v)))
+        })
+        .collect::<Vec<_>>()
+        .prop_map(|flags| flags.into_iter().flatten().collect::<Vec<(&str, String)>>());
+    let base = std::env::temp_dir().join(format!("dp-train-args-{}", std::process::id()));
+    let config = Config {
+        cases: 24,
+        failure_persistence: None,
+        max_shrink_iters: 0,
+        ..Config::default()
+    };
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    let (tried, finished) = (Cell::new(0), Cell::new(0));
+    runner
+        .run(&arguments, |flags| {
+            tried.set(tried.get() + 1);
+            let run_dir = base.join(tried.get().to_string());
+            let mut args = vec![
+                "fashion-mnist".to_string(),
+                "--train-subset".into(),
+                "500".into(),
+                "--json".into(),
+                "--run-dir".into(),
+                run_dir.display().to_string(),
+                "--data-dir".into(),
+                assets_dir().join("fashion-mnist").display().to_string(),
+            ];
+            for (flag, value) in &flags {
+                args.extend([flag.to_string(), value.clone()]);
+            }
+            let mut child = Command::new(env!("CARGO_BIN_EXE_dp-train"))
+                .args(&args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let start = Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                if start.elapsed() > Duration::from_secs(60) {
+                    let _ = child.kill();
+                    return Err(TestCaseError::fail(format!("{args:?} ran past 60 s")));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let code = out.status.code();
+            prop_assert!(matches!(code, Some(0..=2)), "{args:?}: {code:?} {stderr}");
+            prop_assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+            if code == Some(0) {
+                finished.set(finished.get() + 1);
+                let json: Result<serde_json::Value, _> = serde_json::from_slice(&out.stdout);
+                prop_assert!(json.is_ok(), "{args:?}: not JSON");
+            } else {
+                prop_assert_eq!(stderr.lines().count(), 1, "{:?}: {}", args, stderr);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&base);
+    println!(
+        "generated command lines: {} tried, {} finished runs, the rest refused in one line; 0 panics",
+        tried.get(),
+        finished.get()
+    );
+}
+
 /// Every file of a folder, by path relative to it, with its bytes.
 fn folder_contents(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut files = std::collections::BTreeMap::new();
@@ -1728,6 +1864,17 @@ mod plans {
             accepted.into_inner(),
             refusals.len()
         );
+    }
+
+    #[test]
+    fn seeding_an_unseeded_run_on_resume_is_a_plan_difference() {
+        let plan = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            toml::to_string(&TrainConfig::from_toml(PLAN, &sets).unwrap()).unwrap()
+        };
+        let difference =
+            dp_train::plan::first_plan_difference(&plan(&[]), &plan(&["privacy.seed=5"]));
+        assert_eq!(difference.as_deref(), Some("privacy.seed"));
     }
 
     #[test]

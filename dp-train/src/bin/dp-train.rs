@@ -89,10 +89,10 @@ struct BenchArgs {
     #[arg(long, default_value = "minilm", value_parser = ["minilm", "bert-base"])]
     shape: String,
     /// Examples per step.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 32)]
     batch: i64,
     /// Tokens per example.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 64)]
     seq: i64,
     /// Timed rounds: one step per mode each, after a warm-up round (medians reported).
     #[arg(long, default_value_t = 5)]
@@ -128,7 +128,7 @@ struct TuneArgs {
     config: PathBuf,
     /// Override [tuning] tan_scale (search at k B and k sigma, then one full-scale run); 1 turns
     /// TAN mode off.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     tan_scale: Option<f64>,
     /// Seed the privacy generator (the number of runs, the draws, the noise): reproducible,
     /// not private. Without it, the operating system seeds it.
@@ -170,10 +170,10 @@ struct AuditArgs {
     #[arg(long, default_value_t = 100)]
     guesses: u64,
     /// Claimed epsilon: the noise is calibrated to it.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 2.0)]
     epsilon: f64,
     /// Claimed delta.
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 1e-5)]
     delta: f64,
     /// Steps of each training run.
     #[arg(long, default_value_t = 100)]
@@ -182,10 +182,10 @@ struct AuditArgs {
     #[arg(long, default_value_t = 1000)]
     dataset_size: usize,
     /// Expected batch size.
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 50.0)]
     batch_size: f64,
     /// Credible / confidence level of the bounds.
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.95)]
     level: f64,
     /// Plant a bug: none, no-noise, no-clipping (clip at 1000 C), unclipped-layer (the
     /// clipping engine leaves the first layer, the gradient canaries' layer, unclipped).
@@ -227,37 +227,37 @@ struct TrainArgs {
 #[derive(clap::Args, Debug)]
 struct FashionMnistArgs {
     /// Target epsilon; the noise multiplier is calibrated to meet it.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 3.0)]
     epsilon: f64,
     /// Target delta (use well below 1/N; N = 60,000).
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 1e-5)]
     delta: f64,
     /// Passes over the data, in expectation.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 10.0)]
     epochs: f64,
     /// Expected logical batch size B (sampling rate q = B / N).
-    #[arg(long, default_value_t = 1024.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 1024.0)]
     batch_size: f64,
     /// Largest physical batch (memory only; no effect on privacy).
     #[arg(long, default_value_t = 512)]
     physical_batch_size: usize,
     /// Per-example gradient clip norm C.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 1.0)]
     clip_norm: f64,
     /// Base learning rate.
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 4.0)]
     learning_rate: f64,
     /// Optimizer on the privatized gradient: sgd (with --momentum, --nesterov), adam, adamw.
     #[arg(long, default_value = "sgd", value_parser = ["sgd", "adam", "adamw"])]
     optimizer: String,
     /// SGD momentum.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.0)]
     momentum: f64,
     /// Nesterov momentum (with --momentum).
     #[arg(long)]
     nesterov: bool,
     /// AdamW weight decay.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.01)]
     weight_decay: f64,
     /// Linear warm-up steps.
     #[arg(long, default_value_t = 0)]
@@ -291,7 +291,7 @@ struct FashionMnistArgs {
     #[arg(long)]
     run_dir: Option<PathBuf>,
     /// Steps between checkpoints (with --run-dir).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     checkpoint_every: u64,
     /// Where to train: cpu, cuda (the first GPU), or auto (cuda when available).
     #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
