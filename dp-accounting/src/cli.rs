@@ -12,3 +12,18 @@ pub fn one_line(e: &clap::Error) -> String {
     let missing: Vec<&str> = lines.map(str::trim).take_while(|l| !l.is_empty()).collect();
     format!("{first} {}", missing.join(", "))
 }
+
+/// Parses the command line of `program`. `--help` and `--version` are printed and end the
+/// process with success; a usage error is printed as one line naming the argument (the usage
+/// text is one `--help` away) and ends it with exit code 2. `Err` carries that exit code.
+pub fn parse<P: clap::Parser>(program: &str) -> Result<P, std::process::ExitCode> {
+    P::try_parse().map_err(|e| {
+        if e.use_stderr() {
+            eprintln!("{program}: {} (see --help)", one_line(&e));
+            std::process::ExitCode::from(2)
+        } else {
+            let _ = e.print();
+            std::process::ExitCode::SUCCESS
+        }
+    })
+}

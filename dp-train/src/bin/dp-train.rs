@@ -302,21 +302,9 @@ struct FashionMnistArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match dp_accounting::cli::parse("dp-train") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // One line naming the argument; the usage text is one --help away.
-            eprintln!(
-                "dp-train: {} (see --help)",
-                dp_accounting::cli::one_line(&e)
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let result = match cli.command {
         Command::Train(args) => train_command(args),
