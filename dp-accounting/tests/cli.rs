@@ -930,6 +930,22 @@ fn messages_name_what_is_wrong_and_outputs_do_not_mix() {
         "--delta: must be in (0, 1), got -0.00001",
     );
     refused(&format!("epsilon {plan}"), "--steps");
+    // A delta of at least 1/N is answered with a warning.
+    let out = run(&[
+        "epsilon",
+        "--dataset-size",
+        "200",
+        "--batch-size",
+        "10",
+        "--noise-multiplier",
+        "1",
+        "--steps",
+        "10",
+        "--delta",
+        "0.1",
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: delta 1e-1 is at least 1/N"));
     refused("mf --strategy identity", "--steps");
     let huge = u64::MAX.to_string();
     refused(

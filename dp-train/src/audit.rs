@@ -62,6 +62,15 @@ pub enum CanaryKind {
     Input,
 }
 
+impl std::fmt::Display for CanaryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CanaryKind::Gradient => "gradient (Dirac) canary",
+            CanaryKind::Input => "input (mislabelled image) canary",
+        })
+    }
+}
+
 /// A deliberate bug, to check that the audit catches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -7,7 +7,7 @@ pub enum TrainError {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A dataset could not be read.
-    #[error("cannot load {what} from {path}: {reason} (run `make setup` to fetch the assets)")]
+    #[error("cannot load {what} from {path}: {reason}{}", setup_hint(.path))]
     Data {
         /// Which dataset.
         what: &'static str,
@@ -86,5 +86,15 @@ impl<T> AtPath<T> for Result<T, TrainError> {
             },
             other => other,
         })
+    }
+}
+
+/// The hint for a dataset or model that `make setup` fetches (under the assets folder); a
+/// user's own file gets none.
+fn setup_hint(path: &str) -> &'static str {
+    if std::path::Path::new(path).starts_with(crate::data::assets_dir()) {
+        " (run `make setup` to fetch the assets)"
+    } else {
+        ""
     }
 }

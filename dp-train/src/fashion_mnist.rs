@@ -312,6 +312,6 @@ pub fn run(
         privacy,
         train_seconds,
         nonfinite_examples: summary.nonfinite_examples,
-        device: format!("{device:?}"),
+        device: crate::device_name(device),
     })
 }

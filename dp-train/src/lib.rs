@@ -27,5 +27,14 @@ pub use dpsgd::{
     StepHooks, StepReport, TrainSummary,
 };
 pub use error::{AtPath, TrainError};
-pub use ledger::PrivacyLedger;
+pub use ledger::{LedgerRecord, PrivacyLedger};
 pub use statement::PrivacyStatement;
+
+/// A device as users read it ("CPU", "CUDA device 0"), not its Rust name.
+pub fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cpu => "CPU".into(),
+        tch::Device::Cuda(i) => format!("CUDA device {i}"),
+        other => format!("{other:?}"),
+    }
+}

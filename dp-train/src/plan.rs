@@ -289,6 +289,18 @@ impl TrainConfig {
         Ok(config)
     }
 
+    /// The plan as `config.resolved.toml` records it: every key with its value, less those
+    /// that do not apply to the model (an encoder has no `hidden`).
+    pub fn to_toml(&self) -> Result<String, TrainError> {
+        let mut table = toml::Table::try_from(self).map_err(|e| config_error(e.to_string()))?;
+        if self.model.kind != "mlp" {
+            if let Some(toml::Value::Table(model)) = table.get_mut("model") {
+                model.remove("hidden");
+            }
+        }
+        toml::to_string(&table).map_err(|e| config_error(e.to_string()))
+    }
+
     /// Checks the values that do not decide the mechanism (the model's size, the optimizer,
     /// `[performance]`) before any tensor is made.
     fn check_values(&self) -> Result<(), TrainError> {

@@ -1536,13 +1536,18 @@ fn damaged_or_edited_run_folders_are_refused_naming_the_file_and_left_as_they_ar
         stderr.lines().count() == 1 && stderr.contains(&*file.display().to_string()),
         "{stderr}"
     );
-    std::fs::remove_file(original.join("metrics.jsonl")).ok();
-    std::fs::write(original.join("privacy_report.txt"), "report\n").unwrap();
+    // A run without its privacy report (killed, or the fashion-mnist command's, which keeps
+    // none) is reported from its ledger; missing metrics are named.
     let out = Command::new(env!("CARGO_BIN_EXE_dp-train"))
         .args(["report", &original.display().to_string()])
         .output()
         .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("Unfinished run") && stdout.contains("records 5 steps, epsilon 3.000"),
+        "{stdout}"
+    );
     assert!(
         stderr.contains("cannot read") && stderr.contains("metrics.jsonl"),
         "{stderr}"
@@ -1867,10 +1872,53 @@ mod plans {
     }
 
     #[test]
+    fn a_users_own_files_are_named_without_the_setup_hint_and_exit_2() {
+        let plan = std::env::temp_dir().join(format!("dp-train-csv-{}.toml", std::process::id()));
+        std::fs::write(
+            &plan,
+            include_str!("../../examples/minilm_rotten_tomatoes.toml"),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_dp-train"))
+            .args(["train", "--config", &plan.display().to_string()])
+            .args(["--run-dir", "/nonexistent/run"])
+            .args(["--set", "data.dataset=\"text-csv\""])
+            .args(["--set", "data.train_file=\"/nonexistent/train.csv\""])
+            .args(["--set", "data.test_file=\"/nonexistent/test.csv\""])
+            .args(["--set", "data.dataset_size=5000"])
+            .output()
+            .unwrap();
+        std::fs::remove_file(&plan).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("/nonexistent/train.csv"), "{stderr}");
+        assert!(!stderr.contains("make setup"), "{stderr}");
+        // The assets the setup fetches do get the hint, with a plain path.
+        let missing =
+            dp_train::fashion_mnist::FashionMnist::load(&assets_dir().join("nothing-here"));
+        let message = missing.err().unwrap().to_string();
+        assert!(
+            message.contains("make setup") && !message.contains(".."),
+            "{message}"
+        );
+        // An encoder's resolved plan has no MLP widths.
+        let encoder = TrainConfig::from_toml(
+            include_str!("../../examples/minilm_rotten_tomatoes.toml"),
+            &[],
+        )
+        .unwrap();
+        assert!(!encoder.to_toml().unwrap().contains("hidden"));
+    }
+
+    #[test]
     fn seeding_an_unseeded_run_on_resume_is_a_plan_difference() {
         let plan = |sets: &[&str]| {
             let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-            toml::to_string(&TrainConfig::from_toml(PLAN, &sets).unwrap()).unwrap()
+            TrainConfig::from_toml(PLAN, &sets)
+                .unwrap()
+                .to_toml()
+                .unwrap()
         };
         let difference =
             dp_train::plan::first_plan_difference(&plan(&[]), &plan(&["privacy.seed=5"]));

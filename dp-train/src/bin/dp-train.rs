@@ -26,9 +26,11 @@ use tch::Device;
 
 /// Differentially private training of libtorch models.
 ///
-/// Every run is Poisson-sampled DP-SGD with per-example clipping and Gaussian noise; the noise
-/// multiplier is calibrated to the target (epsilon, delta) and a privacy ledger refuses any
-/// step beyond it. Privacy is per example, under add/remove-one neighbours.
+/// Every run clips each example's gradient and adds Gaussian noise: DP-SGD with Poisson
+/// sampling and independent noise, or (`noise = "mf"`) correlated matrix-factorization noise
+/// over fixed batches visited cyclically. The noise multiplier is calibrated to the target
+/// (epsilon, delta) and a privacy ledger refuses any step beyond it. Privacy is per example:
+/// add/remove-one neighbours for Poisson-sampled runs, zero-out neighbours for cyclic ones.
 #[derive(Parser, Debug)]
 #[command(name = "dp-train", version)]
 struct Cli {
@@ -319,7 +321,9 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("dp-train: error: {e}");
             match e {
-                TrainError::Config(_) | TrainError::Accounting(_) => ExitCode::from(2),
+                TrainError::Config(_) | TrainError::Accounting(_) | TrainError::Data { .. } => {
+                    ExitCode::from(2)
+                }
                 TrainError::Io(_) => ExitCode::FAILURE,
                 _ => ExitCode::FAILURE,
             }
@@ -482,7 +486,7 @@ fn audit_command(args: AuditArgs) -> Result<(), TrainError> {
             "consistent: the lower bounds are below the claim"
         };
         let report = format!(
-            "Audit{broken}: {:?} canary, {} trials ({} counted: {} with, {} without); FP {}, FN {}\n  Bayesian         P[epsilon >= {:.3}] = {}%; credible interval [{:.3}, {:.3}]\n  Clopper-Pearson  epsilon >= {:.3}\n  claimed epsilon {} (noise multiplier {:.4}, delta {:e}): {verdict}\n",
+            "Audit{broken}: {}, {} trials ({} counted: {} with, {} without); FP {}, FN {}\n  Bayesian         P[epsilon >= {:.3}] = {}%; credible interval [{:.3}, {:.3}]\n  Clopper-Pearson  epsilon >= {:.3}\n  claimed epsilon {} (noise multiplier {:.4}, delta {:e}): {verdict}\n",
             r.canary, r.trials, e.counts.positives + e.counts.negatives, e.counts.positives, e.counts.negatives,
             e.counts.false_positives, e.counts.false_negatives,
             (e.bayes.eps_lo_one_sided * 1000.0).floor() / 1000.0, 100.0 * config.level,
@@ -949,7 +953,7 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
     };
     let resolved = format!(
         "{}\n# Resolved from [data] and [privacy] only.\n[resolved]\nsampling_rate = {}\nsteps = {}\nnoise_multiplier = {}\nepsilon_budget = {}\n",
-        toml::to_string(&config).map_err(|e| TrainError::Config(e.to_string()))?,
+        config.to_toml()?,
         plan.sampling_rate,
         plan.steps,
         plan.noise_multiplier,
@@ -999,8 +1003,8 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
     let (trainable, total) = job.parameter_counts();
     if !args.json {
         println!(
-            "{}: {trainable} of {total} parameters trained on {n} examples, {} steps, noise multiplier {:.4}, {device:?}",
-            job.description, plan.steps, plan.noise_multiplier
+            "{}: {trainable} of {total} parameters trained on {n} examples, {} steps, noise multiplier {:.4}, on {}",
+            job.description, plan.steps, plan.noise_multiplier, dp_train::device_name(device)
         );
     }
     let metrics_path = run_dir.join("metrics.jsonl");
@@ -1099,14 +1103,29 @@ fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), TrainError> {
     std::fs::write(path, bytes).at("write", path)
 }
 
+/// What the ledger of a run without a privacy report (still running, or killed) holds.
+fn unfinished_report(run_dir: &std::path::Path) -> Result<String, TrainError> {
+    let path = run_dir.join("ledger.json");
+    let text = std::fs::read_to_string(&path).at("read", &path)?;
+    let ledger: dp_train::LedgerRecord =
+        serde_json::from_str(&text).map_err(|e| TrainError::Damaged {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    let spent = ledger
+        .epsilon_spent
+        .map_or("infinite (NOT PRIVATE)".into(), |e| format!("{e:.3}"));
+    Ok(format!(
+        "Unfinished run (no privacy_report.txt yet): its ledger records {} steps, epsilon {spent} at delta {:e} (sampling rate {}, noise multiplier {}). Resume it with the same command to finish it; the curves below hold the steps its metrics.jsonl recorded.\n",
+        ledger.steps, ledger.delta, ledger.sampling_rate, ledger.noise_multiplier
+    ))
+}
+
 fn report_command(run_dir: &std::path::Path) -> Result<(), TrainError> {
-    let report = std::fs::read_to_string(run_dir.join("privacy_report.txt")).map_err(|e| {
-        TrainError::Config(format!(
-            "{}: no privacy_report.txt ({e}); is the run finished?",
-            run_dir.display()
-        ))
-    })?;
-    print!("{report}");
+    match std::fs::read_to_string(run_dir.join("privacy_report.txt")) {
+        Ok(report) => print!("{report}"),
+        Err(_) => print!("{}", unfinished_report(run_dir)?),
+    }
     let metrics_path = run_dir.join("metrics.jsonl");
     let text = std::fs::read_to_string(&metrics_path).at("read", &metrics_path)?;
     // Steps replayed after a resume appear twice with identical values: keep the last.

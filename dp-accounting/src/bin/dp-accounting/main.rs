@@ -395,11 +395,22 @@ fn plan(common: &Common) -> Result<Plan, Failure> {
     if !(delta.is_finite() && delta > 0.0 && delta < 1.0) {
         return Err(usage("delta", format!("must be in (0, 1), got {delta}")));
     }
+    if let Some(n) = common.dataset_size {
+        warn_delta(delta, n);
+    }
     Ok(Plan {
         q,
         delta,
         json: common.json,
     })
+}
+
+/// Warns (on stderr, once) when delta is at least 1/N: a mechanism that publishes one random
+/// record whole meets such a delta, so the guarantee says little (take delta well below 1/N).
+fn warn_delta(delta: f64, n: u64) {
+    if delta * n as f64 >= 1.0 {
+        eprintln!("dp-accounting: warning: delta {delta:e} is at least 1/N = 1/{n}: publishing one random record whole meets it; take delta well below 1/N");
+    }
 }
 
 fn steps_of(length: &Length, q: f64) -> Result<u64, Failure> {
@@ -657,6 +668,7 @@ fn run(command: Command) -> Result<(), Failure> {
             if !(delta.is_finite() && delta > 0.0 && delta < 1.0) {
                 return Err(usage("delta", format!("must be in (0, 1), got {delta}")));
             }
+            warn_delta(delta, dataset_size);
             for &k in &scales {
                 if !(k.is_finite() && k > 0.0 && k * b <= dataset_size as f64) {
                     return Err(usage(
