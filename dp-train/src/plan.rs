@@ -2,7 +2,8 @@
 //! accounted), `[training]` the optimisation, `[performance]` only how fast and where it runs.
 //! The dataset size is declared, never inferred from a loader; the noise multiplier is
 //! calibrated to the target epsilon (one-sided) unless given. `--set section.key=value`
-//! overrides any value before validation.
+//! overrides any value before validation (`--set model.finetune.blocks=4` reaches into an
+//! inline table). `docs/plan.md` lists every key.
 
 use dp_accounting::mf::{
     gaussian_noise_multiplier, optimize_banded, optimize_blt, Objective, Participation, Strategy,
@@ -265,22 +266,31 @@ impl TrainConfig {
                     "--set {path}: the value must be one line (a line break could add tables to the plan)"
                 )));
             }
-            let (section, key) = path
-                .split_once('.')
-                .ok_or_else(|| config_error(format!("--set {o}: expected section.key=value")))?;
+            // `section.key`, or deeper into an inline table: `model.finetune.kind`.
+            let parts: Vec<&str> = path.split('.').collect();
+            let Some((key, tables)) = parts.split_last().filter(|(_, t)| !t.is_empty()) else {
+                return Err(config_error(format!(
+                    "--set {o}: expected section.key=value"
+                )));
+            };
             let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
                 .ok()
                 .and_then(|mut t| t.remove("v"))
                 .unwrap_or_else(|| toml::Value::String(value.to_string()));
-            let entry = table
-                .entry(section.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            let toml::Value::Table(section_table) = entry else {
-                return Err(config_error(format!(
-                    "--set {o}: '{section}' is not a section"
-                )));
-            };
-            section_table.insert(key.to_string(), parsed);
+            let mut at = &mut table;
+            for (depth, name) in tables.iter().enumerate() {
+                let entry = at
+                    .entry(name.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let toml::Value::Table(inner) = entry else {
+                    return Err(config_error(format!(
+                        "--set {o}: '{}' is not a table",
+                        tables[..=depth].join(".")
+                    )));
+                };
+                at = inner;
+            }
+            at.insert(key.to_string(), parsed);
         }
         let config: Self = table
             .try_into()

@@ -1912,6 +1912,56 @@ mod plans {
     }
 
     #[test]
+    fn the_plan_reference_lists_every_key_the_parser_reads() {
+        use std::collections::BTreeSet;
+        let documented: BTreeSet<String> = include_str!("../../docs/plan.md")
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .map(str::to_string)
+            .collect();
+        // A plan with every optional key given, as a resolved plan records it.
+        let mut config = TrainConfig::from_toml(PLAN, &[]).unwrap();
+        config.privacy.noise_multiplier = Some(1.0);
+        config.privacy.steps = Some(10);
+        config.privacy.mf = Some(dp_train::plan::MfSection::Identity);
+        config.privacy.seed = Some(1);
+        config.data.train_file = Some("train.csv".into());
+        config.data.test_file = Some("test.csv".into());
+        config.model.pretrained = Some("minilm".into());
+        let table = toml::Table::try_from(&config).unwrap();
+        let parsed: BTreeSet<String> = table
+            .iter()
+            .flat_map(|(section, keys)| {
+                keys.as_table()
+                    .unwrap()
+                    .keys()
+                    .map(move |key| format!("{section}.{key}"))
+            })
+            .collect();
+        assert_eq!(documented, parsed, "docs/plan.md against the parser");
+        // Dotted paths reach into inline tables; a whole table replaces one.
+        let minilm = include_str!("../../examples/minilm_rotten_tomatoes.toml");
+        let top = TrainConfig::from_toml(minilm, &["model.finetune.blocks=4".into()]).unwrap();
+        assert_eq!(
+            top.model.finetune,
+            dp_train::models::Finetune::Top { blocks: 4 }
+        );
+        let lora = TrainConfig::from_toml(
+            minilm,
+            &["model.finetune={ kind = \"lora\", rank = 8, alpha = 16 }".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            lora.model.finetune,
+            dp_train::models::Finetune::Lora {
+                rank: 8,
+                alpha: 16.0
+            }
+        );
+    }
+
+    #[test]
     fn seeding_an_unseeded_run_on_resume_is_a_plan_difference() {
         let plan = |sets: &[&str]| {
             let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
@@ -2140,6 +2190,14 @@ device = "cpu"
             text.contains("neighbours    zero-out") && !text.contains("add/remove one example"),
             "{text}"
         );
+        // Every statement says what else it released and which toolkit made it.
+        assert!(
+            text.contains("metrics.jsonl") && text.contains("NOT private, for monitoring only")
+        );
+        assert!(text.contains(&format!(
+            "toolkit       dp-train {}",
+            env!("CARGO_PKG_VERSION")
+        )));
     }
 
     #[test]
