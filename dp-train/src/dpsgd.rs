@@ -321,9 +321,17 @@ pub fn train_with_hooks(
         }
         match ledger.record_step() {
             Ok(()) => {}
-            // The budget would be exceeded: the step is not taken, the run ends here.
+            // The budget would be exceeded: the step is not taken, the run ends here, its
+            // last step checkpointed (a rerun then resumes and stops, never starts over).
             Err(TrainError::BudgetExhausted { .. }) => {
                 stopped_by_budget = true;
+                if let (Some(c), true) = (checkpointing, ledger.steps() > 0) {
+                    let correlated = match &steps {
+                        Steps::Cyclic { correlated, .. } => Some(correlated),
+                        Steps::Poisson { .. } => None,
+                    };
+                    c.save(vs, &optimizer, rng, &ledger, correlated)?;
+                }
                 break;
             }
             Err(e) => return Err(e),

@@ -1984,26 +1984,29 @@ mod plans {
             "/../examples/fashion_mnist.toml"
         );
         let run_dir = dir.display().to_string();
-        let out = dp_train(&[
-            "train",
-            "--config",
-            config,
-            "--run-dir",
-            &run_dir,
-            "--set",
-            "privacy.epsilon=1",
-            "--set",
-            "privacy.noise_multiplier=1.5",
-            "--set",
-            "data.dataset_size=5000",
-            "--set",
-            "privacy.expected_batch_size=256",
-            "--set",
-            "privacy.epochs=5",
-            "--set",
-            "privacy.seed=2",
-            "--json",
-        ]);
+        let train = || {
+            dp_train(&[
+                "train",
+                "--config",
+                config,
+                "--run-dir",
+                &run_dir,
+                "--set",
+                "privacy.epsilon=1",
+                "--set",
+                "privacy.noise_multiplier=1.5",
+                "--set",
+                "data.dataset_size=5000",
+                "--set",
+                "privacy.expected_batch_size=256",
+                "--set",
+                "privacy.epochs=5",
+                "--set",
+                "privacy.seed=2",
+                "--json",
+            ])
+        };
+        let out = train();
         assert!(
             out.status.success(),
             "{}",
@@ -2018,6 +2021,29 @@ mod plans {
             report.contains("Stopped after") && report.contains("exceeded the budget"),
             "{report}"
         );
+        // The curves: titled with the dataset and the guarantee, the x axis ending at the last
+        // step, the budget and the test accuracy drawn as lines.
+        let out = Command::new(env!("CARGO_BIN_EXE_dp-train"))
+            .args(["report", &run_dir])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let steps = v["privacy"]["steps"].as_u64().unwrap();
+        let epsilon_svg = std::fs::read_to_string(dir.join("epsilon.svg")).unwrap();
+        assert!(
+            epsilon_svg.contains("fashion-mnist: epsilon spent vs steps (epsilon 1.000")
+                && epsilon_svg.contains("delta 1e-5)")
+                && epsilon_svg.contains(">budget 1</text>")
+                && epsilon_svg.contains(&format!(">{steps}</text>")),
+            "{epsilon_svg}"
+        );
+        let accuracy_svg = std::fs::read_to_string(dir.join("accuracy.svg")).unwrap();
+        assert!(accuracy_svg.contains(">test accuracy "), "{accuracy_svg}");
+        // The stopped run's last step is checkpointed: running it again resumes there and stops,
+        // it does not start over.
+        let again: serde_json::Value = serde_json::from_slice(&train().stdout).unwrap();
+        assert_eq!(again["privacy"]["steps"], v["privacy"]["steps"], "{again}");
+        assert_eq!(again["stopped_by_budget"], true);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dp_accounting::audit::posterior_cdf;
-use dp_accounting::plot::{line_chart, Marker, Series};
+use dp_accounting::plot::{line_chart, Frame, Marker, Series, XAxis};
 use dp_core::{NoiseMode, PrivacyRng};
 use dp_train::audit::{self, AuditConfig, CanaryKind, Sabotage};
 use dp_train::bench::{self, BenchConfig, StepMode};
@@ -502,17 +502,17 @@ fn audit_command(args: AuditArgs) -> Result<(), TrainError> {
             name: "posterior P[epsilon <= x]",
             points: xs.iter().copied().zip(cdf).collect(),
         }];
-        let markers = [Marker {
+        let markers = [Marker::AtX {
             x: config.epsilon,
             label: "claimed epsilon",
         }];
-        let plot = line_chart(
-            "Audit: posterior of epsilon",
-            "epsilon",
-            "P[epsilon <= x]",
-            &series,
-            &markers,
-        );
+        let frame = Frame {
+            title: "Audit: posterior of epsilon",
+            x_label: "epsilon",
+            y_label: "P[epsilon <= x]",
+            x_axis: XAxis::Linear,
+        };
+        let plot = line_chart(&frame, &series, &markers);
         (
             report,
             serde_json::json!({ "config": config, "audit": r }),
@@ -1055,6 +1055,11 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
         return Err(e.into());
     }
     let test_accuracy = evaluate_accuracy(logits, job.test_data(), 256);
+    {
+        use std::io::Write as _;
+        let last = serde_json::json!({ "test_accuracy": test_accuracy, "after_step": summary.ledger.steps() });
+        writeln!(metrics, "{last}").at("write", &metrics_path)?;
+    }
     let statement = PrivacyStatement::from_ledger(
         &summary.ledger,
         n,
@@ -1114,7 +1119,9 @@ fn unfinished_report(run_dir: &std::path::Path) -> Result<String, TrainError> {
         })?;
     let spent = ledger
         .epsilon_spent
-        .map_or("infinite (NOT PRIVATE)".into(), |e| format!("{e:.3}"));
+        .map_or("infinite (NOT PRIVATE)".into(), |e| {
+            format!("{:.3}", dp_accounting::round_up(e, 3))
+        });
     Ok(format!(
         "Unfinished run (no privacy_report.txt yet): its ledger records {} steps, epsilon {spent} at delta {:e} (sampling rate {}, noise multiplier {}). Resume it with the same command to finish it; the curves below hold the steps its metrics.jsonl recorded.\n",
         ledger.steps, ledger.delta, ledger.sampling_rate, ledger.noise_multiplier
@@ -1130,35 +1137,89 @@ fn report_command(run_dir: &std::path::Path) -> Result<(), TrainError> {
     let text = std::fs::read_to_string(&metrics_path).at("read", &metrics_path)?;
     // Steps replayed after a resume appear twice with identical values: keep the last.
     let mut by_step = std::collections::BTreeMap::new();
+    let mut test_accuracy = None;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
             if let Some(step) = v["step"].as_u64() {
                 by_step.insert(step, v);
+            } else if let Some(accuracy) = v["test_accuracy"].as_f64() {
+                test_accuracy = Some(accuracy);
             }
         }
     }
+    // What the titles and lines say: the dataset, the run's (epsilon, delta) and budget.
+    let ledger: Option<dp_train::LedgerRecord> =
+        std::fs::read_to_string(run_dir.join("ledger.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+    let dataset = std::fs::read_to_string(run_dir.join("config.resolved.toml"))
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("data")?.get("dataset")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| "training".into());
+    let guarantee = match &ledger {
+        Some(l) => match l.epsilon_spent {
+            Some(e) => format!(
+                " (epsilon {:.3}, delta {:e})",
+                dp_accounting::round_up(e, 3),
+                l.delta
+            ),
+            None => " (NOT PRIVATE)".into(),
+        },
+        None => String::new(),
+    };
+    let last_step = by_step
+        .keys()
+        .last()
+        .copied()
+        .max(ledger.as_ref().map(|l| l.steps))
+        .unwrap_or(1)
+        .max(1);
     let series = |key: &str| -> Vec<(f64, f64)> {
         by_step
             .iter()
             .filter_map(|(s, v)| v[key].as_f64().map(|y| (*s as f64, y)))
             .collect()
     };
-    for (file, key, label) in [
-        ("epsilon.svg", "epsilon", "epsilon spent"),
-        ("loss.svg", "mean_loss", "training-batch loss"),
-        ("accuracy.svg", "accuracy", "training-batch accuracy"),
+    let budget = ledger.as_ref().and_then(|l| l.budget);
+    let budget_label = format!("budget {}", budget.unwrap_or(f64::NAN));
+    let test_label = format!(
+        "test accuracy {:.1}%",
+        100.0 * test_accuracy.unwrap_or(f64::NAN)
+    );
+    for (file, key, label, marker) in [
+        (
+            "epsilon.svg",
+            "epsilon",
+            "epsilon spent",
+            budget.map(|y| Marker::AtY {
+                y,
+                label: &budget_label,
+            }),
+        ),
+        ("loss.svg", "mean_loss", "training-batch loss", None),
+        (
+            "accuracy.svg",
+            "accuracy",
+            "training-batch accuracy",
+            test_accuracy.map(|y| Marker::AtY {
+                y,
+                label: &test_label,
+            }),
+        ),
     ] {
-        let points = series(key);
-        let svg = line_chart(
-            &format!("{label} vs steps"),
-            "steps",
-            label,
-            &[Series {
-                name: label,
-                points,
-            }],
-            &[],
-        );
+        let title = format!("{dataset}: {label} vs steps{guarantee}");
+        let frame = Frame {
+            title: &title,
+            x_label: "steps",
+            y_label: label,
+            x_axis: XAxis::LinearTo(last_step as f64),
+        };
+        let series = [Series {
+            name: label,
+            points: series(key),
+        }];
+        let svg = line_chart(&frame, &series, marker.as_slice());
         write_file(&run_dir.join(file), svg.as_bytes())?;
     }
     println!(

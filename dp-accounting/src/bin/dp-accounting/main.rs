@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dp_accounting::audit::{estimate_epsilon, AuditCounts, AuditEstimate, FrequentistBounds};
-use dp_accounting::plot::{line_chart, Series};
+use dp_accounting::plot::{line_chart, Frame, Series, XAxis};
 use dp_accounting::{
     calibrate_noise_multiplier, max_steps, round_up, tan_table, Accountant, AccountantKind,
     AccountingError, DpEvent, FractionalSeries, PrvAccountant, RdpAccountant, RunCount,
@@ -1020,7 +1020,13 @@ fn write_curve(
             "epsilon vs steps (q = {}, sigma = {sigma}, delta = {:e})",
             p.q, p.delta
         );
-        write(path, &line_chart(&title, "steps", "epsilon", &series, &[]))?;
+        let frame = Frame {
+            title: &title,
+            x_label: "steps",
+            y_label: "epsilon",
+            x_axis: XAxis::Log,
+        };
+        write(path, &line_chart(&frame, &series, &[]))?;
     }
     if p.json {
         let rows: Vec<Value> = grid
