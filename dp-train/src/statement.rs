@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use dp_accounting::round_up;
+use dp_accounting::{round_up, Accountant, DpEvent, PrvAccountant};
 use dp_core::NoiseMode;
 use serde::Serialize;
 
@@ -11,6 +11,9 @@ use crate::ledger::PrivacyLedger;
 
 /// Decimals shown for epsilon (rounded up).
 const EPSILON_DIGITS: i32 = 3;
+
+/// Half-width of the PRV accountant's bracket for the statement's second bound.
+const PRV_EPSILON_ERROR: f64 = 0.01;
 
 /// What a finished run can claim.
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +45,31 @@ pub struct PrivacyStatement {
     pub seed: Option<u64>,
     /// How the noise was drawn, as the ledger recorded it.
     pub noise_mode: Option<NoiseMode>,
+    /// For Poisson-sampled runs with noise: the PRV accountant's bound on the same steps (the
+    /// upper end of its bracket, rounded up), tighter than RDP's; none where it does not apply
+    /// or cannot answer (correlated noise, a delta below what it resolves).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prv_epsilon: Option<f64>,
+}
+
+/// The PRV accountant's epsilon (Gopi, Lee, Wutschitz 2021) for the ledger's Poisson-sampled
+/// steps, if it applies and answers.
+fn prv_epsilon(ledger: &PrivacyLedger) -> Option<f64> {
+    if ledger.correlated_steps().is_some()
+        || ledger.noise_multiplier() == 0.0
+        || ledger.steps() == 0
+    {
+        return None;
+    }
+    let mut prv = PrvAccountant::new(PRV_EPSILON_ERROR).ok()?;
+    prv.compose(&DpEvent::dp_sgd(
+        ledger.sampling_rate(),
+        ledger.noise_multiplier(),
+        ledger.steps(),
+    ))
+    .ok()?;
+    let upper = prv.epsilon_bounds(ledger.delta()).ok()?.upper;
+    Some(round_up(upper, EPSILON_DIGITS))
 }
 
 /// Infinity as the string "inf" (JSON has no infinity), as the accounting command writes it.
@@ -79,6 +107,7 @@ impl PrivacyStatement {
             steps: ledger.steps(),
             seed,
             noise_mode: ledger.noise_mode(),
+            prv_epsilon: prv_epsilon(ledger),
         })
     }
 }
@@ -145,6 +174,13 @@ impl fmt::Display for PrivacyStatement {
                     self.accountant,
                     order.unwrap_or(f64::NAN)
                 )?;
+                if let Some(prv) = self.prv_epsilon {
+                    writeln!(
+                        f,
+                        "  PRV           epsilon at most {prv:.prec$} for the same steps by the PRV accountant (Gopi et al. 2021; upper end of its +-{PRV_EPSILON_ERROR} bracket), a tighter bound; the budget is enforced with RDP",
+                        prec = EPSILON_DIGITS as usize
+                    )?;
+                }
                 writeln!(f, "  depends on    q, the noise multiplier, the number of steps and delta; that batches were truly Poisson-sampled and the noise drawn from a secret random state")?;
             }
         }

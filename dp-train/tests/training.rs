@@ -2207,6 +2207,32 @@ device = "cpu"
     }
 
     #[test]
+    fn a_poisson_statement_gives_the_prv_bound_next_to_rdp() {
+        // q = 0.01, sigma = 1, 1000 steps, delta 1e-5: RDP 2.10, PRV 1.838 (upper end).
+        let mut ledger = PrivacyLedger::new(0.01, 1.0, 1e-5, f64::INFINITY).unwrap();
+        for _ in 0..1000 {
+            ledger.record_step().unwrap();
+        }
+        let statement =
+            dp_train::PrivacyStatement::from_ledger(&ledger, 60_000, 1.0, None).unwrap();
+        let prv = statement.prv_epsilon.unwrap();
+        assert!(
+            prv < statement.epsilon && (prv - 1.839).abs() < 0.005,
+            "{prv}"
+        );
+        let text = statement.to_string();
+        assert!(
+            text.contains(&format!("PRV           epsilon at most {prv:.3}")),
+            "{text}"
+        );
+        // A correlated run has none.
+        let correlated = PrivacyLedger::correlated(1.0 / 59.0, 1.4, 590, 1e-5, 3.0).unwrap();
+        let statement =
+            dp_train::PrivacyStatement::from_ledger(&correlated, 60_000, 1.0, None).unwrap();
+        assert!(statement.prv_epsilon.is_none());
+    }
+
+    #[test]
     fn a_correlated_statement_says_zero_out() {
         let ledger = PrivacyLedger::correlated(1.0 / 59.0, 1.4, 590, 1e-5, 3.0).unwrap();
         let text = dp_train::PrivacyStatement::from_ledger(&ledger, 60_000, 1.0, None)

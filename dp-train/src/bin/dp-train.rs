@@ -693,7 +693,7 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
         if args.json {
             println!("{out}");
         } else {
-            println!("{} encoder, batch {}, seq {}, {:?}: DP step with independent noise {:.3} s, with BLT noise ({buffers} buffers) {:.3} s: {:+.1}%", args.shape, args.batch, args.seq, device, independent, correlated, 100.0 * overhead);
+            println!("{} encoder, batch {}, seq {}, {}: DP step with independent noise {:.3} s, with BLT noise ({buffers} buffers) {:.3} s: {:+.1}%", args.shape, args.batch, args.seq, dp_train::device_name(device), independent, correlated, 100.0 * overhead);
         }
         return Ok(());
     }
@@ -846,7 +846,7 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
                 Some(mode) => format!("DP step ({mode} noise)"),
                 None => "DP step without noise (clipping only)".to_string(),
             };
-            println!("{} encoder, batch {}, seq {}, {:?}, {} activations: {what} {:.3} s, non-private step {:.3} s, throughput ratio {:.3}", args.shape, args.batch, args.seq, device, args.precision, t.step_s, nonprivate, t.throughput_ratio);
+            println!("{} encoder, batch {}, seq {}, {}, {} activations: {what} {:.3} s, non-private step {:.3} s, throughput ratio {:.3}", args.shape, args.batch, args.seq, dp_train::device_name(device), args.precision, t.step_s, nonprivate, t.throughput_ratio);
         }
         if let Some(r) = times.secure_over_fast {
             println!("secure / fast DP step time: {r:.3}");
@@ -863,10 +863,13 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
             println!("noise on {numel} coordinates (CPU, Gsamples/s): secure release {:.3}, fast release {:.3}, libtorch randn alone {:.3}, libtorch normal_ in place {:.3}; secure / randn {:.2}, secure / normal_ {:.2}", rates.secure / 1e9, rates.fast / 1e9, rates.randn / 1e9, rates.normal_in_place / 1e9, rates.secure_over_randn, rates.secure_over_normal_in_place);
         }
         if let Some(Err(e)) = &device_noise {
-            println!("noise on {device:?}: not measured ({e})");
+            println!(
+                "noise on {}: not measured ({e})",
+                dp_train::device_name(device)
+            );
         }
         if let Some(Ok(d)) = &device_noise {
-            println!("noise on {numel} coordinates on {device:?}: fast release {:.4} s, secure release {:.4} s (drawn on the host, copied, released on the device; not overlapped here); secure release equals the host's bit for bit: {}", d.fast_release_s, d.secure_release_s, d.secure_matches_host);
+            println!("noise on {numel} coordinates on {}: fast release {:.4} s, secure release {:.4} s (drawn on the host, copied, released on the device; not overlapped here); secure release equals the host's bit for bit: {}", dp_train::device_name(device), d.fast_release_s, d.secure_release_s, d.secure_matches_host);
         }
         if let (Some(d), Some(n), Some(r)) = (dp_peak, nonprivate_peak, memory_ratio) {
             let scope = match device {
