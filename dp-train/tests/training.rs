@@ -2039,6 +2039,19 @@ mod plans {
         );
         let accuracy_svg = std::fs::read_to_string(dir.join("accuracy.svg")).unwrap();
         assert!(accuracy_svg.contains(">test accuracy "), "{accuracy_svg}");
+        // Test accuracy at each epoch (q = 256/5000: an epoch is 20 steps) in the metrics.
+        let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        let at_epochs: Vec<u64> = metrics
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["test_accuracy"].is_f64())
+            .filter_map(|v| v["step"].as_u64())
+            .collect();
+        assert_eq!(
+            at_epochs,
+            (1..=steps / 20).map(|e| 20 * e).collect::<Vec<_>>()
+        );
+        assert!(accuracy_svg.contains("test accuracy at each epoch"));
         // The stopped run's last step is checkpointed: running it again resumes there and stops,
         // it does not start over.
         let again: serde_json::Value = serde_json::from_slice(&train().stdout).unwrap();

@@ -1021,6 +1021,8 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
     let started = std::time::Instant::now();
     let mut write_error = None;
     let logits = |x: &tch::Tensor, tape: &mut dp_core::Tape| job.model.logits(x, tape);
+    let steps_per_epoch = ((1.0 / plan.sampling_rate).round() as u64).max(1);
+    let mut last_test = String::new();
     let summary = train_with_hooks(
         &job.vs,
         logits,
@@ -1031,11 +1033,14 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
         Some(&checkpointing),
         |step| {
             use std::io::Write as _;
-            if let Err(e) = writeln!(
-                metrics,
-                "{}",
-                serde_json::to_string(step).unwrap_or_default()
-            ) {
+            let mut line = serde_json::to_value(step).unwrap_or_default();
+            // At the end of each epoch: accuracy on the public test split.
+            if step.step % steps_per_epoch == 0 {
+                let accuracy = evaluate_accuracy(logits, job.test_data(), 256);
+                line["test_accuracy"] = serde_json::json!(accuracy);
+                last_test = format!("  test acc {accuracy:.3}");
+            }
+            if let Err(e) = writeln!(metrics, "{line}") {
                 write_error = Some(e);
             }
             bar.set_position(step.step);
@@ -1047,7 +1052,7 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
                 "NOT PRIVATE".into()
             };
             bar.set_message(format!(
-                "loss {:.3}  acc {:.3}  epsilon {eps}  {samples:.0} samples/s",
+                "loss {:.3}  acc {:.3}{last_test}  epsilon {eps}  {samples:.0} samples/s",
                 step.mean_loss, step.accuracy
             ));
         },
@@ -1140,13 +1145,13 @@ fn report_command(run_dir: &std::path::Path) -> Result<(), TrainError> {
     let text = std::fs::read_to_string(&metrics_path).at("read", &metrics_path)?;
     // Steps replayed after a resume appear twice with identical values: keep the last.
     let mut by_step = std::collections::BTreeMap::new();
-    let mut test_accuracy = None;
+    let mut final_test = None;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
             if let Some(step) = v["step"].as_u64() {
                 by_step.insert(step, v);
             } else if let Some(accuracy) = v["test_accuracy"].as_f64() {
-                test_accuracy = Some(accuracy);
+                final_test = Some((v["after_step"].as_f64().unwrap_or(f64::NAN), accuracy));
             }
         }
     }
@@ -1184,6 +1189,12 @@ fn report_command(run_dir: &std::path::Path) -> Result<(), TrainError> {
             .filter_map(|(s, v)| v[key].as_f64().map(|y| (*s as f64, y)))
             .collect()
     };
+    // The test accuracy at each epoch and after the last step.
+    let mut test_points: Vec<(f64, f64)> = series("test_accuracy");
+    test_points.extend(
+        final_test.filter(|&(step, _)| test_points.last().is_none_or(|&(last, _)| step > last)),
+    );
+    let test_accuracy = final_test.map(|(_, accuracy)| accuracy);
     let budget = ledger.as_ref().and_then(|l| l.budget);
     let budget_label = format!("budget {}", budget.unwrap_or(f64::NAN));
     let test_label = format!(
@@ -1215,14 +1226,20 @@ fn report_command(run_dir: &std::path::Path) -> Result<(), TrainError> {
         let frame = Frame {
             title: &title,
             x_label: "steps",
-            y_label: label,
+            y_label: if key == "accuracy" { "accuracy" } else { label },
             x_axis: XAxis::LinearTo(last_step as f64),
         };
-        let series = [Series {
+        let mut curves = vec![Series {
             name: label,
             points: series(key),
         }];
-        let svg = line_chart(&frame, &series, marker.as_slice());
+        if key == "accuracy" && !test_points.is_empty() {
+            curves.push(Series {
+                name: "test accuracy at each epoch (public test split)",
+                points: test_points.clone(),
+            });
+        }
+        let svg = line_chart(&frame, &curves, marker.as_slice());
         write_file(&run_dir.join(file), svg.as_bytes())?;
     }
     println!(
