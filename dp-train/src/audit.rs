@@ -460,6 +460,15 @@ fn gradient_canary_scores(
     Ok(canaries.scores)
 }
 
+/// Refuses fewer than 10 trials: a fifth of them fix the attack's threshold, and the counted
+/// rest must hold both groups.
+pub fn check_trials(trials: usize) -> Result<(), TrainError> {
+    if trials < 10 {
+        return Err(TrainError::Config("audit: need at least 10 trials".into()));
+    }
+    Ok(())
+}
+
 /// Runs `trials` training runs with or without one canary and estimates epsilon from the
 /// attack's errors. `on_trial` sees the number of finished trials.
 pub fn audit_trials(
@@ -469,9 +478,7 @@ pub fn audit_trials(
     trials: usize,
     mut on_trial: impl FnMut(usize),
 ) -> Result<TrialAudit, TrainError> {
-    if trials < 10 {
-        return Err(TrainError::Config("audit: need at least 10 trials".into()));
-    }
+    check_trials(trials)?;
     let plan = plan(config)?;
     let run = run_config(config, &plan);
     let n = config.dataset_size as i64;

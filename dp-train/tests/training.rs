@@ -174,6 +174,22 @@ mod audit {
     }
 
     #[test]
+    fn the_audit_command_says_its_size_before_it_starts() {
+        let out = dp_train(&["audit", "--trials", "10", "--steps", "3", "--epsilon", "2"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.starts_with("Auditing epsilon 2: 10 training runs x 3 steps = 30 steps"),
+            "{stderr}"
+        );
+        // Too few trials: one line, nothing announced.
+        let out = dp_train(&["audit", "--trials", "4", "--epsilon", "2"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+
+    #[test]
     fn a_correct_run_passes_and_a_run_without_noise_is_caught() {
         let data = load_fashion_mnist();
         let ok = audit_trials(

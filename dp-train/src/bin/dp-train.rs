@@ -466,9 +466,19 @@ fn audit_command(args: AuditArgs) -> Result<(), TrainError> {
         } else {
             CanaryKind::Gradient
         };
+        audit::check_trials(args.trials)?;
         let bar = if args.json {
             ProgressBar::hidden()
         } else {
+            eprintln!(
+                "Auditing epsilon {}: {} training runs x {} steps = {} steps ({} examples, batch {}); 200 runs of the default plan take about 2 minutes on 2 cores",
+                config.epsilon,
+                args.trials,
+                config.steps,
+                args.trials as u64 * config.steps,
+                config.dataset_size,
+                config.expected_batch_size
+            );
             ProgressBar::new(args.trials as u64)
         };
         bar.set_style(
