@@ -2068,6 +2068,21 @@ mod plans {
             (1..=steps / 20).map(|e| 20 * e).collect::<Vec<_>>()
         );
         assert!(accuracy_svg.contains("test accuracy at each epoch"));
+        // A closed pipe (`dp-train report DIR | head -1`) ends the command quietly.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dp-train"))
+            .args(["report", &run_dir])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let closed = child.wait_with_output().unwrap();
+        assert!(closed.status.success(), "{closed:?}");
+        assert!(
+            closed.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&closed.stderr)
+        );
         // The stopped run's last step is checkpointed: running it again resumes there and stops,
         // it does not start over.
         let again: serde_json::Value = serde_json::from_slice(&train().stdout).unwrap();

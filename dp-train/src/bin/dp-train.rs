@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use dp_accounting::audit::posterior_cdf;
 use dp_accounting::plot::{line_chart, Frame, Marker, Series, XAxis};
+use dp_accounting::{quiet_print as print, quiet_println as println};
 use dp_core::{NoiseMode, PrivacyRng};
 use dp_train::audit::{self, AuditConfig, CanaryKind, Sabotage};
 use dp_train::bench::{self, BenchConfig, StepMode};

@@ -1,14 +1,5 @@
 //! `dp-accounting`: privacy budgets for DP-SGD from the command line (no libtorch needed).
 
-/// `println!` and `print!` that exit quietly when standard output is a closed pipe
-/// (`dp-accounting ... | head -1`), as Unix tools do, instead of panicking.
-macro_rules! println {
-    ($($arg:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
-}
-macro_rules! print {
-    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*)) };
-}
-
 mod mf;
 
 use std::path::PathBuf;
@@ -22,6 +13,7 @@ use dp_accounting::{
     AccountingError, DpEvent, FractionalSeries, PrvAccountant, RdpAccountant, RunCount,
     PRV_MIN_DELTA,
 };
+use dp_accounting::{quiet_print as print, quiet_println as println};
 use serde_json::{json, Map, Value};
 
 /// Privacy accounting for DP-SGD: epsilon for a training plan, the noise for a target, the
@@ -306,19 +298,6 @@ impl From<AccountingError> for Failure {
 
 fn usage(flag: &str, message: impl std::fmt::Display) -> Failure {
     Failure::Usage(format!("--{flag}: {message}"))
-}
-
-/// Writes to standard output; a closed pipe ends the process quietly with success, any other
-/// write error with one line and code 1.
-fn write_stdout(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("dp-accounting: error: cannot write to standard output: {e}");
-        std::process::exit(1);
-    }
 }
 
 fn main() -> ExitCode {

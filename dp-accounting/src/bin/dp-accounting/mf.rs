@@ -5,6 +5,7 @@ use dp_accounting::mf::{
     gaussian_epsilon, mean_loss_lower_bound, optimize_banded, optimize_blt, optimize_nu, Blt,
     NoiseRecurrence, Objective, Participation, Strategy, StrategyKind, Workload,
 };
+use dp_accounting::quiet_println as println;
 use serde_json::{json, Map, Value};
 
 use super::{accountant, number, shown, usage, Choice, Failure};
