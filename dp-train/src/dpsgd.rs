@@ -140,6 +140,16 @@ enum Steps {
     },
 }
 
+impl Steps {
+    /// The correlated-noise state a checkpoint must keep, if the run has one.
+    fn correlated(&self) -> Option<&CorrelatedNoise> {
+        match self {
+            Steps::Cyclic { correlated, .. } => Some(correlated),
+            Steps::Poisson { .. } => None,
+        }
+    }
+}
+
 /// Observers of each step's gradient sums, for privacy audits. An error from a hook ends the
 /// run with that error: an audit whose canary failed must fail, never read as a result.
 pub trait StepHooks {
@@ -325,12 +335,8 @@ pub fn train_with_hooks(
             // last step checkpointed (a rerun then resumes and stops, never starts over).
             Err(TrainError::BudgetExhausted { .. }) => {
                 stopped_by_budget = true;
-                if let (Some(c), true) = (checkpointing, ledger.steps() > 0) {
-                    let correlated = match &steps {
-                        Steps::Cyclic { correlated, .. } => Some(correlated),
-                        Steps::Poisson { .. } => None,
-                    };
-                    c.save(vs, &optimizer, rng, &ledger, correlated)?;
+                if let Some(c) = checkpointing.filter(|_| ledger.steps() > 0) {
+                    c.save(vs, &optimizer, rng, &ledger, steps.correlated())?;
                 }
                 break;
             }
@@ -363,11 +369,7 @@ pub fn train_with_hooks(
         optimizer.step(&variables, &mean_gradient, lr)?;
         if let Some(c) = checkpointing {
             if ledger.steps() % c.every.max(1) == 0 || ledger.steps() == config.steps {
-                let correlated = match &steps {
-                    Steps::Cyclic { correlated, .. } => Some(correlated),
-                    Steps::Poisson { .. } => None,
-                };
-                c.save(vs, &optimizer, rng, &ledger, correlated)?;
+                c.save(vs, &optimizer, rng, &ledger, steps.correlated())?;
             }
         }
         on_step(&StepReport {

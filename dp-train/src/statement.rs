@@ -195,7 +195,7 @@ impl fmt::Display for PrivacyStatement {
             Some(seed) => writeln!(f, "  randomness    seeded with {seed}: reproducible, so anyone who knows the seed can remove the noise; use an unseeded run for a real guarantee")?,
             None => writeln!(f, "  randomness    ChaCha20 seeded from the operating system")?,
         }
-        writeln!(f, "  released      the trained weights; the training loss and accuracy in metrics.jsonl and the progress bar are computed on the private batches without noise: NOT private, for monitoring only (the test accuracy is computed on the public test split)")?;
+        writeln!(f, "  released      the trained weights; the training loss and accuracy shown while training (the progress bar, and metrics.jsonl where a run folder keeps one) are computed on the private batches without noise: NOT private, for monitoring only (the test accuracy is computed on the public test split)")?;
         writeln!(f, "  toolkit       dp-train {}", env!("CARGO_PKG_VERSION"))
     }
 }
