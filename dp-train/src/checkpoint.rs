@@ -387,6 +387,29 @@ impl Checkpointing {
         Ok(())
     }
 
+    /// The latest checkpoint of the run folder `dir`, verified (see the module docs): its
+    /// folder and the ledger of the steps that made its weights. A run without one (no step
+    /// taken yet) is an error.
+    pub fn latest_checkpoint(dir: &Path) -> Result<(PathBuf, LedgerRecord), TrainError> {
+        let reader = Self {
+            dir: dir.to_path_buf(),
+            every: 1,
+            resolved_config: None,
+        };
+        match reader.latest()? {
+            Some(Verified { dir, state }) => Ok((dir, state.ledger)),
+            None if !dir.is_dir() => Err(TrainError::File {
+                action: "read the run folder",
+                path: dir.display().to_string(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }),
+            None => Err(TrainError::Config(format!(
+                "{} holds no checkpoint: it is not a run folder, or its run has not finished a step",
+                dir.display()
+            ))),
+        }
+    }
+
     /// Loads the latest checkpoint into `vs`, if there is one.
     pub(crate) fn resume(
         &self,

@@ -34,7 +34,7 @@ pub enum TrainError {
     Core(#[from] dp_core::CoreError),
     /// A run folder's record (a checkpoint file, its manifest, the ledger) is damaged or
     /// disagrees with the rest; the run was refused before anything was written.
-    #[error("{path}: {reason}; refusing to resume, nothing was written")]
+    #[error("{path}: {reason}; refused, nothing was written")]
     Damaged {
         /// The file (or folder) at fault.
         path: String,
@@ -71,6 +71,16 @@ impl<T> AtPath<T> for Result<T, std::io::Error> {
             action,
             path: path.display().to_string(),
             source,
+        })
+    }
+}
+
+impl<T> AtPath<T> for Result<T, tch::TchError> {
+    fn at(self, action: &'static str, path: &std::path::Path) -> Result<T, TrainError> {
+        self.map_err(|e| TrainError::File {
+            action,
+            path: path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
         })
     }
 }

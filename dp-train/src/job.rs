@@ -1,7 +1,7 @@
 //! What a plan trains: the dataset named by `[data]` and the model named by `[model]`, placed
 //! on a device. `[data]` fixes the N of the sampling rate; the loaders never change it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tch::{nn, Device, Tensor};
 
@@ -12,6 +12,7 @@ use crate::fashion_mnist::FashionMnist;
 use crate::models::{CachedEncoder, Classifier, EncoderClassifier, Mlp, Precision};
 use crate::plan::TrainConfig;
 use crate::text::TextClassification;
+use crate::trained::pretrained_dir;
 
 /// A model with its variables and its data, ready for [`crate::train_with_hooks`].
 pub struct Job {
@@ -202,12 +203,4 @@ fn by_length(inputs: Tensor, labels: Tensor) -> (Tensor, Tensor) {
         inputs.index_select(0, &order),
         labels.index_select(0, &order),
     )
-}
-
-fn pretrained_dir(config: &TrainConfig) -> PathBuf {
-    config
-        .model
-        .pretrained
-        .clone()
-        .unwrap_or_else(|| assets_dir().join("minilm"))
 }

@@ -12,6 +12,8 @@ pub mod checkpoint;
 pub mod data;
 mod dpsgd;
 mod error;
+pub mod evaluation;
+pub mod export;
 pub mod fashion_mnist;
 pub mod job;
 mod ledger;
@@ -20,6 +22,7 @@ pub mod optimizer;
 pub mod plan;
 mod statement;
 pub mod text;
+pub mod trained;
 pub mod tune;
 
 pub use dpsgd::{

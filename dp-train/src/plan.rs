@@ -299,6 +299,16 @@ impl TrainConfig {
         Ok(config)
     }
 
+    /// The plan a run folder's `config.resolved.toml` records (its `[resolved]` numbers are
+    /// dropped: they follow from the rest).
+    pub fn from_resolved(text: &str) -> Result<Self, TrainError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| config_error(format!("plan: {}", e.message())))?;
+        table.remove("resolved");
+        let text = toml::to_string(&table).map_err(|e| config_error(e.to_string()))?;
+        Self::from_toml(&text, &[])
+    }
+
     /// The plan as `config.resolved.toml` records it: every key with its value, less those
     /// that do not apply to the model (an encoder has no `hidden`).
     pub fn to_toml(&self) -> Result<String, TrainError> {

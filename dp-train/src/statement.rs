@@ -41,7 +41,12 @@ pub struct PrivacyStatement {
     pub clip_norm: f64,
     /// Noised steps taken.
     pub steps: u64,
-    /// The seed of the privacy generator, if the run was seeded (reproducible, not secret).
+    /// Whether the privacy generator was seeded (reproducible: whoever knows the seed can
+    /// remove the noise).
+    pub seeded: bool,
+    /// The seed, if the run was seeded and the seed is shown (it is withheld from what is
+    /// exported for sharing: [`PrivacyStatement::withhold_seed`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// How the noise was drawn, as the ledger recorded it.
     pub noise_mode: Option<NoiseMode>,
@@ -105,10 +110,19 @@ impl PrivacyStatement {
             noise_multiplier: ledger.noise_multiplier(),
             clip_norm,
             steps: ledger.steps(),
+            seeded: seed.is_some(),
             seed,
             noise_mode: ledger.noise_mode(),
             prv_epsilon: prv_epsilon(ledger),
         })
+    }
+}
+
+impl PrivacyStatement {
+    /// The statement without the seed's value (whether the run was seeded is kept), for what
+    /// is shared: with the seed, anyone can regenerate the noise and remove it.
+    pub fn withhold_seed(self) -> Self {
+        Self { seed: None, ..self }
     }
 }
 
@@ -191,9 +205,10 @@ impl fmt::Display for PrivacyStatement {
             Some(NoiseMode::Fast) => writeln!(f, "  noise         fast: libtorch floating-point normals on the model's device (mt19937 on the CPU, Philox on CUDA), its generator keyed at every step by 64 bits of the ChaCha20 privacy generator; for research: NOT resistant to floating-point attacks; use noise_mode = \"secure\" for a release")?,
             None => writeln!(f, "  noise         not recorded (a ledger from before noise modes)")?,
         }
-        match self.seed {
-            Some(seed) => writeln!(f, "  randomness    seeded with {seed}: reproducible, so anyone who knows the seed can remove the noise; use an unseeded run for a real guarantee")?,
-            None => writeln!(f, "  randomness    ChaCha20 seeded from the operating system")?,
+        match (self.seed, self.seeded) {
+            (Some(seed), _) => writeln!(f, "  randomness    seeded with {seed}: reproducible, so anyone who knows the seed can remove the noise; use an unseeded run for a real guarantee")?,
+            (None, true) => writeln!(f, "  randomness    seeded (the seed is withheld here): reproducible by whoever knows the seed, who can remove the noise; use an unseeded run for a real guarantee")?,
+            (None, false) => writeln!(f, "  randomness    ChaCha20 seeded from the operating system")?,
         }
         writeln!(f, "  released      the trained weights; the training loss and accuracy shown while training (the progress bar, and metrics.jsonl where a run folder keeps one) are computed on the private batches without noise: NOT private, for monitoring only (the test accuracy is computed on the public test split)")?;
         writeln!(f, "  toolkit       dp-train {}", env!("CARGO_PKG_VERSION"))

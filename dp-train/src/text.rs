@@ -128,6 +128,14 @@ pub fn read_labelled_csv(path: &Path) -> Result<Vec<Snippet>, TrainError> {
     })
 }
 
+/// The `text` column of a CSV with a header, every record kept (texts to label).
+pub fn read_texts_csv(path: &Path) -> Result<Vec<String>, TrainError> {
+    Ok(read_csv(path, "a CSV of texts", "text", |_| Ok(Some(0)))?
+        .into_iter()
+        .map(|s| s.text)
+        .collect())
+}
+
 /// The model's tokenizer from `tokenizer.json`, with its fixed padding switched off and
 /// truncation at `max_length` tokens.
 pub fn load_tokenizer(path: &Path, max_length: usize) -> Result<Tokenizer, TrainError> {
@@ -147,25 +155,34 @@ pub fn load_tokenizer(path: &Path, max_length: usize) -> Result<Tokenizer, Train
     Ok(tokenizer)
 }
 
-/// Tokenizes `snippets` into ids (N, max_length), padded with 0.
+/// Tokenizes `texts` into ids (N, max_length), padded with 0.
+pub fn token_ids(
+    tokenizer: &Tokenizer,
+    texts: &[&str],
+    max_length: usize,
+) -> Result<Tensor, TrainError> {
+    let encodings = tokenizer
+        .encode_batch(texts.to_vec(), true)
+        .map_err(|e| TrainError::Config(format!("tokenization failed: {e}")))?;
+    let mut ids = vec![0i64; texts.len() * max_length];
+    for (row, encoding) in ids.chunks_mut(max_length).zip(&encodings) {
+        for (slot, id) in row.iter_mut().zip(encoding.get_ids()) {
+            *slot = i64::from(*id);
+        }
+    }
+    Ok(Tensor::from_slice(&ids).view([texts.len() as i64, max_length as i64]))
+}
+
+/// Tokenizes `snippets` into ids (N, max_length), padded with 0, and their labels.
 pub fn tokenize(
     tokenizer: &Tokenizer,
     snippets: &[Snippet],
     max_length: usize,
 ) -> Result<TextSplit, TrainError> {
     let texts: Vec<&str> = snippets.iter().map(|s| s.text.as_str()).collect();
-    let encodings = tokenizer
-        .encode_batch(texts, true)
-        .map_err(|e| TrainError::Config(format!("tokenization failed: {e}")))?;
-    let mut ids = vec![0i64; snippets.len() * max_length];
-    for (row, encoding) in ids.chunks_mut(max_length).zip(&encodings) {
-        for (slot, id) in row.iter_mut().zip(encoding.get_ids()) {
-            *slot = i64::from(*id);
-        }
-    }
     let labels: Vec<i64> = snippets.iter().map(|s| s.label).collect();
     Ok(TextSplit {
-        ids: Tensor::from_slice(&ids).view([snippets.len() as i64, max_length as i64]),
+        ids: token_ids(tokenizer, &texts, max_length)?,
         labels: Tensor::from_slice(&labels),
     })
 }

@@ -1534,7 +1534,7 @@ fn damaged_or_edited_run_folders_are_refused_naming_the_file_and_left_as_they_ar
         assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
         assert!(
-            stderr.contains(file) && stderr.contains("refusing to resume"),
+            stderr.contains(file) && stderr.contains("refused, nothing was written"),
             "{what} should name {file}: {stderr}"
         );
         assert!(
@@ -2423,5 +2423,396 @@ device = "cpu"
             assert!(diff == 0.0, "{name}: {diff}");
         }
         std::fs::remove_dir_all(&base).unwrap();
+    }
+}
+
+/// After training: evaluate, predict and export, checked against the run's own model.
+mod after_training {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    use dp_core::Tape;
+    use dp_train::evaluation::{probabilities, Evaluation};
+    use dp_train::export::{safetensors_metadata, PRIVACY_METADATA, PRIVACY_TEXT_METADATA};
+    use dp_train::models::{Classifier, EncoderClassifier, Finetune};
+    use dp_train::text::{load_tokenizer, token_ids};
+    use dp_train::trained::{Examples, TrainedModel};
+    use tch::{nn, Device, Kind, Tensor};
+
+    fn bin(args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_dp-train"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn stdout(out: &std::process::Output) -> String {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout.clone()).unwrap()
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dp-train-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A distinctive seed: no exported byte sequence should spell it.
+    const SEED: &str = "918273645";
+
+    const TEXTS: [&str; 12] = [
+        "a gorgeous, witty, seductive movie",
+        "the plot is a mess and the jokes fall flat",
+        "an engrossing portrait of a family",
+        "tedious, overlong and dull",
+        "a quiet triumph of acting",
+        "nothing here you have not seen before",
+        "funny, sad and wise",
+        "it never finds its footing",
+        "one of the year's best",
+        "a waste of a fine cast",
+        "charming from start to finish",
+        "clumsy and forgettable",
+    ];
+
+    fn write_csv(path: &Path, rows: impl Iterator<Item = (String, i64)>) {
+        let mut w = csv::Writer::from_path(path).unwrap();
+        w.write_record(["text", "label"]).unwrap();
+        for (text, label) in rows {
+            w.write_record([text, label.to_string()]).unwrap();
+        }
+        w.flush().unwrap();
+    }
+
+    /// Trains a three-class LoRA encoder on a small CSV; returns (run folder, test CSV).
+    fn lora_run(dir: &Path) -> (PathBuf, PathBuf) {
+        let (train, test) = (dir.join("train.csv"), dir.join("test.csv"));
+        write_csv(
+            &train,
+            (0..48).map(|i| (format!("{} ({i})", TEXTS[i % 12]), (i % 3) as i64)),
+        );
+        write_csv(
+            &test,
+            TEXTS
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.to_string(), (i % 3) as i64)),
+        );
+        let plan = dir.join("plan.toml");
+        std::fs::write(
+            &plan,
+            include_str!("../../examples/minilm_rotten_tomatoes.toml"),
+        )
+        .unwrap();
+        let run = dir.join("run");
+        let s = |x: &str| x.to_string();
+        let sets = [
+            s("data.dataset=\"text-csv\""),
+            format!("data.train_file={:?}", train.display().to_string()),
+            format!("data.test_file={:?}", test.display().to_string()),
+            s("data.dataset_size=48"),
+            s("data.max_length=16"),
+            s("privacy.delta=1e-3"),
+            s("privacy.epsilon=20"),
+            s("privacy.expected_batch_size=16"),
+            s("privacy.epochs=1"),
+            format!("privacy.seed={SEED}"),
+            s("model.finetune={kind=\"lora\",rank=2,alpha=4}"),
+            s("training.learning_rate=0.05"),
+            s("training.optimizer={kind=\"adam\",beta1=0.9,beta2=0.999,eps=1e-8}"),
+            s("performance.device=\"cpu\""),
+        ];
+        let mut args = vec![
+            s("train"),
+            s("--config"),
+            plan.display().to_string(),
+            s("--run-dir"),
+            run.display().to_string(),
+        ];
+        for set in sets {
+            args.push(s("--set"));
+            args.push(set);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        stdout(&bin(&args));
+        (run, test)
+    }
+
+    #[test]
+    fn an_exported_encoder_loads_back_with_the_same_logits_and_nothing_secret() {
+        let dir = scratch("export-encoder");
+        let (run, test_csv) = lora_run(&dir);
+        let run_s = run.display().to_string();
+        let model = TrainedModel::load(&run, Device::Cpu).unwrap();
+        // The adapters moved: merging them is not a no-op.
+        let up_norm: f64 = model
+            .variables()
+            .iter()
+            .filter(|(n, _)| n.contains("lora_up"))
+            .map(|(_, t)| t.abs().max().double_value(&[]))
+            .fold(0.0, f64::max);
+        assert!(up_norm > 1e-4, "LoRA up weights still zero: {up_norm}");
+
+        // evaluate: the accuracy the run recorded on its test split, and the scores' JSON.
+        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        let recorded: serde_json::Value =
+            serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+        let out = stdout(&bin(&["evaluate", &run_s, "--json", "--device", "cpu"]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v["evaluation"]["accuracy"], recorded["test_accuracy"],
+            "{out}"
+        );
+        assert_eq!(v["evaluation"]["examples"], 12);
+        assert_eq!(v["evaluation"]["confusion"].as_array().unwrap().len(), 3);
+        let text = stdout(&bin(&[
+            "evaluate",
+            &run_s,
+            "--data",
+            &test_csv.display().to_string(),
+        ]));
+        assert!(text.contains("not private with respect to them"), "{text}");
+        assert!(text.contains("confusion matrix"), "{text}");
+
+        // predict: a CSV in, one row per text with probabilities that sum to 1.
+        let texts = dir.join("texts.txt");
+        std::fs::write(&texts, TEXTS.join("\n")).unwrap();
+        let out = stdout(&bin(&[
+            "predict",
+            &run_s,
+            "--input",
+            &texts.display().to_string(),
+        ]));
+        let mut reader = csv::Reader::from_reader(out.as_bytes());
+        assert_eq!(
+            reader.headers().unwrap().iter().collect::<Vec<_>>(),
+            ["label", "probability", "p_0", "p_1", "p_2", "text"]
+        );
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 12);
+        let logits = model
+            .logits(&Examples::Texts(TEXTS.map(String::from).to_vec()))
+            .unwrap();
+        let logits = Vec::<Vec<f64>>::try_from(logits.to_kind(Kind::Double)).unwrap();
+        for ((row, text), z) in rows.iter().zip(TEXTS).zip(&logits) {
+            assert_eq!(&row[5], text);
+            let p: Vec<f64> = (2..5).map(|k| row[k].parse().unwrap()).collect();
+            assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-5, "{row:?}");
+            for (got, want) in p.iter().zip(probabilities(z)) {
+                assert!((got - want).abs() < 1e-5, "{row:?}");
+            }
+        }
+
+        // export: the listed files only, the statement in the metadata, no seed anywhere.
+        let out_dir = dir.join("exported");
+        let out = stdout(&bin(&[
+            "export",
+            &run_s,
+            "--out",
+            &out_dir.display().to_string(),
+            "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut files: Vec<String> = std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                "README.md",
+                "config.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "vocab.txt"
+            ]
+        );
+        assert_eq!(v["files"], serde_json::json!(files));
+        for file in &files {
+            let bytes = std::fs::read(out_dir.join(file)).unwrap();
+            assert!(
+                !bytes.windows(SEED.len()).any(|w| w == SEED.as_bytes()),
+                "{file} holds the seed"
+            );
+        }
+        let metadata = safetensors_metadata(&out_dir.join("model.safetensors")).unwrap();
+        assert_eq!(metadata["format"], "pt");
+        let privacy: serde_json::Value = serde_json::from_str(&metadata[PRIVACY_METADATA]).unwrap();
+        let statement = model.statement().unwrap();
+        assert_eq!(privacy["epsilon"], statement.epsilon);
+        assert_eq!(privacy["delta"], 1e-3);
+        assert_eq!(privacy["steps"], statement.steps);
+        assert_eq!(privacy["seeded"], true);
+        assert!(privacy.get("seed").is_none());
+        assert!(metadata[PRIVACY_TEXT_METADATA].contains("seed is withheld"));
+        let card = std::fs::read_to_string(out_dir.join("README.md")).unwrap();
+        for needle in [
+            &format!("({:.3}, 1e-3)-differential privacy", statement.epsilon),
+            "add/remove one training example",
+            "DP-SGD (Poisson-sampled batches",
+            "RDP (Mironov 2017",
+            &format!("{} steps (the whole plan)", statement.steps),
+            "the text CSV train.csv: its first 48 records; 3 classes",
+            &format!("dp-train {}", env!("CARGO_PKG_VERSION")),
+            "Accuracy ",
+        ] {
+            assert!(card.contains(needle), "card lacks {needle:?}:\n{card}");
+        }
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out_dir.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["id2label"]["2"], "2");
+
+        // Loaded back as a plain pretrained encoder (no adapters), the same logits.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let plain = EncoderClassifier::pretrained(&vs, &out_dir, 3, Finetune::All).unwrap();
+        let tokenizer = load_tokenizer(&out_dir.join("tokenizer.json"), 16).unwrap();
+        let ids = token_ids(&tokenizer, &TEXTS, 16).unwrap();
+        let reloaded = tch::no_grad(|| plain.logits(&ids, &mut Tape::off()));
+        let original = model
+            .logits(&Examples::Texts(TEXTS.map(String::from).to_vec()))
+            .unwrap();
+        let gap = (reloaded - &original).abs().max().double_value(&[]);
+        let scale = original.abs().max().double_value(&[]);
+        assert!(
+            gap < 1e-4 * scale.max(1.0),
+            "exported logits differ by {gap}"
+        );
+
+        // A second export to the same (now full) folder is refused; nothing changes.
+        let again = bin(&["export", &run_s, "--out", &out_dir.display().to_string()]);
+        assert_eq!(again.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_exported_mlp_computes_the_runs_logits_and_text_commands_refuse_it() {
+        let dir = scratch("export-mlp");
+        let run = dir.join("run");
+        let run_s = run.display().to_string();
+        let out = bin(&[
+            "train",
+            "--config",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/fashion_mnist.toml"
+            ),
+            "--run-dir",
+            &run_s,
+            "--set",
+            "data.dataset_size=1000",
+            "--set",
+            "privacy.epochs=0.3",
+            "--set",
+            "privacy.expected_batch_size=100",
+            "--set",
+            "model.hidden=[16]",
+        ]);
+        stdout(&out);
+        let out_dir = dir.join("exported");
+        stdout(&bin(&[
+            "export",
+            &run_s,
+            "--out",
+            &out_dir.display().to_string(),
+        ]));
+        let mut files: Vec<String> = std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["README.md", "config.json", "model.safetensors"]);
+        // The exported layers, applied as the card says, give the run's logits.
+        let weights: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(out_dir.join("model.safetensors"))
+                .unwrap()
+                .into_iter()
+                .collect();
+        let model = TrainedModel::load(&run, Device::Cpu).unwrap();
+        let images = Tensor::rand([5, 784], (Kind::Float, Device::Cpu));
+        let mut x = images.shallow_clone();
+        for i in 0..2 {
+            x = x.matmul(&weights[&format!("linear{i}.weight")].tr())
+                + &weights[&format!("linear{i}.bias")];
+            if i == 0 {
+                x = x.tanh();
+            }
+        }
+        let want = model.logits(&Examples::Images(images)).unwrap();
+        assert!((x - want).abs().max().double_value(&[]) < 1e-5);
+        let metadata = safetensors_metadata(&out_dir.join("model.safetensors")).unwrap();
+        assert!(metadata[PRIVACY_TEXT_METADATA].contains("Privacy statement"));
+        // Texts do not go into an image model: one line, exit 2.
+        for args in [
+            vec!["predict", run_s.as_str()],
+            vec!["evaluate", run_s.as_str(), "--data", "x.csv"],
+        ] {
+            let out = bin(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        }
+        // A folder without a checkpoint is not a run.
+        let out = bin(&["evaluate", &dir.display().to_string()]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("holds no checkpoint"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn scores_match_a_hand_count() {
+        // Labels 0,0,1,1,2 predicted 0,1,1,1,0.
+        let logits = vec![
+            vec![2.0, 0.0, 0.0],
+            vec![0.0, 1.0, 0.0],
+            vec![0.0, 3.0, 0.0],
+            vec![0.0, 0.5, 0.0],
+            vec![1.0, 0.0, 1.0], // a tie: the first class wins
+        ];
+        let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let e = Evaluation::from_logits(&logits, &[0, 0, 1, 1, 2], &names, "test").unwrap();
+        assert_eq!(
+            e.confusion,
+            vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]
+        );
+        assert!((e.accuracy - 0.6).abs() < 1e-12);
+        assert_eq!(e.classes[0].precision, Some(0.5));
+        assert_eq!(e.classes[0].recall, Some(0.5));
+        assert_eq!(e.classes[1].precision, Some(2.0 / 3.0));
+        assert_eq!(e.classes[1].recall, Some(1.0));
+        assert!((e.classes[1].f1.unwrap() - 0.8).abs() < 1e-12);
+        assert_eq!(e.classes[2].precision, None);
+        assert_eq!(e.classes[2].recall, Some(0.0));
+        assert_eq!(e.classes[2].f1, None);
+        // Cross-entropy by hand, row by row.
+        let ce = |row: &[f64], y: usize| row.iter().map(|z| z.exp()).sum::<f64>().ln() - row[y];
+        let want = (ce(&logits[0], 0)
+            + ce(&logits[1], 0)
+            + ce(&logits[2], 1)
+            + ce(&logits[3], 1)
+            + ce(&logits[4], 2))
+            / 5.0;
+        assert!((e.loss - want).abs() < 1e-12);
+        let text = e.to_string();
+        assert!(
+            text.contains("accuracy  0.6000") && text.contains("c      -"),
+            "{text}"
+        );
+        assert!(Evaluation::from_logits(&logits, &[0, 0, 1, 1, 3], &names, "t").is_err());
+        assert!(Evaluation::from_logits(&logits, &[0], &names, "t").is_err());
+    }
+
+    #[test]
+    fn probabilities_are_a_stable_softmax() {
+        let p = probabilities(&[1000.0, 1000.0 + 2f64.ln()]);
+        assert!((p[0] - 1.0 / 3.0).abs() < 1e-12 && (p[1] - 2.0 / 3.0).abs() < 1e-12);
     }
 }

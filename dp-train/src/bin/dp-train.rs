@@ -12,11 +12,13 @@ use dp_train::audit::{self, AuditConfig, CanaryKind, Sabotage};
 use dp_train::bench::{self, BenchConfig, StepMode};
 use dp_train::checkpoint::Checkpointing;
 use dp_train::data::assets_dir;
+use dp_train::evaluation::{predicted, probabilities, Evaluation};
 use dp_train::fashion_mnist::{self, FashionMnist, RunConfig};
 use dp_train::job::Job;
 use dp_train::models::{EncoderShape, Precision};
 use dp_train::optimizer::{Optimizer, Schedule};
 use dp_train::plan::TrainConfig;
+use dp_train::trained::{Examples, Labelled, TrainedModel};
 use dp_train::tune::{self, Disclosure, TuneConfig};
 use dp_train::TrainError;
 use dp_train::{
@@ -53,6 +55,25 @@ enum Command {
         /// The run folder.
         run_dir: PathBuf,
     },
+    /// Score a run's model on its test split (or a labelled CSV): accuracy, loss, per-class
+    /// precision and recall, and the confusion matrix. The scores are computed from the
+    /// evaluation examples without noise: they are not private with respect to them.
+    ///
+    /// Example: dp-train evaluate runs/minilm --data my_labelled.csv
+    Evaluate(EvaluateArgs),
+    /// Label texts with a run's model: one text per line (or a CSV with a `text` column)
+    /// from --input or stdin; writes CSV (label, its probability, every class's probability,
+    /// text) or JSON lines. Predictions are post-processing of the private weights.
+    ///
+    /// Example: echo "a gorgeous, witty film" | dp-train predict runs/minilm
+    Predict(PredictArgs),
+    /// Write a run's model where other tools load it: for an encoder a Hugging Face BERT
+    /// folder (LoRA merged into the weights, the tokenizer, the head), for every model the
+    /// privacy statement in the safetensors metadata and a README.md model card. Nothing
+    /// secret is exported (no generator state, no checkpoints, no seed).
+    ///
+    /// Example: dp-train export runs/minilm --out exported/minilm-rt
+    Export(ExportArgs),
     /// Train an MLP on Fashion-MNIST privately and report test accuracy and the privacy spent.
     ///
     /// Example: dp-train fashion-mnist --epsilon 3 --delta 1e-5 --epochs 10
@@ -84,6 +105,53 @@ enum Command {
     ///
     /// Example: dp-train bench --shape bert-base --batch 32 --seq 128 --device cuda --noise both
     Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct EvaluateArgs {
+    /// The run folder (its latest checkpoint is evaluated).
+    run_dir: PathBuf,
+    /// A CSV with `text` and `label` columns to score instead of the plan's test split (text
+    /// models).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// cpu, cuda, or auto.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    device: String,
+    /// Print the scores as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct PredictArgs {
+    /// The run folder (its latest checkpoint predicts).
+    run_dir: PathBuf,
+    /// Texts to label: a .csv file with a `text` column, or any other file with one text per
+    /// line [default: stdin, one text per line].
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// cpu, cuda, or auto.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    device: String,
+    /// Write JSON lines ({"text", "label", "probabilities"}) instead of CSV.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct ExportArgs {
+    /// The run folder (its latest checkpoint is exported).
+    run_dir: PathBuf,
+    /// The folder to write (new, or empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to evaluate the model for its card: cpu, cuda, or auto.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    device: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -312,6 +380,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train_command(args),
         Command::Report { run_dir } => report_command(&run_dir),
+        Command::Evaluate(args) => evaluate_command(args),
+        Command::Predict(args) => predict_command(args),
+        Command::Export(args) => export_command(args),
         Command::FashionMnist(args) => fashion_mnist_command(args),
         Command::Audit(args) => audit_command(args),
         Command::Tune(args) => tune_command(args),
@@ -1257,5 +1328,148 @@ fn report_command(run_dir: &std::path::Path) -> Result<(), TrainError> {
         "Curves written to {} (epsilon.svg, loss.svg, accuracy.svg)",
         run_dir.display()
     );
+    Ok(())
+}
+
+/// The model of a run folder, and one line saying which weights they are and what they claim.
+fn load_trained(
+    run_dir: &std::path::Path,
+    device: &str,
+) -> Result<(TrainedModel, String), TrainError> {
+    let model = TrainedModel::load(run_dir, parse_device(device)?)?;
+    let statement = model.statement()?;
+    let guarantee = if statement.noise_multiplier > 0.0 {
+        format!("({:.3}, {:e})-DP", statement.epsilon, statement.delta)
+    } else {
+        "NOT PRIVATE".into()
+    };
+    let line = format!(
+        "{}: weights after step {} of {}, {guarantee}",
+        run_dir.display(),
+        model.ledger.steps,
+        model.planned_steps
+    );
+    Ok((model, line))
+}
+
+/// Scores `set` with `model`.
+fn evaluate(model: &TrainedModel, set: &Labelled) -> Result<Evaluation, TrainError> {
+    let logits =
+        Vec::<Vec<f64>>::try_from(model.logits(&set.examples)?.to_kind(tch::Kind::Double))?;
+    Evaluation::from_logits(&logits, &set.labels, &model.class_names, &set.source)
+}
+
+fn evaluate_command(args: EvaluateArgs) -> Result<(), TrainError> {
+    let (model, line) = load_trained(&args.run_dir, &args.device)?;
+    let set = match &args.data {
+        Some(path) => model.labelled_csv(path)?,
+        None => model.test_set()?,
+    };
+    let scores = evaluate(&model, &set)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "run_dir": args.run_dir, "steps": model.ledger.steps, "evaluation": scores })
+        );
+    } else {
+        print!("{line}\n{scores}");
+        println!("  (computed from these examples without noise: not private with respect to them; the run's guarantee covers its training data)");
+    }
+    Ok(())
+}
+
+fn predict_command(args: PredictArgs) -> Result<(), TrainError> {
+    let (model, _) = load_trained(&args.run_dir, &args.device)?;
+    if model.pretrained_dir().is_none() {
+        return Err(TrainError::Config(
+            "predict labels texts; this run is a Fashion-MNIST MLP (score it with dp-train evaluate)".into(),
+        ));
+    }
+    let texts: Vec<String> = match &args.input {
+        Some(path)
+            if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("csv")) =>
+        {
+            dp_train::text::read_texts_csv(path)?
+        }
+        Some(path) => std::fs::read_to_string(path)
+            .at("read", path)?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => std::io::read_to_string(std::io::stdin())?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect(),
+    };
+    if texts.is_empty() {
+        return Err(TrainError::Config("predict: no texts to label".into()));
+    }
+    let logits = Vec::<Vec<f64>>::try_from(
+        model
+            .logits(&Examples::Texts(texts.clone()))?
+            .to_kind(tch::Kind::Double),
+    )?;
+    let names = &model.class_names;
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    if !args.json {
+        let mut header = vec!["label".to_string(), "probability".to_string()];
+        header.extend(names.iter().map(|n| format!("p_{n}")));
+        header.push("text".into());
+        csv.write_record(&header).map_err(std::io::Error::other)?;
+    }
+    for (text, row) in texts.iter().zip(&logits) {
+        let p = probabilities(row);
+        let label = predicted(row);
+        if args.json {
+            let by_class: serde_json::Map<String, serde_json::Value> = names
+                .iter()
+                .zip(&p)
+                .map(|(n, p)| (n.clone(), (*p).into()))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({ "text": text, "label": names[label], "probabilities": by_class })
+            );
+        } else {
+            let mut record = vec![names[label].clone(), format!("{:.6}", p[label])];
+            record.extend(p.iter().map(|x| format!("{x:.6}")));
+            record.push(text.clone());
+            csv.write_record(&record).map_err(std::io::Error::other)?;
+        }
+    }
+    if !args.json {
+        let bytes = csv
+            .into_inner()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        print!("{}", String::from_utf8_lossy(&bytes));
+    }
+    Ok(())
+}
+
+fn export_command(args: ExportArgs) -> Result<(), TrainError> {
+    let (model, line) = load_trained(&args.run_dir, &args.device)?;
+    let test = model.test_set()?;
+    let scores = evaluate(&model, &test)?;
+    let files = dp_train::export::export(&model, &scores, &args.out)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "out": args.out, "files": files, "steps": model.ledger.steps, "test_accuracy": scores.accuracy, "privacy": model.statement()?.withhold_seed() })
+        );
+    } else {
+        println!("{line}");
+        println!(
+            "Exported to {}: {} (test accuracy {:.2}% on {})",
+            args.out.display(),
+            files.join(", "),
+            100.0 * scores.accuracy,
+            scores.source
+        );
+        println!("  The privacy statement is in README.md and in the metadata of model.safetensors; no generator state, checkpoint or seed was exported.");
+    }
     Ok(())
 }
