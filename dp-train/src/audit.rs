@@ -66,7 +66,7 @@ impl std::fmt::Display for CanaryKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             CanaryKind::Gradient => "gradient (Dirac) canary",
-            CanaryKind::Input => "input (mislabelled image) canary",
+            CanaryKind::Input => "input (mislabelled example) canary",
         })
     }
 }
@@ -531,6 +531,29 @@ pub fn audit_trials(
         scores.push((included, score));
         on_trial(k + 1);
     }
+    count_trials(
+        canary,
+        plan.sigma,
+        scores,
+        config.delta,
+        config.epsilon,
+        config.level,
+    )
+}
+
+/// Fixes the attack's threshold on the first fifth of `scores` ((canary included, score) per
+/// trial), counts its errors on the rest and bounds epsilon from below at `level`; the claim
+/// (`epsilon`, `delta`) of a run with `noise_multiplier` is refuted when the Bayesian
+/// one-sided bound exceeds it.
+pub(crate) fn count_trials(
+    canary: CanaryKind,
+    noise_multiplier: f64,
+    scores: Vec<(bool, f64)>,
+    delta: f64,
+    epsilon: f64,
+    level: f64,
+) -> Result<TrialAudit, TrainError> {
+    let trials = scores.len();
     let calibration = ((trials as f64 * CALIBRATION_SHARE).ceil() as usize).max(2);
     let threshold = midpoint_threshold(&scores[..calibration]);
     let mut counts = AuditCounts {
@@ -554,11 +577,11 @@ pub fn audit_trials(
             "audit: the counted trials lack members or non-members; run more trials".into(),
         ));
     }
-    let estimate = estimate_epsilon(counts, config.delta, config.level)?;
-    let claim_refuted = estimate.bayes.eps_lo_one_sided > config.epsilon;
+    let estimate = estimate_epsilon(counts, delta, level)?;
+    let claim_refuted = estimate.bayes.eps_lo_one_sided > epsilon;
     Ok(TrialAudit {
         canary,
-        noise_multiplier: plan.sigma,
+        noise_multiplier,
         trials,
         threshold,
         scores,

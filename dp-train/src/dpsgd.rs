@@ -159,6 +159,9 @@ pub trait StepHooks {
     fn engine(&mut self, engine: ClippingEngine) -> ClippingEngine {
         engine
     }
+    /// The examples (indices into the data) of the logical batch about to be run: an audit
+    /// learns here whether its canary was sampled.
+    fn batch(&mut self, _step: u64, _examples: &[i64]) {}
     /// The clipped sums of a logical batch, before noise: an audit reads its canaries here.
     fn before_noise(
         &mut self,
@@ -309,6 +312,7 @@ pub fn train_with_hooks(
                 (turn..n).step_by(*batches as usize).collect()
             }
         };
+        hooks.batch(ledger.steps() + 1, &batch);
         let mut sums = engine.zero_sums();
         let (mut loss_sum, mut correct) = (0.0, 0i64);
         for chunk in batch.chunks(config.physical_batch_size) {

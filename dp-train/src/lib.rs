@@ -7,6 +7,7 @@
 //! [`models::EncoderClassifier`]); the `dp-train` binary runs them from TOML plans ([`plan`]).
 
 pub mod audit;
+pub mod audit_plan;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;

@@ -14,7 +14,7 @@ use dp_core::noise::{accounted_at_least, noise_multiplier_for};
 use dp_core::{ClippingStyle, NoiseMode};
 use serde::{Deserialize, Serialize};
 
-use crate::dpsgd::Mechanism;
+use crate::dpsgd::{DpSgdConfig, Mechanism};
 use crate::error::TrainError;
 use crate::models::{Finetune, Precision};
 use crate::optimizer::{Optimizer, Schedule};
@@ -297,6 +297,25 @@ impl TrainConfig {
             .map_err(|e: toml::de::Error| config_error(e.to_string().trim().replace('\n', " ")))?;
         config.resolve()?;
         Ok(config)
+    }
+
+    /// The training loop's settings for this plan, resolved as `plan`.
+    pub fn dp_sgd_config(&self, plan: &ResolvedPlan) -> DpSgdConfig {
+        DpSgdConfig {
+            expected_batch_size: self.privacy.expected_batch_size,
+            physical_batch_size: self.performance.physical_batch_size.max(1),
+            steps: plan.steps,
+            clip_norm: self.privacy.clip_norm,
+            noise_multiplier: plan.noise_multiplier,
+            noise: self.privacy.noise_mode,
+            learning_rate: self.training.learning_rate,
+            optimizer: self.training.optimizer,
+            schedule: self.training.schedule,
+            delta: self.privacy.delta,
+            epsilon_budget: plan.epsilon_budget,
+            mechanism: plan.mechanism.clone(),
+            clipping: self.training.clipping,
+        }
     }
 
     /// The plan a run folder's `config.resolved.toml` records (its `[resolved]` numbers are

@@ -2693,6 +2693,115 @@ mod after_training {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// `dp-train audit --config` on an encoder plan: stated size up front, a claim the correct
+    /// run keeps, and the no-noise and no-clipping sabotages refuted. Fixed seeds; the correct
+    /// run's Bayesian bound exceeds the claim with probability at most 5% (the level).
+    #[test]
+    fn a_plan_audit_keeps_the_claim_and_catches_planted_bugs() {
+        let dir = scratch("audit-plan");
+        let (train, test) = (dir.join("train.csv"), dir.join("test.csv"));
+        write_csv(
+            &train,
+            (0..100).map(|i| (format!("{} ({i})", TEXTS[i % 12]), (i % 2) as i64)),
+        );
+        write_csv(
+            &test,
+            TEXTS
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.to_string(), (i % 2) as i64)),
+        );
+        let (train_set, test_set) = (
+            format!("data.train_file={:?}", train.display().to_string()),
+            format!("data.test_file={:?}", test.display().to_string()),
+        );
+        let audit = |sabotage: &str| {
+            let out = bin(&[
+                "audit",
+                "--config",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../examples/minilm_rotten_tomatoes.toml"
+                ),
+                "--set",
+                "data.dataset=\"text-csv\"",
+                "--set",
+                &train_set,
+                "--set",
+                &test_set,
+                "--set",
+                "data.dataset_size=100",
+                "--set",
+                "data.max_length=16",
+                "--set",
+                "privacy.expected_batch_size=10",
+                "--set",
+                "privacy.epochs=2",
+                "--set",
+                "privacy.delta=1e-3",
+                "--set",
+                "privacy.epsilon=1",
+                "--set",
+                "performance.device=\"cpu\"",
+                "--trials",
+                "60",
+                "--sabotage",
+                sabotage,
+                "--json",
+            ]);
+            let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+            v
+        };
+        let honest = audit("none");
+        assert_eq!(honest["audit"]["trials"], 60);
+        assert!(honest["claimed_epsilon"].as_f64().unwrap() <= 1.0);
+        assert_eq!(honest["audit"]["claim_refuted"], false, "{honest}");
+        for sabotage in ["no-noise", "no-clipping"] {
+            let broken = audit(sabotage);
+            assert_eq!(
+                broken["audit"]["claim_refuted"], true,
+                "{sabotage}: {broken}"
+            );
+        }
+        // The size is stated before the runs start.
+        let out = bin(&[
+            "audit",
+            "--config",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/minilm_rotten_tomatoes.toml"
+            ),
+            "--set",
+            "data.dataset=\"text-csv\"",
+            "--set",
+            &train_set,
+            "--set",
+            &test_set,
+            "--set",
+            "data.dataset_size=100",
+            "--set",
+            "privacy.expected_batch_size=10",
+            "--set",
+            "privacy.epochs=1",
+            "--set",
+            "privacy.delta=1e-3",
+            "--trials",
+            "10",
+            "--canary",
+            "input",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("10 training runs x 10 steps = 100 steps"),
+            "{stderr}"
+        );
+        // Flags of the built-in run do not mix with a plan.
+        let out = bin(&["audit", "--config", "x.toml", "--epsilon", "3"]);
+        assert_eq!(out.status.code(), Some(2));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn an_exported_mlp_computes_the_runs_logits_and_text_commands_refuse_it() {
         let dir = scratch("export-mlp");

@@ -9,6 +9,7 @@ use dp_accounting::plot::{line_chart, Frame, Marker, Series, XAxis};
 use dp_accounting::{quiet_print as print, quiet_println as println};
 use dp_core::{NoiseMode, PrivacyRng};
 use dp_train::audit::{self, AuditConfig, CanaryKind, Sabotage};
+use dp_train::audit_plan::{audit_plan, PlanAuditConfig};
 use dp_train::bench::{self, BenchConfig, StepMode};
 use dp_train::checkpoint::Checkpointing;
 use dp_train::data::assets_dir;
@@ -21,9 +22,7 @@ use dp_train::plan::TrainConfig;
 use dp_train::trained::{Examples, Labelled, TrainedModel};
 use dp_train::tune::{self, Disclosure, TuneConfig};
 use dp_train::TrainError;
-use dp_train::{
-    evaluate_accuracy, train_with_hooks, AtPath, DpSgdConfig, NoHooks, PrivacyStatement,
-};
+use dp_train::{evaluate_accuracy, train_with_hooks, AtPath, NoHooks, PrivacyStatement};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::Device;
 
@@ -82,8 +81,10 @@ enum Command {
     /// epsilon from below (Bayesian and Clopper-Pearson, or the one-run bound).
     ///
     /// A correct run's lower bound stays below the claimed epsilon; --sabotage no-noise or
-    /// no-clipping plants a bug that the audit should catch. Example:
+    /// no-clipping plants a bug that the audit should catch. With --config, the audited run is
+    /// your plan as `dp-train train` runs it (the MiniLM encoder included). Examples:
     ///   dp-train audit --canary gradient --trials 200 --epsilon 2 --out runs/audit
+    ///   dp-train audit --config examples/minilm_rotten_tomatoes.toml --trials 200
     Audit(AuditArgs),
     /// Private hyperparameter search: a random number of private runs with hyperparameters
     /// drawn from the config's [search] space, each scored on a validation split (a noisy
@@ -223,10 +224,21 @@ struct TuneArgs {
 
 #[derive(clap::Args, Debug)]
 struct AuditArgs {
+    /// Audit this TOML plan as `dp-train train` runs it (its data, model, sampling, clipping,
+    /// noise and optimizer, the MiniLM encoder included) instead of the built-in Fashion-MNIST
+    /// run; the canary is a mislabelled test example, scored white-box (gradient) or by its
+    /// loss (input). The flags below that describe the built-in run do not apply.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// With --config: override a plan value, section.key=value (repeatable).
+    #[arg(long = "set", requires = "config")]
+    set: Vec<String>,
     /// gradient: an example whose gradient owns one column of the first layer, trained and
     /// clipped like any example, scored on every noisy update against its clipped gradient
-    /// (white-box, strong); input: a mislabelled image scored by its final loss (black-box,
-    /// weak).
+    /// (white-box, strong; with --config: a gradient of norm 100 C inserted on the trained
+    /// coordinate the real examples touch least whenever the run samples the canary's row,
+    /// cut to the run's clip norm); input: a mislabelled example scored by its final loss
+    /// (black-box, weak).
     #[arg(long, default_value = "gradient", value_parser = ["gradient", "input"])]
     canary: String,
     /// Training runs, each with or without the canary (a fair coin each); 20% fix the
@@ -235,25 +247,40 @@ struct AuditArgs {
     trials: usize,
     /// Instead of trials: one run with this many gradient canaries, each included with
     /// probability 1/2 (Steinke, Nasr, Jagielski 2023).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "config")]
     one_run_canaries: Option<u64>,
     /// Guesses in the one-run audit (half on the highest scores, half on the lowest).
     #[arg(long, default_value_t = 100)]
     guesses: u64,
     /// Claimed epsilon: the noise is calibrated to it.
-    #[arg(long, allow_hyphen_values = true, default_value_t = 2.0)]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        default_value_t = 2.0,
+        conflicts_with = "config"
+    )]
     epsilon: f64,
     /// Claimed delta.
-    #[arg(long, allow_hyphen_values = true, default_value_t = 1e-5)]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        default_value_t = 1e-5,
+        conflicts_with = "config"
+    )]
     delta: f64,
     /// Steps of each training run.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, conflicts_with = "config")]
     steps: u64,
     /// Training images used (the first N).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, conflicts_with = "config")]
     dataset_size: usize,
     /// Expected batch size.
-    #[arg(long, allow_hyphen_values = true, default_value_t = 50.0)]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        default_value_t = 50.0,
+        conflicts_with = "config"
+    )]
     batch_size: f64,
     /// Credible / confidence level of the bounds.
     #[arg(long, allow_hyphen_values = true, default_value_t = 0.95)]
@@ -269,7 +296,7 @@ struct AuditArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Folder with the Fashion-MNIST IDX files [default: $DP_ASSETS/fashion-mnist].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "config")]
     data_dir: Option<PathBuf>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
@@ -508,15 +535,24 @@ fn audit_command(args: AuditArgs) -> Result<(), TrainError> {
     };
     let dir = args
         .data_dir
+        .clone()
         .unwrap_or_else(|| assets_dir().join("fashion-mnist"));
-    let data = FashionMnist::load(&dir)?;
     let start = std::time::Instant::now();
     let broken = if sabotage == Sabotage::None {
         String::new()
     } else {
         format!(" (SABOTAGED: {}, NOT PRIVATE)", args.sabotage)
     };
-    let (report, json, plot) = if let Some(m) = args.one_run_canaries {
+    let canary = if args.canary == "input" {
+        CanaryKind::Input
+    } else {
+        CanaryKind::Gradient
+    };
+    let (report, json, plot) = if let Some(plan) = &args.config {
+        let (report, json, plot) = audit_plan_report(&args, plan, sabotage, canary, &broken)?;
+        (report, json, Some(plot))
+    } else if let Some(m) = args.one_run_canaries {
+        let data = FashionMnist::load(&dir)?;
         let r = audit::audit_one_run(&data, &config, m, args.guesses)?;
         let verdict = if r.claim_refuted {
             "REFUTED: the lower bound exceeds the claim"
@@ -533,11 +569,7 @@ fn audit_command(args: AuditArgs) -> Result<(), TrainError> {
             None,
         )
     } else {
-        let canary = if args.canary == "input" {
-            CanaryKind::Input
-        } else {
-            CanaryKind::Gradient
-        };
+        let data = FashionMnist::load(&dir)?;
         audit::check_trials(args.trials)?;
         let bar = if args.json {
             ProgressBar::hidden()
@@ -561,40 +593,7 @@ fn audit_command(args: AuditArgs) -> Result<(), TrainError> {
             bar.set_position(k as u64)
         })?;
         bar.finish_and_clear();
-        let e = &r.estimate;
-        let verdict = if r.claim_refuted {
-            "REFUTED: the Bayesian lower bound exceeds the claim"
-        } else {
-            "consistent: the lower bounds are below the claim"
-        };
-        let report = format!(
-            "Audit{broken}: {}, {} trials ({} counted: {} with, {} without); FP {}, FN {}\n  Bayesian         P[epsilon >= {:.3}] = {}%; credible interval [{:.3}, {:.3}]\n  Clopper-Pearson  epsilon >= {:.3}\n  claimed epsilon {} (noise multiplier {:.4}, delta {:e}): {verdict}\n",
-            r.canary, r.trials, e.counts.positives + e.counts.negatives, e.counts.positives, e.counts.negatives,
-            e.counts.false_positives, e.counts.false_negatives,
-            (e.bayes.eps_lo_one_sided * 1000.0).floor() / 1000.0, 100.0 * config.level,
-            (e.bayes.eps_lo_two_sided * 1000.0).floor() / 1000.0, (e.bayes.eps_hi_two_sided * 1000.0).ceil() / 1000.0,
-            (e.clopper_pearson.eps_lo_one_sided * 1000.0).floor() / 1000.0,
-            config.epsilon, r.noise_multiplier, config.delta
-        );
-        let xs: Vec<f64> = (0..=120)
-            .map(|i| i as f64 * (2.0 * config.epsilon).max(8.0) / 120.0)
-            .collect();
-        let cdf = posterior_cdf(e.counts, config.delta, &xs);
-        let series = [Series {
-            name: "posterior P[epsilon <= x]",
-            points: xs.iter().copied().zip(cdf).collect(),
-        }];
-        let markers = [Marker::AtX {
-            x: config.epsilon,
-            label: "claimed epsilon",
-        }];
-        let frame = Frame {
-            title: "Audit: posterior of epsilon",
-            x_label: "epsilon",
-            y_label: "P[epsilon <= x]",
-            x_axis: XAxis::Linear,
-        };
-        let plot = line_chart(&frame, &series, &markers);
+        let (report, plot) = trials_report(&r, config.epsilon, config.delta, config.level, &broken);
         (
             report,
             serde_json::json!({ "config": config, "audit": r }),
@@ -623,6 +622,109 @@ fn audit_command(args: AuditArgs) -> Result<(), TrainError> {
         );
     }
     Ok(())
+}
+
+/// Audits the plan at `path` (see `dp_train::audit_plan`): its report, JSON and posterior plot.
+fn audit_plan_report(
+    args: &AuditArgs,
+    path: &std::path::Path,
+    sabotage: Sabotage,
+    canary: CanaryKind,
+    broken: &str,
+) -> Result<(String, serde_json::Value, String), TrainError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TrainError::Config(format!("--config {}: {e}", path.display())))?;
+    let config = TrainConfig::from_toml(&text, &args.set)?;
+    let plan = config.resolve()?;
+    audit::check_trials(args.trials)?;
+    let device = parse_device(&config.performance.device)?;
+    if config.performance.threads > 0 {
+        tch::set_num_threads(config.performance.threads);
+    }
+    let job = Job::load(&config, device, None, |_, _| {})?;
+    let audit = PlanAuditConfig {
+        canary,
+        trials: args.trials,
+        level: args.level,
+        sabotage,
+        seed: args.seed,
+    };
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        eprintln!(
+            "Auditing the plan {} ({}): {} training runs x {} steps = {} steps of {} examples (q = {:.6}, noise multiplier {:.4}); each run costs what `dp-train train` of this plan costs, the bar's estimate follows the first runs",
+            path.display(),
+            job.description,
+            args.trials,
+            plan.steps,
+            args.trials as u64 * plan.steps,
+            config.data.dataset_size,
+            plan.sampling_rate,
+            plan.noise_multiplier
+        );
+        ProgressBar::new(args.trials as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} trials  [{elapsed} < {eta}]")
+            .expect("static template"),
+    );
+    let r = audit_plan(&job, &config, &audit, |k| bar.set_position(k as u64))?;
+    bar.finish_and_clear();
+    let (report, plot) = trials_report(
+        &r.audit,
+        r.claimed_epsilon,
+        config.privacy.delta,
+        args.level,
+        broken,
+    );
+    let report = format!("Plan {} ({})\n{report}", path.display(), job.description);
+    let json = serde_json::json!({ "plan": config, "audit_config": audit, "claimed_epsilon": r.claimed_epsilon, "audit": r.audit });
+    Ok((report, json, plot))
+}
+
+/// The report of a K-trial audit of a claim (`epsilon`, `delta`), and the posterior's plot.
+fn trials_report(
+    r: &dp_train::audit::TrialAudit,
+    epsilon: f64,
+    delta: f64,
+    level: f64,
+    broken: &str,
+) -> (String, String) {
+    let e = &r.estimate;
+    let verdict = if r.claim_refuted {
+        "REFUTED: the Bayesian lower bound exceeds the claim"
+    } else {
+        "consistent: the lower bounds are below the claim"
+    };
+    let report = format!(
+        "Audit{broken}: {}, {} trials ({} counted: {} with, {} without); FP {}, FN {}\n  Bayesian         P[epsilon >= {:.3}] = {}%; credible interval [{:.3}, {:.3}]\n  Clopper-Pearson  epsilon >= {:.3}\n  claimed epsilon {} (noise multiplier {:.4}, delta {:e}): {verdict}\n",
+        r.canary, r.trials, e.counts.positives + e.counts.negatives, e.counts.positives, e.counts.negatives,
+        e.counts.false_positives, e.counts.false_negatives,
+        (e.bayes.eps_lo_one_sided * 1000.0).floor() / 1000.0, 100.0 * level,
+        (e.bayes.eps_lo_two_sided * 1000.0).floor() / 1000.0, (e.bayes.eps_hi_two_sided * 1000.0).ceil() / 1000.0,
+        (e.clopper_pearson.eps_lo_one_sided * 1000.0).floor() / 1000.0,
+        dp_accounting::round_up(epsilon, 3), r.noise_multiplier, delta
+    );
+    let xs: Vec<f64> = (0..=120)
+        .map(|i| i as f64 * (2.0 * epsilon).max(8.0) / 120.0)
+        .collect();
+    let cdf = posterior_cdf(e.counts, delta, &xs);
+    let series = [Series {
+        name: "posterior P[epsilon <= x]",
+        points: xs.iter().copied().zip(cdf).collect(),
+    }];
+    let markers = [Marker::AtX {
+        x: epsilon,
+        label: "claimed epsilon",
+    }];
+    let frame = Frame {
+        title: "Audit: posterior of epsilon",
+        x_label: "epsilon",
+        y_label: "P[epsilon <= x]",
+        x_axis: XAxis::Linear,
+    };
+    (report, line_chart(&frame, &series, &markers))
 }
 
 fn tune_command(args: TuneArgs) -> Result<(), TrainError> {
@@ -1070,21 +1172,7 @@ fn train_command(args: TrainArgs) -> Result<(), TrainError> {
     let run_dir = &args.run_dir;
     std::fs::create_dir_all(run_dir).at("create the run folder", run_dir)?;
     write_file(&run_dir.join("config.resolved.toml"), resolved.as_bytes())?;
-    let dp = DpSgdConfig {
-        expected_batch_size: config.privacy.expected_batch_size,
-        physical_batch_size: config.performance.physical_batch_size.max(1),
-        steps: plan.steps,
-        clip_norm: config.privacy.clip_norm,
-        noise_multiplier: plan.noise_multiplier,
-        noise: config.privacy.noise_mode,
-        learning_rate: config.training.learning_rate,
-        optimizer: config.training.optimizer,
-        schedule: config.training.schedule,
-        delta: config.privacy.delta,
-        epsilon_budget: plan.epsilon_budget,
-        mechanism: plan.mechanism.clone(),
-        clipping: config.training.clipping,
-    };
+    let dp = config.dp_sgd_config(&plan);
     let (trainable, total) = job.parameter_counts();
     if !args.json {
         println!(
