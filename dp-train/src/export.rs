@@ -311,14 +311,23 @@ fn model_card(model: &TrainedModel, statement: &PrivacyStatement, test: &Evaluat
     };
     let what = if encoder {
         format!(
-            "A BERT-style encoder (pretrained weights from the folder `{}`) trained privately on {} (LoRA adapters, if any, merged into the weights they adapt), with a {}-way linear head on mean-pooled token states.",
+            "A BERT-style encoder (pretrained weights from the folder `{}`) with a {}-way linear head on mean-pooled token states; trained privately: {}{}.",
             model
                 .pretrained_dir()
                 .and_then(Path::file_name)
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            model.config.model.finetune.describe(model.encoder_layers().unwrap_or(0)),
-            model.class_names.len()
+            model.class_names.len(),
+            model
+                .config
+                .model
+                .finetune
+                .describe(model.encoder_layers().unwrap_or(0)),
+            if matches!(model.config.model.finetune, Finetune::Lora { .. }) {
+                " (merged here into the weights they adapt)"
+            } else {
+                ""
+            }
         )
     } else {
         format!(
@@ -397,9 +406,9 @@ Trained with dp-train {version} (differentially private training in Rust on libt
 | guarantee | ({eps}, {delta:e})-differential privacy (epsilon rounded up) |
 | neighbouring relation | {relation} |
 | mechanism | {mechanism} |
-| accountant | {accountant} |
+| accountant | {accountant} |{prv}
 | steps | {finished} |
-| sampling rate | {q} |
+| sampling rate | {q:.6} |
 | noise multiplier | {sigma:.4} |
 | clip norm | {clip} |
 | training examples | {n} |
@@ -437,6 +446,9 @@ included.
         version = env!("CARGO_PKG_VERSION"),
         delta = statement.delta,
         accountant = statement.accountant,
+        prv = statement.prv_epsilon.map_or(String::new(), |e| format!(
+            "\n| PRV bound | epsilon at most {e:.3} by the PRV accountant (Gopi et al. 2021) for the same steps |"
+        )),
         q = statement.sampling_rate,
         sigma = statement.noise_multiplier,
         clip = statement.clip_norm,

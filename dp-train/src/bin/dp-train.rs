@@ -1092,7 +1092,7 @@ fn bench_command(args: BenchArgs) -> Result<(), TrainError> {
 }
 
 /// What a run folder holds that must not be shared, printed with every training report.
-const SECRETS_NOTE: &str = "  secrets       checkpoints/step-*/generator.json (and noise.safetensors for correlated noise) hold the privacy generator's state, readable by you only (mode 0600): whoever reads them can remove the noise. Share the weights (checkpoints/step-*/weights.safetensors), not the run folder.\n";
+const SECRETS_NOTE: &str = "  secrets       checkpoints/step-*/generator.json (and noise.safetensors for correlated noise) hold the privacy generator's state, readable by you only (mode 0600): whoever reads them can remove the noise. Share what `dp-train export` writes (the model, its card and statement), not the run folder.\n";
 
 /// A progress bar over `steps` training steps (hidden when the output is JSON).
 fn step_bar(steps: u64, hidden: bool) -> ProgressBar {
