@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use tch::{Kind, Reduction, Tensor};
 
 use crate::audit::{check_trials, count_trials, CanaryKind, Sabotage, TrialAudit};
-use crate::dpsgd::{train_with_hooks, Batches, Mechanism, NoHooks, StepHooks};
+use crate::dpsgd::{train_with_hooks, Batches, Mechanism, StepHooks};
 use crate::error::TrainError;
 use crate::job::Job;
 use crate::plan::TrainConfig;
@@ -251,47 +251,36 @@ pub fn audit_plan(
             .wrapping_mul(1_000_003)
             .wrapping_add(k as u64 + 1);
         let mut rng = PrivacyRng::from_seed(seed);
+        // The input canary's row is never given an inserted gradient (no row is -1).
+        let mut dirac = DiracCanary {
+            row: match audit.canary {
+                CanaryKind::Gradient => n,
+                CanaryKind::Input => -1,
+            },
+            parameter: parameter.clone(),
+            coordinate,
+            contribution: CANARY_NORM_OVER_CLIP.min(run.clip_norm / config.privacy.clip_norm)
+                * config.privacy.clip_norm,
+            sampled: false,
+            score: 0.0,
+        };
+        train_with_hooks(
+            &job.vs,
+            logits,
+            data,
+            &trial,
+            &mut rng,
+            &mut dirac,
+            None,
+            |_| {},
+        )?;
         let score = match audit.canary {
-            CanaryKind::Gradient => {
-                let mut hooks = DiracCanary {
-                    row: n,
-                    parameter: parameter.clone(),
-                    coordinate,
-                    contribution: CANARY_NORM_OVER_CLIP
-                        .min(run.clip_norm / config.privacy.clip_norm)
-                        * config.privacy.clip_norm,
-                    sampled: false,
-                    score: 0.0,
-                };
-                train_with_hooks(
-                    &job.vs,
-                    logits,
-                    data,
-                    &trial,
-                    &mut rng,
-                    &mut hooks,
-                    None,
-                    |_| {},
-                )?;
-                hooks.score
-            }
-            CanaryKind::Input => {
-                train_with_hooks(
-                    &job.vs,
-                    logits,
-                    data,
-                    &trial,
-                    &mut rng,
-                    &mut NoHooks,
-                    None,
-                    |_| {},
-                )?;
-                -tch::no_grad(|| {
-                    logits(&input, &mut Tape::off())
-                        .f_cross_entropy_loss::<Tensor>(&label, None, Reduction::Mean, -100, 0.0)
-                        .map(|loss| loss.double_value(&[]))
-                })?
-            }
+            CanaryKind::Gradient => dirac.score,
+            CanaryKind::Input => -tch::no_grad(|| {
+                logits(&input, &mut Tape::off())
+                    .f_cross_entropy_loss::<Tensor>(&label, None, Reduction::Mean, IGNORED_LABEL, 0.0)
+                    .map(|loss| loss.double_value(&[]))
+            })?,
         };
         scores.push((included, score));
         on_trial(k + 1);

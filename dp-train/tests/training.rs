@@ -2715,42 +2715,39 @@ mod after_training {
             format!("data.train_file={:?}", train.display().to_string()),
             format!("data.test_file={:?}", test.display().to_string()),
         );
-        let audit = |sabotage: &str| {
-            let out = bin(&[
-                "audit",
-                "--config",
-                concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/../examples/minilm_rotten_tomatoes.toml"
-                ),
-                "--set",
+        let plan = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/minilm_rotten_tomatoes.toml"
+        );
+        let run = |extra: &[&str]| {
+            let mut args = vec!["audit", "--config", plan];
+            for set in [
                 "data.dataset=\"text-csv\"",
-                "--set",
                 &train_set,
-                "--set",
                 &test_set,
-                "--set",
                 "data.dataset_size=100",
-                "--set",
                 "data.max_length=16",
-                "--set",
                 "privacy.expected_batch_size=10",
+                "privacy.delta=1e-3",
+                "privacy.epsilon=1",
+                "performance.device=\"cpu\"",
+            ] {
+                args.extend(["--set", set]);
+            }
+            args.extend(extra);
+            bin(&args)
+        };
+        let audit = |sabotage: &str| -> serde_json::Value {
+            let out = run(&[
                 "--set",
                 "privacy.epochs=2",
-                "--set",
-                "privacy.delta=1e-3",
-                "--set",
-                "privacy.epsilon=1",
-                "--set",
-                "performance.device=\"cpu\"",
                 "--trials",
                 "60",
+                "--json",
                 "--sabotage",
                 sabotage,
-                "--json",
             ]);
-            let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-            v
+            serde_json::from_str(&stdout(&out)).unwrap()
         };
         let honest = audit("none");
         assert_eq!(honest["audit"]["trials"], 60);
@@ -2764,27 +2761,9 @@ mod after_training {
             );
         }
         // The size is stated before the runs start.
-        let out = bin(&[
-            "audit",
-            "--config",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../examples/minilm_rotten_tomatoes.toml"
-            ),
-            "--set",
-            "data.dataset=\"text-csv\"",
-            "--set",
-            &train_set,
-            "--set",
-            &test_set,
-            "--set",
-            "data.dataset_size=100",
-            "--set",
-            "privacy.expected_batch_size=10",
+        let out = run(&[
             "--set",
             "privacy.epochs=1",
-            "--set",
-            "privacy.delta=1e-3",
             "--trials",
             "10",
             "--canary",
