@@ -278,7 +278,13 @@ pub fn audit_plan(
             CanaryKind::Gradient => dirac.score,
             CanaryKind::Input => -tch::no_grad(|| {
                 logits(&input, &mut Tape::off())
-                    .f_cross_entropy_loss::<Tensor>(&label, None, Reduction::Mean, IGNORED_LABEL, 0.0)
+                    .f_cross_entropy_loss::<Tensor>(
+                        &label,
+                        None,
+                        Reduction::Mean,
+                        IGNORED_LABEL,
+                        0.0,
+                    )
                     .map(|loss| loss.double_value(&[]))
             })?,
         };

@@ -24,6 +24,11 @@ pub struct Job {
     pub train_inputs: Tensor,
     /// Training labels.
     pub train_labels: Tensor,
+    /// Validation inputs: the `validation` training examples after the first N, in file order
+    /// (none unless asked for, by tuning).
+    pub validation_inputs: Tensor,
+    /// Validation labels.
+    pub validation_labels: Tensor,
     /// Test inputs.
     pub test_inputs: Tensor,
     /// Test labels.
@@ -48,6 +53,19 @@ impl Job {
         config: &TrainConfig,
         device: Device,
         data_dir: Option<&Path>,
+        on_cache: impl FnMut(i64, i64),
+    ) -> Result<Self, TrainError> {
+        Self::load_with_validation(config, device, data_dir, 0, on_cache)
+    }
+
+    /// Like [`Job::load`], with a validation split of the `validation` training examples after
+    /// the first N (by position in the file: adding or removing one of them moves at most one
+    /// other across the split).
+    pub fn load_with_validation(
+        config: &TrainConfig,
+        device: Device,
+        data_dir: Option<&Path>,
+        validation: usize,
         mut on_cache: impl FnMut(i64, i64),
     ) -> Result<Self, TrainError> {
         config.resolve()?;
@@ -58,10 +76,16 @@ impl Job {
         };
         let vs = nn::VarStore::new(device);
         let n = config.data.dataset_size;
+        let v = validation as i64;
         let check_size = |available: i64| {
-            if n as i64 > available {
+            if n as i64 + v > available {
                 Err(TrainError::Config(format!(
-                    "data.dataset_size {n} exceeds the {available} training examples of {}",
+                    "data.dataset_size {n}{} exceeds the {available} training examples of {}",
+                    if v > 0 {
+                        format!(" and {v} validation examples")
+                    } else {
+                        String::new()
+                    },
                     config.data.dataset
                 )))
             } else {
@@ -76,10 +100,13 @@ impl Job {
             dims.push(10);
             let model = Box::new(Mlp::new(&vs.root(), &dims));
             let first = |t: &Tensor| t.narrow(0, 0, n as i64).to_device(device);
+            let after = |t: &Tensor| t.narrow(0, n as i64, v).to_device(device);
             return Ok(Self {
                 model,
                 train_inputs: first(&data.train_images),
                 train_labels: first(&data.train_labels),
+                validation_inputs: after(&data.train_images),
+                validation_labels: after(&data.train_labels),
                 test_inputs: data.test_images.to_device(device),
                 test_labels: data.test_labels.to_device(device),
                 description: format!("Fashion-MNIST MLP {:?}", config.model.hidden),
@@ -125,6 +152,10 @@ impl Job {
         } else {
             by_length(first(&data.train.ids), first(&data.train.labels))
         };
+        let (validation_ids, validation_labels) = (
+            data.train.ids.narrow(0, n as i64, v).to_device(device),
+            data.train.labels.narrow(0, n as i64, v).to_device(device),
+        );
         let (test_ids, test_labels) = by_length(data.test.ids, data.test.labels);
         let (train_ids, test_ids) = (train_ids.to_device(device), test_ids.to_device(device));
         let (train_labels, test_labels) = (
@@ -138,13 +169,15 @@ impl Job {
                 model: Box::new(model),
                 train_inputs: train_ids,
                 train_labels,
+                validation_inputs: validation_ids,
+                validation_labels,
                 test_inputs: test_ids,
                 test_labels,
                 description,
             });
         }
         // The frozen bottom runs once per example; inputs become indices into its outputs.
-        let all_ids = Tensor::cat(&[&train_ids, &test_ids], 0);
+        let all_ids = Tensor::cat(&[&train_ids, &validation_ids, &test_ids], 0);
         let total = all_ids.size()[0];
         let cached = CachedEncoder::new(model, frozen, &all_ids, 256, |done| on_cache(done, total));
         let index = |range: std::ops::Range<i64>| {
@@ -156,7 +189,9 @@ impl Job {
             model: Box::new(cached),
             train_inputs: index(0..n_train),
             train_labels,
-            test_inputs: index(n_train..total),
+            validation_inputs: index(n_train..n_train + v),
+            validation_labels,
+            test_inputs: index(n_train + v..total),
             test_labels,
             description: format!("{description}; the {frozen} frozen blocks run once per example"),
         })
@@ -167,6 +202,14 @@ impl Job {
         Batches {
             inputs: &self.train_inputs,
             labels: &self.train_labels,
+        }
+    }
+
+    /// The validation data (empty unless loaded with a validation split).
+    pub fn validation_data(&self) -> Batches<'_> {
+        Batches {
+            inputs: &self.validation_inputs,
+            labels: &self.validation_labels,
         }
     }
 

@@ -1,16 +1,20 @@
-//! Private hyperparameter tuning (Papernot and Steinke 2022): run a random number K of private
-//! training runs, each with hyperparameters drawn from a search space, and release only the one
-//! that does best on a validation split. K is drawn from the privacy generator (Poisson, or a
-//! truncated negative binomial: logarithmic at shape 0, geometric at shape 1), and the whole
-//! search is accounted as one `RepeatAndSelect` event.
+//! Private hyperparameter tuning (Papernot and Steinke 2022) of any plan `dp-train train`
+//! accepts: run a random number K of private training runs of the plan, each with
+//! hyperparameters drawn from a search space of plan keys, and release only the one that does
+//! best on a validation split. K is drawn from the privacy generator (Poisson, or a truncated
+//! negative binomial: logarithmic at shape 0, geometric at shape 1), and the whole search is
+//! accounted as one `RepeatAndSelect` event.
 //!
 //! What that bound covers, and so what is released ([`Disclosure::ChosenOnly`], the default):
 //! the chosen run (its model, hyperparameters and selection score) and nothing about the
-//! others, K included. Each run is one mechanism: its DP-SGD steps and its selection score.
-//! The score is private too: a count of correct predictions on a validation split cut from the
-//! private training data, released with exact discrete Gaussian noise and accounted inside each
-//! run's event (sensitivity 2 under add/remove: the split is by position, so one example added
-//! to or removed from the validation split moves another across); or plain accuracy on a split the plan
+//! others, K included. Each run is one mechanism: its DP-SGD steps and its selection score,
+//! the same for every run (the searched keys may not change what is accounted: only `[model]`,
+//! `[training]` and `privacy.clip_norm`, and each run's accounted event is checked against the
+//! search's). The score is private too: a count of correct predictions on a validation split of
+//! the private training data (the examples after the plan's first N, in file order), released
+//! with exact discrete Gaussian noise and accounted inside each run's event (sensitivity 2
+//! under add/remove: the split is by position, so one example added to or removed from the
+//! validation split moves another across); or plain accuracy on a split the configuration
 //! declares public, which is then not protected ([`Selection`]). Showing every run
 //! ([`Disclosure::AllTrials`], asked for explicitly) releases K and every run: the accounting is
 //! then the K-fold composition of the runs, K known.
@@ -20,34 +24,20 @@
 //! at full scale. The total epsilon then composes the search's bound with the final run's: the
 //! cheaper search runs are much less private when `k sigma < 2`, and the report shows it.
 
-use dp_accounting::{
-    calibrate_noise_multiplier, tnb_gamma, Accountant, AccountantKind, DpEvent, RdpAccountant,
-    RunCount,
-};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dp_accounting::{tnb_gamma, Accountant, DpEvent, RdpAccountant, RunCount};
 use dp_core::noise::noise_multiplier_for;
-use dp_core::{ClippingStyle, GaussianNoise, NoiseMode, PrivacyRng};
+use dp_core::{GaussianNoise, NoiseMode, PrivacyRng};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-use crate::dpsgd::{Batches, DpSgdConfig, Mechanism};
+use crate::dpsgd::{evaluate_accuracy, train_with_hooks, Mechanism, NoHooks};
 use crate::error::TrainError;
-use crate::fashion_mnist::{train_mlp, FashionMnist};
-
-/// `[privacy]`: the final run's plan.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TunePrivacy {
-    /// Epsilon of one full-scale run (the noise is calibrated to it).
-    pub epsilon: f64,
-    /// Delta.
-    pub delta: f64,
-    /// Expected batch size B of a full-scale run.
-    pub expected_batch_size: f64,
-    /// Epochs in expectation: steps = ceil(epochs / q).
-    pub epochs: f64,
-    /// Clip norm C.
-    pub clip_norm: f64,
-}
+use crate::job::Job;
+use crate::plan::TrainConfig;
 
 /// `[tuning]`: how many runs, and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,54 +53,99 @@ pub struct TuneSettings {
     /// TAN mode: search at batch k B and noise k sigma, then one full-scale run.
     #[serde(default)]
     pub tan_scale: Option<f64>,
-    /// Images held out of training to choose the best run.
+    /// Training examples after the plan's first N held out to choose the best run.
     pub validation_size: usize,
     /// How runs are scored: "noisy_count" (a private count of correct validation predictions,
-    /// with `selection_noise_multiplier`) or "public" (plain accuracy; the plan declares the
-    /// validation split public, and it is not protected). No default: privacy depends on it.
+    /// with `selection_noise_multiplier`) or "public" (plain accuracy; the configuration
+    /// declares the validation split public, and it is not protected). No default: privacy
+    /// depends on it.
     pub selection: String,
     /// Standard deviation of the noisy count's noise (its sensitivity is 1), for "noisy_count".
     #[serde(default)]
     pub selection_noise_multiplier: Option<f64>,
-    /// Use only the first this many training images (validation included).
-    #[serde(default)]
-    pub train_subset: Option<usize>,
-}
-
-/// `[search]`: the values to draw from (uniformly, independently).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SearchSpace {
-    /// Learning rates.
-    pub learning_rate: Vec<f64>,
-    /// Hidden layer widths of the MLP.
-    #[serde(default = "default_hidden")]
-    pub hidden: Vec<Vec<i64>>,
-}
-
-fn default_hidden() -> Vec<Vec<i64>> {
-    vec![vec![256]]
 }
 
 /// A tuning configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TuneConfig {
-    /// The final run's privacy plan.
-    pub privacy: TunePrivacy,
+    /// The plan searched (a `dp-train train` plan; a relative path is relative to the tuning
+    /// file). Its `[privacy]` is every run's (and the TAN final run's) privacy plan.
+    pub plan: PathBuf,
+    /// Changes to the plan for every run, as `dp-train train --set` takes them
+    /// (`"data.dataset_size=50000"`), applied before the drawn values.
+    #[serde(default)]
+    pub set: Vec<String>,
     /// The search's size and mode.
     pub tuning: TuneSettings,
-    /// The hyperparameters searched.
-    pub search: SearchSpace,
+    /// The values to draw from (uniformly, independently), by plan key: `training.learning_rate
+    /// = [0.5, 1.0]`, `"model.finetune" = [{ kind = "top", blocks = 0 }, ...]`.
+    pub search: toml::Table,
+}
+
+/// Plan keys a search may vary: they do not change what a run's privacy accounts.
+const SEARCHABLE: [&str; 3] = ["model.", "training.", "privacy.clip_norm"];
+
+/// The search space as `--set` overrides: each key with its values written as TOML.
+pub type SearchSpace = BTreeMap<String, Vec<String>>;
+
+/// Flattens a `[search]` table into plan keys: nested tables become dotted keys, down to arrays.
+fn flatten(prefix: &str, table: &toml::Table, out: &mut SearchSpace) -> Result<(), TrainError> {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            toml::Value::Table(inner) => flatten(&path, inner, out)?,
+            toml::Value::Array(values) if !values.is_empty() => {
+                out.insert(path, values.iter().map(|v| v.to_string()).collect());
+            }
+            _ => {
+                return Err(TrainError::Config(format!(
+                    "search.{path}: expected a non-empty list of values"
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 impl TuneConfig {
     /// Parses TOML; unknown keys and bad values are errors naming them.
     pub fn from_toml(text: &str) -> Result<Self, TrainError> {
         let config: Self =
-            toml::from_str(text).map_err(|e| TrainError::Config(e.message().to_string()))?;
+            toml::from_str(text).map_err(|e| TrainError::Config(e.message().trim().to_string()))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The plan's path, relative to the tuning file at `tuning_file`.
+    pub fn plan_path(&self, tuning_file: &Path) -> PathBuf {
+        tuning_file
+            .parent()
+            .map_or_else(|| self.plan.clone(), |dir| dir.join(&self.plan))
+    }
+
+    /// The searched keys and their values.
+    pub fn space(&self) -> Result<SearchSpace, TrainError> {
+        let mut space = SearchSpace::new();
+        flatten("", &self.search, &mut space)?;
+        if space.is_empty() {
+            return Err(TrainError::Config(
+                "search: list at least one plan key with its values".into(),
+            ));
+        }
+        if let Some(key) = space
+            .keys()
+            .find(|k| !SEARCHABLE.iter().any(|s| k.starts_with(s)))
+        {
+            return Err(TrainError::Config(format!(
+                "search.{key}: only [model], [training] and privacy.clip_norm may be searched (the rest of [data] and [privacy] decides what every run accounts)"
+            )));
+        }
+        Ok(space)
     }
 
     fn runs(&self) -> Result<RunCount, TrainError> {
@@ -149,19 +184,6 @@ impl TuneConfig {
 
     fn validate(&self) -> Result<(), TrainError> {
         let bad = |msg: &str| Err(TrainError::Config(msg.to_string()));
-        let p = &self.privacy;
-        if !(p.epsilon.is_finite() && p.epsilon > 0.0) {
-            return bad("privacy.epsilon must be > 0");
-        }
-        if !(p.delta > 0.0 && p.delta < 1.0) {
-            return bad("privacy.delta must be in (0, 1)");
-        }
-        let positive = |x: f64| x.is_finite() && x > 0.0;
-        if !positive(p.epochs) || !positive(p.clip_norm) || !positive(p.expected_batch_size) {
-            return bad(
-                "privacy.epochs, privacy.clip_norm and privacy.expected_batch_size must be > 0",
-            );
-        }
         if !(self.tuning.mean_runs.is_finite() && self.tuning.mean_runs >= 1.0) {
             return bad("tuning.mean_runs must be >= 1");
         }
@@ -170,18 +192,10 @@ impl TuneConfig {
                 return bad("tuning.tan_scale must be in (0, 1]");
             }
         }
-        if self.search.learning_rate.is_empty()
-            || self
-                .search
-                .learning_rate
-                .iter()
-                .any(|lr| !(lr.is_finite() && *lr > 0.0))
-        {
-            return bad("search.learning_rate must list positive values");
+        if self.tuning.validation_size == 0 {
+            return bad("tuning.validation_size must be at least 1");
         }
-        if self.search.hidden.is_empty() {
-            return bad("search.hidden must list at least one architecture");
-        }
+        self.space()?;
         self.selection()?;
         self.runs().map(|_| ())
     }
@@ -219,10 +233,8 @@ pub enum Disclosure {
 /// One search run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Trial {
-    /// Learning rate drawn.
-    pub learning_rate: f64,
-    /// Hidden widths drawn.
-    pub hidden: Vec<i64>,
+    /// The values drawn, by plan key (as TOML).
+    pub values: BTreeMap<String, String>,
     /// The run's selection score: its validation accuracy, noisy under `noisy_count` (none for
     /// a TAN final run, which is not scored).
     pub selection_score: Option<f64>,
@@ -230,6 +242,27 @@ pub struct Trial {
     pub test_accuracy: f64,
     /// Training wall time.
     pub seconds: f64,
+}
+
+impl Trial {
+    /// The values drawn, as one line (`key = value, ...`).
+    pub fn describe(&self) -> String {
+        self.values
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The released model: the plan it was trained with (as `config.resolved.toml` records it) and
+/// its weights.
+#[derive(Debug)]
+pub struct ReleasedModel {
+    /// The chosen run's plan, with its drawn values.
+    pub plan: TrainConfig,
+    /// Its weights, by variable name.
+    pub weights: Vec<(String, Tensor)>,
 }
 
 /// The outcome of a search: what it releases, and its accounting.
@@ -250,6 +283,8 @@ pub struct TuneResult {
     pub search_noise_multiplier: f64,
     /// Steps of every run.
     pub steps: u64,
+    /// Validation examples each run is scored on.
+    pub validation_size: usize,
     /// Epsilon of one search run (its training and its selection score).
     pub single_run_epsilon: f64,
     /// Epsilon of the search: the RepeatAndSelect bound, or K runs composed.
@@ -260,9 +295,9 @@ pub struct TuneResult {
     pub final_run_epsilon: Option<f64>,
     /// Everything released, composed: the guarantee.
     pub total_epsilon: f64,
-    /// The released model's weights (the chosen run's, or the TAN final run's).
+    /// The released model (the chosen run's, or the TAN final run's).
     #[serde(skip)]
-    pub model: Option<nn::VarStore>,
+    pub model: Option<ReleasedModel>,
 }
 
 /// Draws K: Poisson(mean), or the truncated negative binomial (K >= 1) with
@@ -313,11 +348,78 @@ fn epsilon_of(event: &DpEvent, delta: f64) -> Result<f64, TrainError> {
     Ok(acc.epsilon(delta)?)
 }
 
-/// Runs the search on Fashion-MNIST and releases what `disclosure` says; `on_trial` sees each
+/// The noise multiplier a ledger accounts for a Poisson plan's event.
+fn accounted_sigma(event: &DpEvent) -> f64 {
+    match event {
+        DpEvent::SelfComposed { event, .. } => accounted_sigma(event),
+        DpEvent::PoissonSampled { event, .. } => accounted_sigma(event),
+        DpEvent::Gaussian { noise_multiplier } => *noise_multiplier,
+        _ => f64::NAN,
+    }
+}
+
+/// Where the runs happen: the plan's text, the device and the data folder.
+#[derive(Debug, Clone, Copy)]
+pub struct Workspace<'a> {
+    /// The plan's TOML.
+    pub plan: &'a str,
+    /// The device every run trains on.
+    pub device: Device,
+    /// The dataset's folder, if not the assets'.
+    pub data_dir: Option<&'a Path>,
+}
+
+/// The loaded job of the latest run, reused while the next run's `[data]` and `[model]` are the
+/// same (the frozen blocks then run once for the whole search), with its initial weights.
+struct LoadedJob {
+    key: String,
+    job: Job,
+    initial: Vec<(String, Tensor)>,
+}
+
+impl LoadedJob {
+    fn for_config(
+        slot: &mut Option<LoadedJob>,
+        config: &TrainConfig,
+        place: Workspace<'_>,
+        validation: usize,
+    ) -> Result<(), TrainError> {
+        let key = format!(
+            "{}{}",
+            toml::to_string(&config.data).unwrap_or_default(),
+            toml::to_string(&config.model).unwrap_or_default()
+        );
+        if slot.as_ref().is_some_and(|loaded| loaded.key == key) {
+            return Ok(());
+        }
+        *slot = None;
+        let job =
+            Job::load_with_validation(config, place.device, place.data_dir, validation, |_, _| {})?;
+        let initial = job
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(name, t)| (name, t.detach().copy()))
+            .collect();
+        *slot = Some(LoadedJob { key, job, initial });
+        Ok(())
+    }
+
+    fn reset(&self) {
+        tch::no_grad(|| {
+            let variables = self.job.vs.variables();
+            for (name, value) in &self.initial {
+                variables[name].shallow_clone().copy_(value);
+            }
+        });
+    }
+}
+
+/// Runs the search on the plan and releases what `disclosure` says; `on_trial` sees each
 /// finished run with [`Disclosure::AllTrials`] only (with the chosen run alone, nothing about
 /// the others leaves this function).
 pub fn tune(
-    data: &FashionMnist,
+    place: Workspace<'_>,
     config: &TuneConfig,
     disclosure: Disclosure,
     rng: &mut PrivacyRng,
@@ -325,133 +427,124 @@ pub fn tune(
 ) -> Result<TuneResult, TrainError> {
     let runs_distribution = config.runs()?;
     let selection = config.selection()?;
-    let p = &config.privacy;
-    let total_images = data.train_labels.size()[0] as usize;
-    let available = config
-        .tuning
-        .train_subset
-        .unwrap_or(total_images)
-        .min(total_images);
+    let space = config.space()?;
     let v = config.tuning.validation_size;
-    if v == 0 || v >= available {
-        return Err(TrainError::Config(format!(
-            "tuning.validation_size must be in (0, {available})"
-        )));
+    let with_set =
+        |more: &[String]| -> Vec<String> { config.set.iter().chain(more).cloned().collect() };
+    let base = TrainConfig::from_toml(place.plan, &with_set(&[]))?;
+    let full = base.resolve()?;
+    if full.mechanism != Mechanism::PoissonGaussian || full.noise_multiplier == 0.0 {
+        return Err(TrainError::Config(
+            "tune: the plan must be private DP-SGD with Poisson sampling (noise = \"gaussian\")"
+                .into(),
+        ));
     }
-    let n = available - v;
-    let q = p.expected_batch_size / n as f64;
-    if !(q > 0.0 && q <= 1.0) {
-        return Err(TrainError::Config(format!(
-            "privacy.expected_batch_size must be in (0, {n}]"
-        )));
-    }
-    let steps = (p.epochs / q).ceil() as u64;
-    // Events use the calibrated multipliers; the secure noise is asked for enough more that
-    // what it accounts is at least them.
-    let sigma = calibrate_noise_multiplier(AccountantKind::Rdp, q, steps, p.epsilon, p.delta)?
-        .noise_multiplier;
+    let delta = base.privacy.delta;
+    // TAN: the search runs at batch k B and noise k sigma, for the same steps; their budget
+    // never binds (their cost is the search's event, computed below).
     let scale = config.tuning.tan_scale.unwrap_or(1.0);
-    let (search_batch, search_sigma) = (p.expected_batch_size * scale, sigma * scale);
-    let training_event = DpEvent::dp_sgd(search_batch / n as f64, search_sigma, steps);
-    // The split is by position (training first, validation last): adding or removing a
-    // validation example also moves the last training example into the validation split, so
-    // the count's sensitivity is 2 (and the training set loses one example, the DP-SGD event's
-    // own neighbour). Accounted as a Gaussian of multiplier s / 2.
+    let at_search_scale = |mut run: TrainConfig| -> TrainConfig {
+        if scale < 1.0 {
+            run.privacy.expected_batch_size *= scale;
+            run.privacy.noise_multiplier = Some(full.noise_multiplier * scale);
+            run.privacy.epochs = None;
+            run.privacy.steps = Some(full.steps);
+            run.privacy.epsilon = f64::MAX;
+        }
+        run
+    };
+    let search_plan = at_search_scale(base.clone()).resolve()?;
+    // Events use what the noise accounts (for secure noise, slightly less than asked).
+    let training_event = search_plan.event.clone();
     let search_event = match selection {
         Selection::NoisyCount { noise_multiplier } => DpEvent::Composed {
             events: vec![
-                training_event,
+                training_event.clone(),
                 DpEvent::Gaussian {
                     noise_multiplier: noise_multiplier / COUNT_SENSITIVITY,
                 },
             ],
         },
-        Selection::Public => training_event,
+        Selection::Public => training_event.clone(),
     };
-
-    let (train_x, train_y) = (
-        data.train_images.narrow(0, 0, n as i64),
-        data.train_labels.narrow(0, 0, n as i64),
-    );
-    let (val_x, val_y) = (
-        data.train_images.narrow(0, n as i64, v as i64),
-        data.train_labels.narrow(0, n as i64, v as i64),
-    );
-    let train_data = Batches {
-        inputs: &train_x,
-        labels: &train_y,
-    };
-    let evaluate = [
-        Batches {
-            inputs: &val_x,
-            labels: &val_y,
-        },
-        Batches {
-            inputs: &data.test_images,
-            labels: &data.test_labels,
-        },
-    ];
-    // One run: trained, then scored on the validation split (noisily), then on the public test
-    // split (for the report). `scored` false: the TAN final run, which is not scored at all.
-    let run = |batch: f64,
-               noise: f64,
-               lr: f64,
-               hidden: &[i64],
-               budget: f64,
-               scored: bool,
-               rng: &mut PrivacyRng|
-     -> Result<(Trial, nn::VarStore), TrainError> {
-        let dp = DpSgdConfig {
-            expected_batch_size: batch,
-            physical_batch_size: 512,
-            steps,
-            clip_norm: p.clip_norm,
-            noise_multiplier: noise_multiplier_for(NoiseMode::Secure, noise),
-            noise: NoiseMode::Secure,
-            learning_rate: lr,
-            optimizer: Default::default(),
-            schedule: Default::default(),
-            delta: p.delta,
-            epsilon_budget: budget,
-            mechanism: Mechanism::PoissonGaussian,
-            clipping: ClippingStyle::Flat,
+    let single_run_epsilon = epsilon_of(&search_event, delta)?;
+    let mut loaded: Option<LoadedJob> = None;
+    // One run: trained from the plan's initial weights, scored on the validation split
+    // (noisily) and on the public test split (for the report). `scored` false: the TAN final
+    // run, which is not scored at all.
+    let mut run = |values: &BTreeMap<String, String>,
+                   scored: bool,
+                   rng: &mut PrivacyRng|
+     -> Result<(Trial, ReleasedModel), TrainError> {
+        let drawn: Vec<String> = values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let run_config = TrainConfig::from_toml(place.plan, &with_set(&drawn))?;
+        let run_config = if scored {
+            at_search_scale(run_config)
+        } else {
+            run_config
         };
-        let trained = train_mlp(train_data, &evaluate, hidden, &dp, rng, None, |_| {})?;
+        let run_plan = run_config.resolve()?;
+        if run_plan.event != if scored { &training_event } else { &full.event }.clone() {
+            return Err(TrainError::Config(format!(
+                "tune: the values {values:?} change what a run accounts; search only [model], [training] and privacy.clip_norm"
+            )));
+        }
+        LoadedJob::for_config(&mut loaded, &run_config, place, v)?;
+        let current = loaded
+            .as_ref()
+            .ok_or_else(|| TrainError::Config("tune: no job".into()))?;
+        current.reset();
+        let job = &current.job;
+        let logits = |x: &Tensor, tape: &mut dp_core::Tape| job.model.logits(x, tape);
+        let dp = run_config.dp_sgd_config(&run_plan);
+        let start = Instant::now();
+        train_with_hooks(
+            &job.vs,
+            logits,
+            job.train_data(),
+            &dp,
+            rng,
+            &mut NoHooks,
+            None,
+            |_| {},
+        )?;
+        let seconds = start.elapsed().as_secs_f64();
         let selection_score = scored
-            .then(|| score(selection, trained.accuracies[0], v, rng))
+            .then(|| {
+                let accuracy = evaluate_accuracy(logits, job.validation_data(), 256);
+                score(selection, accuracy, v, rng)
+            })
             .transpose()?;
         let trial = Trial {
-            learning_rate: lr,
-            hidden: hidden.to_vec(),
+            values: values.clone(),
             selection_score,
-            test_accuracy: trained.accuracies[1],
-            seconds: trained.train_seconds,
+            test_accuracy: evaluate_accuracy(logits, job.test_data(), 256),
+            seconds,
         };
-        Ok((trial, trained.weights))
+        let weights = job
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(name, t)| (name, t.detach().copy()))
+            .collect();
+        Ok((
+            trial,
+            ReleasedModel {
+                plan: run_config,
+                weights,
+            },
+        ))
     };
-
-    let runs = draw_runs(runs_distribution, config.tuning.mean_runs, rng);
-    // A run's own budget: its training alone (the score is accounted by the search).
-    let single_training_epsilon = epsilon_of(
-        &DpEvent::dp_sgd(search_batch / n as f64, search_sigma, steps),
-        p.delta,
-    )?;
-    let single_run_epsilon = epsilon_of(&search_event, p.delta)?;
+    let draws = draw_runs(runs_distribution, config.tuning.mean_runs, rng);
     // Every run, kept only when every run is disclosed; and the best so far with its model.
     let mut trials = Vec::new();
-    let mut best: Option<(Trial, nn::VarStore)> = None;
-    for _ in 0..runs {
-        let lr = config.search.learning_rate[rng.below(config.search.learning_rate.len())];
-        let hidden = config.search.hidden[rng.below(config.search.hidden.len())].clone();
-        let (trial, weights) = run(
-            search_batch,
-            search_sigma,
-            lr,
-            &hidden,
-            single_training_epsilon,
-            true,
-            rng,
-        )?;
+    let mut best: Option<(Trial, ReleasedModel)> = None;
+    for _ in 0..draws {
+        let values: BTreeMap<String, String> = space
+            .iter()
+            .map(|(key, choices)| (key.clone(), choices[rng.below(choices.len())].clone()))
+            .collect();
+        let (trial, model) = run(&values, true, rng)?;
         if disclosure == Disclosure::AllTrials {
             on_trial(&trial);
             trials.push(trial.clone());
@@ -460,7 +553,7 @@ pub fn tune(
             .as_ref()
             .is_none_or(|(b, _)| trial.selection_score > b.selection_score)
         {
-            best = Some((trial, weights));
+            best = Some((trial, model));
         }
     }
     let tuning_event = match disclosure {
@@ -471,46 +564,37 @@ pub fn tune(
         },
         Disclosure::AllTrials => DpEvent::SelfComposed {
             event: Box::new(search_event.clone()),
-            count: runs as u64,
+            count: draws as u64,
         },
     };
-    let tuning_epsilon = epsilon_of(&tuning_event, p.delta)?;
-    let (chosen, mut model) = best.map_or((None, None), |(trial, weights)| {
-        (Some(trial), Some(weights))
-    });
+    let tuning_epsilon = epsilon_of(&tuning_event, delta)?;
+    let (chosen, mut model) =
+        best.map_or((None, None), |(trial, model)| (Some(trial), Some(model)));
     let (final_run, final_run_epsilon, total_event) = match (config.tuning.tan_scale, &chosen) {
         (Some(_), Some(best)) => {
-            let (final_trial, weights) = run(
-                p.expected_batch_size,
-                sigma,
-                best.learning_rate,
-                &best.hidden,
-                p.epsilon,
-                false,
-                rng,
-            )?;
-            model = Some(weights);
-            let final_event = DpEvent::dp_sgd(q, sigma, steps);
-            let final_eps = epsilon_of(&final_event, p.delta)?;
+            let (final_trial, final_model) = run(&best.values, false, rng)?;
+            model = Some(final_model);
+            let final_eps = epsilon_of(&full.event, delta)?;
             (
                 Some(final_trial),
                 Some(final_eps),
                 DpEvent::Composed {
-                    events: vec![tuning_event, final_event],
+                    events: vec![tuning_event, full.event.clone()],
                 },
             )
         }
         _ => (None, None, tuning_event),
     };
-    let total_epsilon = epsilon_of(&total_event, p.delta)?;
+    let total_epsilon = epsilon_of(&total_event, delta)?;
     Ok(TuneResult {
         disclosure,
         selection,
         chosen,
         trials: (disclosure == Disclosure::AllTrials).then_some(trials),
-        search_batch_size: search_batch,
-        search_noise_multiplier: search_sigma,
-        steps,
+        search_batch_size: base.privacy.expected_batch_size * scale,
+        search_noise_multiplier: accounted_sigma(&training_event),
+        steps: search_plan.steps,
+        validation_size: v,
         single_run_epsilon,
         tuning_epsilon,
         final_run,

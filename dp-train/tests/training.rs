@@ -231,23 +231,28 @@ mod tuning {
     use dp_train::tune::{draw_runs, tune, Disclosure, TuneConfig};
 
     const SMALL: &str = r#"
-        [privacy]
-        epsilon = 2.0
-        delta = 1e-5
-        expected_batch_size = 256
-        epochs = 1
-        clip_norm = 1.0
+        plan = "fashion_mnist.toml"
+        set = ["data.dataset_size=3000", "privacy.expected_batch_size=256", "privacy.epochs=1", "privacy.epsilon=2"]
         [tuning]
         runs = "poisson"
         mean_runs = 3.0
         validation_size = 1000
-        train_subset = 4000
         selection = "noisy_count"
         selection_noise_multiplier = 5.0
         [search]
-        learning_rate = [1.0, 4.0]
-        hidden = [[32], [64]]
+        training.learning_rate = [1.0, 4.0]
+        model.hidden = [[32], [64]]
     "#;
+
+    const PLAN: &str = include_str!("../../examples/fashion_mnist.toml");
+
+    fn place() -> dp_train::tune::Workspace<'static> {
+        dp_train::tune::Workspace {
+            plan: PLAN,
+            device: Device::Cpu,
+            data_dir: None,
+        }
+    }
 
     fn epsilon(event: DpEvent) -> f64 {
         let mut acc = RdpAccountant::default();
@@ -262,6 +267,18 @@ mod tuning {
         )
         .unwrap_err();
         assert!(err.to_string().contains("mean_run"), "{err}");
+        // Searching what decides the accounting is refused, naming the key.
+        for key in [
+            "privacy.epsilon",
+            "data.dataset_size",
+            "privacy.expected_batch_size",
+        ] {
+            let err = TuneConfig::from_toml(
+                &SMALL.replace("[search]", &format!("[search]\n{key} = [1]")),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains(&format!("search.{key}")), "{err}");
+        }
         let err = TuneConfig::from_toml(&SMALL.replace("\"poisson\"", "\"uniform\"")).unwrap_err();
         assert!(err.to_string().contains("tuning.runs"), "{err}");
         // How runs are scored is never a silent default.
@@ -274,6 +291,29 @@ mod tuning {
             err.to_string().contains("selection_noise_multiplier"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_example_tuning_config_names_a_plan_that_resolves_with_its_changes() {
+        let examples = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"));
+        for name in ["tune_fashion_mnist.toml", "tune_minilm.toml"] {
+            let path = examples.join(name);
+            let config = TuneConfig::from_toml(&std::fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let plan = std::fs::read_to_string(config.plan_path(&path)).unwrap();
+            let plan = dp_train::plan::TrainConfig::from_toml(&plan, &config.set)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            for (key, values) in config.space().unwrap() {
+                for value in values {
+                    let mut set = config.set.clone();
+                    set.push(format!("{key}={value}"));
+                    let text = std::fs::read_to_string(config.plan_path(&path)).unwrap();
+                    dp_train::plan::TrainConfig::from_toml(&text, &set)
+                        .unwrap_or_else(|e| panic!("{name}: {key} = {value}: {e}"));
+                }
+            }
+            assert!(plan.resolve().unwrap().noise_multiplier > 0.0, "{name}");
+        }
     }
 
     #[test]
@@ -291,7 +331,6 @@ mod tuning {
 
     #[test]
     fn the_search_is_accounted_with_its_private_scores_and_picks_the_best_run() {
-        let data = load_fashion_mnist();
         let config = TuneConfig::from_toml(SMALL).unwrap();
         // Independent accounting of the same plan: q = 256/3000, steps = ceil(1/q) = 12; every
         // run is its training and its noisy count (noise 5, sensitivity 2: the positional split
@@ -306,7 +345,7 @@ mod tuning {
             ],
         };
         let chosen = tune(
-            &data,
+            place(),
             &config,
             Disclosure::ChosenOnly,
             &mut PrivacyRng::from_seed(11),
@@ -333,7 +372,7 @@ mod tuning {
         // Showing every run: the same seed draws the same runs, now composed, K known.
         let mut seen = 0;
         let all = tune(
-            &data,
+            place(),
             &config,
             Disclosure::AllTrials,
             &mut PrivacyRng::from_seed(11),
@@ -363,7 +402,7 @@ mod tuning {
         let mut tan = config.clone();
         tan.tuning.tan_scale = Some(0.5);
         let tan_result = tune(
-            &data,
+            place(),
             &tan,
             Disclosure::ChosenOnly,
             &mut PrivacyRng::from_seed(11),
@@ -371,6 +410,8 @@ mod tuning {
         )
         .unwrap();
         assert_eq!(tan_result.search_batch_size, 128.0);
+        // Same steps at half the batch: the plan's epochs do not stretch them.
+        assert_eq!(tan_result.steps, chosen.steps);
         if chosen.chosen.is_some() {
             let last = tan_result.final_run.as_ref().unwrap();
             assert!(last.selection_score.is_none());
@@ -384,7 +425,17 @@ mod tuning {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let plan = dir.join("tune.toml");
-        std::fs::write(&plan, SMALL.replace("mean_runs = 3.0", "mean_runs = 2.0")).unwrap();
+        let examples = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/fashion_mnist.toml"
+        );
+        std::fs::write(
+            &plan,
+            SMALL
+                .replace("mean_runs = 3.0", "mean_runs = 2.0")
+                .replace("\"fashion_mnist.toml\"", &format!("{examples:?}")),
+        )
+        .unwrap();
         let run_dir = dir.join("run");
         let run = |extra: &[&str]| {
             let mut args = vec!["tune", "--config", plan.to_str().unwrap(), "--seed", "5"];
@@ -417,10 +468,13 @@ mod tuning {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(
-            names
-                .iter()
-                .all(|n| ["model.safetensors", "privacy_report.txt", "tune.json"]
-                    .contains(&n.as_str())),
+            names.iter().all(|n| [
+                "config.resolved.toml",
+                "model.safetensors",
+                "privacy_report.txt",
+                "tune.json"
+            ]
+            .contains(&n.as_str())),
             "{names:?}"
         );
         // Asked for explicitly, every run is shown, and accounted as composed.
@@ -2690,6 +2744,125 @@ mod after_training {
         let again = bin(&["export", &run_s, "--out", &out_dir.display().to_string()]);
         assert_eq!(again.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `dp-train tune` on an encoder plan: the chosen run alone is printed and saved (its
+    /// model, with the plan it was trained with), and every run only when asked for.
+    #[test]
+    fn tuning_an_encoder_plan_releases_the_chosen_run_alone() {
+        let dir = scratch("tune-encoder");
+        let (train, test) = (dir.join("train.csv"), dir.join("test.csv"));
+        write_csv(
+            &train,
+            (0..140).map(|i| (format!("{} ({i})", TEXTS[i % 12]), (i % 2) as i64)),
+        );
+        write_csv(
+            &test,
+            TEXTS
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.to_string(), (i % 2) as i64)),
+        );
+        let tune = dir.join("tune.toml");
+        std::fs::write(
+            &tune,
+            format!(
+                r#"
+plan = {plan:?}
+set = ['data.dataset="text-csv"', 'data.train_file={train:?}', 'data.test_file={test:?}',
+       "data.dataset_size=100", "data.max_length=16", "privacy.expected_batch_size=10",
+       "privacy.epochs=1", "privacy.delta=1e-3", "privacy.epsilon=2", 'performance.device="cpu"']
+[tuning]
+runs = "poisson"
+mean_runs = 3.0
+validation_size = 40
+selection = "noisy_count"
+selection_noise_multiplier = 2.0
+[search]
+training.learning_rate = [0.5, 2.0]
+"privacy.clip_norm" = [0.5, 1.0]
+"#,
+                plan = concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../examples/minilm_rotten_tomatoes.toml"
+                ),
+                train = train.display().to_string(),
+                test = test.display().to_string(),
+            ),
+        )
+        .unwrap();
+        let run_dir = dir.join("tuned");
+        let tune_s = tune.display().to_string();
+        let out = bin(&[
+            "tune",
+            "--config",
+            &tune_s,
+            "--seed",
+            "3",
+            "--run-dir",
+            &run_dir.display().to_string(),
+        ]);
+        let (text, stderr) = (
+            stdout(&out),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(
+            !text.contains("run:") && !stderr.contains("run:"),
+            "{text}{stderr}"
+        );
+        assert!(text.contains("how many ran is not released"), "{text}");
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run_dir.join("tune.json")).unwrap())
+                .unwrap();
+        assert!(saved["result"].get("trials").is_none());
+        let chosen = saved["result"]["chosen"].as_object();
+        // Seed 3 draws at least one run; the saved plan is the chosen run's: its drawn values,
+        // the plan's privacy.
+        {
+            let chosen = chosen.expect("seed 3 draws at least one run");
+            let plan = dp_train::plan::TrainConfig::from_resolved(
+                &std::fs::read_to_string(run_dir.join("config.resolved.toml")).unwrap(),
+            )
+            .unwrap();
+            let lr = chosen["values"]["training.learning_rate"].as_str().unwrap();
+            assert_eq!(plan.training.learning_rate, lr.parse::<f64>().unwrap());
+            assert_eq!(plan.privacy.epsilon, 2.0);
+            let weights = Tensor::read_safetensors(run_dir.join("model.safetensors")).unwrap();
+            assert!(weights.iter().any(|(n, _)| n == "classifier.weight"));
+            let mut names: Vec<String> = std::fs::read_dir(&run_dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert_eq!(
+                names,
+                [
+                    "config.resolved.toml",
+                    "model.safetensors",
+                    "privacy_report.txt",
+                    "tune.json"
+                ]
+            );
+        }
+        let shown = bin(&[
+            "tune",
+            "--config",
+            &tune_s,
+            "--seed",
+            "3",
+            "--show-trials",
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&shown)).unwrap();
+        let trials = v["result"]["trials"].as_array().unwrap();
+        for t in trials {
+            assert!(
+                ["0.5", "2.0"].contains(&t["values"]["training.learning_rate"].as_str().unwrap()),
+                "{t}"
+            );
+        }
+        assert!(v["result"]["total_epsilon"].as_f64().unwrap() > 2.0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -86,14 +86,16 @@ enum Command {
     ///   dp-train audit --canary gradient --trials 200 --epsilon 2 --out runs/audit
     ///   dp-train audit --config examples/minilm_rotten_tomatoes.toml --trials 200
     Audit(AuditArgs),
-    /// Private hyperparameter search: a random number of private runs with hyperparameters
-    /// drawn from the config's [search] space, each scored on a validation split (a noisy
+    /// Private hyperparameter search on any plan `train` accepts: a random number of private
+    /// runs of the plan with values drawn from the config's [search] space (plan keys of
+    /// [model], [training] and privacy.clip_norm), each scored on a validation split (a noisy
     /// count, or a split the config declares public); only the best run is released (its
     /// model, hyperparameters and score, nothing about the others, not even how many), and the
     /// total epsilon covers the whole search (Papernot and Steinke 2022). --show-trials
     /// releases every run instead, accounted as that many runs composed. Optional TAN mode.
     ///
-    /// Example: dp-train tune --config examples/tune_fashion_mnist.toml --run-dir runs/tuned
+    /// Examples: dp-train tune --config examples/tune_fashion_mnist.toml --run-dir runs/tuned
+    ///           dp-train tune --config examples/tune_minilm.toml --run-dir runs/minilm-tuned
     Tune(TuneArgs),
     /// Time DP steps (secure and/or fast noise) against a non-private step of the same
     /// BERT-style encoder on the same batch (one process, in rounds of one step per mode; each
@@ -195,7 +197,8 @@ struct BenchArgs {
 
 #[derive(clap::Args, Debug)]
 struct TuneArgs {
-    /// TOML file with [privacy], [tuning] and [search] sections.
+    /// TOML file naming the plan searched (`plan = "..."`, relative to this file) with
+    /// [tuning] and [search] (plan keys and their values) sections.
     #[arg(long)]
     config: PathBuf,
     /// Override [tuning] tan_scale (search at k B and k sigma, then one full-scale run); 1 turns
@@ -206,7 +209,7 @@ struct TuneArgs {
     /// not private. Without it, the operating system seeds it.
     #[arg(long)]
     seed: Option<u64>,
-    /// Folder with the Fashion-MNIST IDX files [default: $DP_ASSETS/fashion-mnist].
+    /// Folder with the plan's dataset [default: its folder under $DP_ASSETS].
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Release every run (their hyperparameters, scores and number) instead of the chosen one
@@ -214,7 +217,8 @@ struct TuneArgs {
     /// epsilon than the random-count bound.
     #[arg(long)]
     show_trials: bool,
-    /// Save the released model (model.safetensors), the privacy report and tune.json here.
+    /// Save the released model (model.safetensors, with the plan it was trained with in
+    /// config.resolved.toml), the privacy report and tune.json here.
     #[arg(long)]
     run_dir: Option<PathBuf>,
     /// Print the result as JSON on stdout.
@@ -226,8 +230,8 @@ struct TuneArgs {
 struct AuditArgs {
     /// Audit this TOML plan as `dp-train train` runs it (its data, model, sampling, clipping,
     /// noise and optimizer, the MiniLM encoder included) instead of the built-in Fashion-MNIST
-    /// run; the canary is a mislabelled test example, scored white-box (gradient) or by its
-    /// loss (input). The flags below that describe the built-in run do not apply.
+    /// run; the canary is one more row, given an inserted gradient (gradient) or a wrong label
+    /// (input). The flags below that describe the built-in run do not apply.
     #[arg(long)]
     config: Option<PathBuf>,
     /// With --config: override a plan value, section.key=value (repeatable).
@@ -734,11 +738,16 @@ fn tune_command(args: TuneArgs) -> Result<(), TrainError> {
     if let Some(k) = args.tan_scale {
         config.tuning.tan_scale = (k != 1.0).then_some(k);
     }
-    let dir = args
-        .data_dir
-        .unwrap_or_else(|| assets_dir().join("fashion-mnist"));
-    let data = FashionMnist::load(&dir)?;
-    let mut rng = match args.seed {
+    let plan_path = config.plan_path(&args.config);
+    let plan_text = std::fs::read_to_string(&plan_path)
+        .map_err(|e| TrainError::Config(format!("plan {}: {e}", plan_path.display())))?;
+    let plan = TrainConfig::from_toml(&plan_text, &config.set)?;
+    let device = parse_device(&plan.performance.device)?;
+    if plan.performance.threads > 0 {
+        tch::set_num_threads(plan.performance.threads);
+    }
+    let seed = args.seed.or(plan.privacy.seed);
+    let mut rng = match seed {
         Some(seed) => {
             tch::manual_seed(seed as i64);
             PrivacyRng::from_seed(seed)
@@ -750,12 +759,16 @@ fn tune_command(args: TuneArgs) -> Result<(), TrainError> {
     } else {
         Disclosure::ChosenOnly
     };
-    let result = tune::tune(&data, &config, disclosure, &mut rng, |t| {
+    let place = tune::Workspace {
+        plan: &plan_text,
+        device,
+        data_dir: args.data_dir.as_deref(),
+    };
+    let result = tune::tune(place, &config, disclosure, &mut rng, |t| {
         if !args.json {
             eprintln!(
-                "  run: learning rate {:<6} hidden {:?}  selection score {:.2}%  ({:.1} s)",
-                t.learning_rate,
-                t.hidden,
+                "  run: {}  selection score {:.2}%  ({:.1} s)",
+                t.describe(),
                 100.0 * t.selection_score.unwrap_or(f64::NAN),
                 t.seconds
             );
@@ -777,11 +790,23 @@ fn tune_command(args: TuneArgs) -> Result<(), TrainError> {
             Disclosure::AllTrials => writeln!(w, "Released: all {} runs (--show-trials), each at batch {} and noise multiplier {:.4}, {} steps", result.trials.as_ref().map_or(0, Vec::len), result.search_batch_size, result.search_noise_multiplier, result.steps),
         };
         for t in result.trials.iter().flatten() {
-            let _ = writeln!(w, "  run: learning rate {}, hidden {:?}: selection score {:.2}%, test accuracy {:.2}%", t.learning_rate, t.hidden, 100.0 * t.selection_score.unwrap_or(f64::NAN), 100.0 * t.test_accuracy);
+            let _ = writeln!(
+                w,
+                "  run: {}: selection score {:.2}%, test accuracy {:.2}%",
+                t.describe(),
+                100.0 * t.selection_score.unwrap_or(f64::NAN),
+                100.0 * t.test_accuracy
+            );
         }
         let _ = match &result.chosen {
             None => writeln!(w, "No run was drawn: nothing is released."),
-            Some(best) => writeln!(w, "Chosen: learning rate {}, hidden {:?}: selection score {:.2}%, test accuracy {:.2}%", best.learning_rate, best.hidden, 100.0 * best.selection_score.unwrap_or(f64::NAN), 100.0 * best.test_accuracy),
+            Some(best) => writeln!(
+                w,
+                "Chosen: {}: selection score {:.2}%, test accuracy {:.2}%",
+                best.describe(),
+                100.0 * best.selection_score.unwrap_or(f64::NAN),
+                100.0 * best.test_accuracy
+            ),
         };
         if let (Some(f), Some(eps)) = (&result.final_run, result.final_run_epsilon) {
             let _ = writeln!(
@@ -794,7 +819,7 @@ fn tune_command(args: TuneArgs) -> Result<(), TrainError> {
         let _ = writeln!(
             w,
             "Privacy (delta {:e}, add/remove one example, RDP):",
-            config.privacy.delta
+            plan.privacy.delta
         );
         let _ = match result.selection {
             tune::Selection::NoisyCount { noise_multiplier } => writeln!(w, "  selection    a count of correct predictions on {} private validation examples plus exact discrete Gaussian noise of standard deviation {noise_multiplier}, accounted in every run with sensitivity 2 (the split is by position)", config.tuning.validation_size),
@@ -814,14 +839,19 @@ fn tune_command(args: TuneArgs) -> Result<(), TrainError> {
             "  total released       epsilon {}   epsilon rounded up",
             up(result.total_epsilon)
         );
-        if let Some(seed) = args.seed {
+        if let Some(seed) = seed {
             let _ = writeln!(w, "  randomness   seeded with {seed}: reproducible, so anyone who knows the seed can remove the noise");
         }
     }
     if let Some(run_dir) = &args.run_dir {
         std::fs::create_dir_all(run_dir).at("create the run folder", run_dir)?;
         if let Some(model) = &result.model {
-            model.save(run_dir.join("model.safetensors"))?;
+            let path = run_dir.join("model.safetensors");
+            tch::Tensor::write_safetensors(&model.weights, &path).at("write", &path)?;
+            write_file(
+                &run_dir.join("config.resolved.toml"),
+                model.plan.to_toml()?.as_bytes(),
+            )?;
         }
         write_file(&run_dir.join("privacy_report.txt"), report.as_bytes())?;
         write_file(
