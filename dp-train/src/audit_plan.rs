@@ -206,12 +206,7 @@ pub fn audit_plan(
         }
     }
     let logits = |x: &Tensor, tape: &mut Tape| job.model.logits(x, tape);
-    let initial: Vec<(String, Tensor)> = job
-        .vs
-        .variables()
-        .into_iter()
-        .map(|(name, t)| (name, t.detach().copy()))
-        .collect();
+    let initial = job.snapshot();
     // The canary's row: the first test example, labelled with the next class (input canary),
     // or with the ignored label, which gives it no gradient of its own (gradient canary: the
     // hook inserts its gradient).
@@ -231,12 +226,7 @@ pub fn audit_plan(
     let mut scores = Vec::with_capacity(audit.trials);
     for k in 0..audit.trials {
         let included = bits.bernoulli(0.5);
-        tch::no_grad(|| {
-            let variables = job.vs.variables();
-            for (name, value) in &initial {
-                variables[name].shallow_clone().copy_(value);
-            }
-        });
+        job.restore(&initial);
         let (inputs, labels) = if included {
             (&with_canary.0, &with_canary.1)
         } else {

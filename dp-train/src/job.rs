@@ -221,6 +221,25 @@ impl Job {
         }
     }
 
+    /// A copy of every variable's current value, by name.
+    pub fn snapshot(&self) -> Vec<(String, Tensor)> {
+        self.vs
+            .variables()
+            .into_iter()
+            .map(|(name, t)| (name, t.detach().copy()))
+            .collect()
+    }
+
+    /// Sets every variable to its value in `snapshot` (from [`Job::snapshot`]).
+    pub fn restore(&self, snapshot: &[(String, Tensor)]) {
+        tch::no_grad(|| {
+            let variables = self.vs.variables();
+            for (name, value) in snapshot {
+                variables[name].shallow_clone().copy_(value);
+            }
+        });
+    }
+
     /// Trainable and total parameter counts.
     pub fn parameter_counts(&self) -> (i64, i64) {
         self.vs

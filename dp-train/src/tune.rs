@@ -395,23 +395,13 @@ impl LoadedJob {
         *slot = None;
         let job =
             Job::load_with_validation(config, place.device, place.data_dir, validation, |_, _| {})?;
-        let initial = job
-            .vs
-            .variables()
-            .into_iter()
-            .map(|(name, t)| (name, t.detach().copy()))
-            .collect();
+        let initial = job.snapshot();
         *slot = Some(LoadedJob { key, job, initial });
         Ok(())
     }
 
     fn reset(&self) {
-        tch::no_grad(|| {
-            let variables = self.job.vs.variables();
-            for (name, value) in &self.initial {
-                variables[name].shallow_clone().copy_(value);
-            }
-        });
+        self.job.restore(&self.initial);
     }
 }
 
@@ -521,12 +511,7 @@ pub fn tune(
             test_accuracy: evaluate_accuracy(logits, job.test_data(), 256),
             seconds,
         };
-        let weights = job
-            .vs
-            .variables()
-            .into_iter()
-            .map(|(name, t)| (name, t.detach().copy()))
-            .collect();
+        let weights = job.snapshot();
         Ok((
             trial,
             ReleasedModel {

@@ -2543,20 +2543,27 @@ mod after_training {
         w.flush().unwrap();
     }
 
-    /// Trains a three-class LoRA encoder on a small CSV; returns (run folder, test CSV).
-    fn lora_run(dir: &Path) -> (PathBuf, PathBuf) {
+    /// A training CSV of `rows` snippets (labels `i mod classes`) and a test CSV of the twelve
+    /// texts, in `dir`.
+    fn csv_pair(dir: &Path, rows: usize, classes: usize) -> (PathBuf, PathBuf) {
         let (train, test) = (dir.join("train.csv"), dir.join("test.csv"));
         write_csv(
             &train,
-            (0..48).map(|i| (format!("{} ({i})", TEXTS[i % 12]), (i % 3) as i64)),
+            (0..rows).map(|i| (format!("{} ({i})", TEXTS[i % 12]), (i % classes) as i64)),
         );
         write_csv(
             &test,
             TEXTS
                 .iter()
                 .enumerate()
-                .map(|(i, t)| (t.to_string(), (i % 3) as i64)),
+                .map(|(i, t)| (t.to_string(), (i % classes) as i64)),
         );
+        (train, test)
+    }
+
+    /// Trains a three-class LoRA encoder on a small CSV; returns (run folder, test CSV).
+    fn lora_run(dir: &Path) -> (PathBuf, PathBuf) {
+        let (train, test) = csv_pair(dir, 48, 3);
         let plan = dir.join("plan.toml");
         std::fs::write(
             &plan,
@@ -2752,18 +2759,7 @@ mod after_training {
     #[test]
     fn tuning_an_encoder_plan_releases_the_chosen_run_alone() {
         let dir = scratch("tune-encoder");
-        let (train, test) = (dir.join("train.csv"), dir.join("test.csv"));
-        write_csv(
-            &train,
-            (0..140).map(|i| (format!("{} ({i})", TEXTS[i % 12]), (i % 2) as i64)),
-        );
-        write_csv(
-            &test,
-            TEXTS
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (t.to_string(), (i % 2) as i64)),
-        );
+        let (train, test) = csv_pair(&dir, 140, 2);
         let tune = dir.join("tune.toml");
         std::fs::write(
             &tune,
@@ -2872,18 +2868,7 @@ training.learning_rate = [0.5, 2.0]
     #[test]
     fn a_plan_audit_keeps_the_claim_and_catches_planted_bugs() {
         let dir = scratch("audit-plan");
-        let (train, test) = (dir.join("train.csv"), dir.join("test.csv"));
-        write_csv(
-            &train,
-            (0..100).map(|i| (format!("{} ({i})", TEXTS[i % 12]), (i % 2) as i64)),
-        );
-        write_csv(
-            &test,
-            TEXTS
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (t.to_string(), (i % 2) as i64)),
-        );
+        let (train, test) = csv_pair(&dir, 100, 2);
         let (train_set, test_set) = (
             format!("data.train_file={:?}", train.display().to_string()),
             format!("data.test_file={:?}", test.display().to_string()),
