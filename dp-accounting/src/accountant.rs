@@ -23,7 +23,8 @@ pub trait Accountant {
 }
 
 /// The accountants on offer, for tools that pick one by name.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AccountantKind {
     /// Rényi DP on dp_accounting's order grid (fast; an upper bound, looser than PRV).
     Rdp,

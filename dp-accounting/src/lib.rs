@@ -34,7 +34,9 @@ pub use accountant::{Accountant, AccountantKind};
 pub use calibrate::{calibrate_noise_multiplier, dp_sgd_epsilon, max_steps, Calibration};
 pub use error::AccountingError;
 pub use event::{CyclicPoisson, DpEvent, NeighbouringRelation};
-pub use prv::{EpsilonBounds, PrvAccountant, PRV_MIN_DELTA};
+pub use prv::{
+    prv_epsilon_error_for, EpsilonBounds, PrvAccountant, DEFAULT_PRV_EPSILON_ERROR, PRV_MIN_DELTA,
+};
 pub use rdp::{
     delta_from_rdp, epsilon_from_rdp, repeat_and_select_rdp,
     sample_without_replacement_gaussian_rdp, subsampled_gaussian_rdp, subsampled_gaussian_rdp_with,

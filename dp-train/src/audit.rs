@@ -332,6 +332,7 @@ fn run_config(config: &AuditConfig, plan: &Plan) -> DpSgdConfig {
         epsilon_budget: config.epsilon,
         mechanism: Mechanism::PoissonGaussian,
         clipping: ClippingStyle::Flat,
+        accountant: AccountantKind::Rdp,
     };
     match config.sabotage {
         Sabotage::None => {}

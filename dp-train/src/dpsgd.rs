@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 
 use dp_accounting::mf::NoiseRecurrence;
-use dp_accounting::DpEvent;
+use dp_accounting::{AccountantKind, DpEvent};
 use dp_core::{
     ClippingEngine, ClippingStyle, CorrelatedNoise, GaussianNoise, NoiseMode, PoissonSampler,
     PrivacyRng, Tape,
@@ -65,6 +65,9 @@ pub struct DpSgdConfig {
     /// How each example's gradient is bounded by `clip_norm` (every style keeps the
     /// sensitivity at `clip_norm`).
     pub clipping: ClippingStyle,
+    /// The accountant of Poisson-sampled steps (correlated noise is accounted exactly, as one
+    /// Gaussian mechanism).
+    pub accountant: AccountantKind,
 }
 
 /// How batches are formed and noised: what the ledger accounts.
@@ -233,7 +236,8 @@ pub fn train_with_hooks(
                 &sampler.event(event.clone()),
                 config.delta,
                 config.epsilon_budget,
-            )?;
+            )?
+            .with_accountant(config.accountant)?;
             let steps = Steps::Poisson {
                 sampler,
                 gaussian,
@@ -280,10 +284,11 @@ pub fn train_with_hooks(
             && resumed.ledger.correlated_steps() == ledger.correlated_steps()
             && resumed.ledger.noise_mode() == ledger.noise_mode()
             && resumed.ledger.budget() == ledger.budget()
+            && resumed.ledger.accountant() == ledger.accountant()
             && resumed.ledger.seed() == ledger.seed();
         if !same_plan {
             return Err(TrainError::Config(
-                "the run folder's checkpoint was made with a different sampling, noise, noise mode, delta, budget or seed; use a new folder".into(),
+                "the run folder's checkpoint was made with a different sampling, noise, noise mode, accountant, delta, budget or seed; use a new folder".into(),
             ));
         }
         if let Steps::Cyclic { correlated, .. } = &mut steps {

@@ -244,16 +244,15 @@ pub fn run(
         )));
     }
     let steps = (config.epochs / q).ceil() as u64;
+    // PRV (bounded by RDP), as for plans.
+    let accountant = AccountantKind::Prv {
+        epsilon_error: dp_accounting::prv_epsilon_error_for(config.epsilon),
+    };
     let (noise_multiplier, budget) = if config.no_noise {
         (0.0, f64::INFINITY)
     } else {
-        let calibration = calibrate_noise_multiplier(
-            AccountantKind::Rdp,
-            q,
-            steps,
-            config.epsilon,
-            config.delta,
-        )?;
+        let calibration =
+            calibrate_noise_multiplier(accountant, q, steps, config.epsilon, config.delta)?;
         (
             noise_multiplier_for(config.noise_mode, calibration.noise_multiplier),
             config.epsilon,
@@ -274,6 +273,7 @@ pub fn run(
         epsilon_budget: budget,
         mechanism: Mechanism::PoissonGaussian,
         clipping: ClippingStyle::Flat,
+        accountant,
     };
     let mut rng = match config.seed {
         Some(seed) => {

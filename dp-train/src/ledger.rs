@@ -3,7 +3,9 @@
 //!
 //! DP-SGD: each step is one Poisson-subsampled Gaussian mechanism with the run's sampling rate
 //! and noise multiplier, as the sampler and the noise mechanism report it; the ledger keeps its
-//! one-step RDP curve and composes by multiplication.
+//! one-step RDP curve and composes by multiplication. With the PRV accountant (Gopi, Lee,
+//! Wutschitz 2021) epsilon after k steps is the smaller of two upper bounds: the upper end of
+//! the PRV accountant's bracket for the k steps, and RDP's.
 //!
 //! Correlated (matrix-factorization) noise: the whole planned run is one Gaussian mechanism
 //! whose sensitivity covers every participation the plan allows (Choquette-Choo et al. 2023),
@@ -15,7 +17,8 @@
 
 use dp_accounting::mf::gaussian_epsilon;
 use dp_accounting::{
-    epsilon_from_rdp, subsampled_gaussian_rdp, DpEvent, EpsilonAtOrder, DEFAULT_ORDERS,
+    dp_sgd_epsilon, epsilon_from_rdp, subsampled_gaussian_rdp, AccountantKind, DpEvent,
+    EpsilonAtOrder, DEFAULT_ORDERS, DEFAULT_PRV_EPSILON_ERROR,
 };
 use dp_core::NoiseMode;
 
@@ -45,13 +48,28 @@ pub struct LedgerRecord {
     /// The privacy generator's seed, if the run was seeded (its noise is then reproducible).
     #[serde(default)]
     pub seed: Option<u64>,
+    /// The accountant of Poisson-sampled steps: "rdp", or "prv" (with `prv_epsilon_error`);
+    /// "gaussian" for correlated noise. Ledgers written before PRV accounting say nothing: RDP.
+    #[serde(default = "rdp_name")]
+    pub accountant: String,
+    /// The half-width of the PRV accountant's epsilon bracket, with "prv".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prv_epsilon_error: Option<f64>,
+}
+
+fn rdp_name() -> String {
+    "rdp".into()
 }
 
 /// How the ledger accounts a step.
 #[derive(Debug, Clone)]
 enum Accounting {
-    /// Poisson-subsampled Gaussian steps: the one-step RDP curve on the default orders.
-    Poisson { step_rdp: Vec<f64> },
+    /// Poisson-subsampled Gaussian steps: the one-step RDP curve on the default orders, and
+    /// the PRV accountant's bracket half-width when it accounts them too.
+    Poisson {
+        step_rdp: Vec<f64>,
+        prv_epsilon_error: Option<f64>,
+    },
     /// One Gaussian mechanism for a planned run of `steps` steps, with this epsilon.
     Correlated { steps: u64, epsilon: f64 },
 }
@@ -93,7 +111,10 @@ impl PrivacyLedger {
             noise_multiplier,
             delta,
             budget,
-            accounting: Accounting::Poisson { step_rdp },
+            accounting: Accounting::Poisson {
+                step_rdp,
+                prv_epsilon_error: None,
+            },
             steps: 0,
             noise_mode: None,
             seed: None,
@@ -161,6 +182,39 @@ impl PrivacyLedger {
         }
     }
 
+    /// This ledger, accounting its Poisson-sampled steps with `accountant` (RDP, or PRV bounded
+    /// by RDP); correlated noise keeps its exact Gaussian accounting, and only RDP is accepted
+    /// for it.
+    pub fn with_accountant(mut self, accountant: AccountantKind) -> Result<Self, TrainError> {
+        match (&mut self.accounting, accountant) {
+            (Accounting::Poisson { prv_epsilon_error, .. }, AccountantKind::Prv { epsilon_error }) => {
+                *prv_epsilon_error = Some(epsilon_error);
+            }
+            (Accounting::Poisson { prv_epsilon_error, .. }, AccountantKind::Rdp) => {
+                *prv_epsilon_error = None;
+            }
+            (Accounting::Correlated { .. }, AccountantKind::Rdp) => {}
+            (Accounting::Correlated { .. }, AccountantKind::Prv { .. }) => {
+                return Err(TrainError::Config(
+                    "correlated noise is accounted exactly as one Gaussian mechanism, not by the PRV accountant".into(),
+                ))
+            }
+        }
+        Ok(self)
+    }
+
+    /// The accountant of the Poisson-sampled steps (RDP for correlated noise, which is
+    /// accounted exactly).
+    pub fn accountant(&self) -> AccountantKind {
+        match self.accounting {
+            Accounting::Poisson {
+                prv_epsilon_error: Some(epsilon_error),
+                ..
+            } => AccountantKind::Prv { epsilon_error },
+            _ => AccountantKind::Rdp,
+        }
+    }
+
     /// Whether the run adds correlated noise (one Gaussian mechanism for the planned run).
     pub fn correlated_steps(&self) -> Option<u64> {
         match self.accounting {
@@ -204,13 +258,21 @@ impl PrivacyLedger {
             correlated_steps: self.correlated_steps(),
             noise_mode: self.noise_mode,
             seed: self.seed,
+            accountant: match (&self.accounting, self.accountant()) {
+                (Accounting::Correlated { .. }, _) => "gaussian".into(),
+                (_, kind) => kind.name().into(),
+            },
+            prv_epsilon_error: match self.accountant() {
+                AccountantKind::Prv { epsilon_error } => Some(epsilon_error),
+                AccountantKind::Rdp => None,
+            },
         })
     }
 
     /// A ledger continuing from a checkpoint's record.
     pub fn from_record(record: &LedgerRecord) -> Result<Self, TrainError> {
         let budget = record.budget.unwrap_or(f64::INFINITY);
-        let mut ledger = match record.correlated_steps {
+        let ledger = match record.correlated_steps {
             Some(planned) => Self::correlated(
                 record.sampling_rate,
                 record.noise_multiplier,
@@ -225,6 +287,20 @@ impl PrivacyLedger {
                 budget,
             )?,
         };
+        let accountant = match (record.accountant.as_str(), record.correlated_steps) {
+            ("prv", None) => AccountantKind::Prv {
+                epsilon_error: record
+                    .prv_epsilon_error
+                    .unwrap_or(DEFAULT_PRV_EPSILON_ERROR),
+            },
+            ("rdp", None) | ("gaussian" | "rdp", Some(_)) => AccountantKind::Rdp,
+            (other, _) => {
+                return Err(TrainError::Config(format!(
+                    "the ledger names the accountant '{other}', which does not fit its steps"
+                )))
+            }
+        };
+        let mut ledger = ledger.with_accountant(accountant)?;
         ledger.steps = record.steps;
         ledger.noise_mode = record.noise_mode;
         ledger.seed = record.seed;
@@ -271,12 +347,44 @@ impl PrivacyLedger {
         self.budget
     }
 
-    /// Epsilon after `steps` steps; the order is NaN for correlated noise (no RDP order).
+    /// The epsilon `steps` steps of this ledger's mechanism spend (a plan's claim, before any
+    /// step is taken).
+    pub fn epsilon_for(&self, steps: u64) -> Result<f64, TrainError> {
+        Ok(self.epsilon_after(steps)?.epsilon)
+    }
+
+    /// Epsilon after `steps` steps; the order is NaN for correlated noise and where the PRV
+    /// accountant's bound is the smaller (no RDP order).
     fn epsilon_after(&self, steps: u64) -> Result<EpsilonAtOrder, TrainError> {
         match &self.accounting {
-            Accounting::Poisson { step_rdp } => {
+            Accounting::Poisson {
+                step_rdp,
+                prv_epsilon_error,
+            } => {
                 let rdp: Vec<f64> = step_rdp.iter().map(|r| r * steps as f64).collect();
-                Ok(epsilon_from_rdp(&DEFAULT_ORDERS, &rdp, self.delta)?)
+                let by_rdp = epsilon_from_rdp(&DEFAULT_ORDERS, &rdp, self.delta)?;
+                match prv_epsilon_error {
+                    Some(epsilon_error) if steps > 0 && self.noise_multiplier > 0.0 => {
+                        let by_prv = dp_sgd_epsilon(
+                            AccountantKind::Prv {
+                                epsilon_error: *epsilon_error,
+                            },
+                            self.sampling_rate,
+                            self.noise_multiplier,
+                            steps,
+                            self.delta,
+                        )?;
+                        Ok(if by_prv < by_rdp.epsilon {
+                            EpsilonAtOrder {
+                                epsilon: by_prv,
+                                order: f64::NAN,
+                            }
+                        } else {
+                            by_rdp
+                        })
+                    }
+                    _ => Ok(by_rdp),
+                }
             }
             Accounting::Correlated { epsilon, .. } => Ok(EpsilonAtOrder {
                 epsilon: if steps == 0 { 0.0 } else { *epsilon },

@@ -9,13 +9,16 @@ use dp_accounting::mf::{
     gaussian_noise_multiplier, optimize_banded, optimize_blt, Objective, Participation, Strategy,
     Workload,
 };
-use dp_accounting::{calibrate_noise_multiplier, AccountantKind, DpEvent};
+use dp_accounting::{
+    calibrate_noise_multiplier, prv_epsilon_error_for, AccountantKind, DpEvent, PRV_MIN_DELTA,
+};
 use dp_core::noise::{accounted_at_least, noise_multiplier_for};
 use dp_core::{ClippingStyle, NoiseMode};
 use serde::{Deserialize, Serialize};
 
 use crate::dpsgd::{DpSgdConfig, Mechanism};
 use crate::error::TrainError;
+use crate::ledger::PrivacyLedger;
 use crate::models::{Finetune, Precision};
 use crate::optimizer::{Optimizer, Schedule};
 
@@ -112,8 +115,9 @@ pub struct PrivacySection {
     /// noise is floating-point).
     #[serde(default = "secure")]
     pub noise_mode: NoiseMode,
-    /// The accountant: "rdp" for DP-SGD, "gaussian" (exact) for correlated noise.
-    #[serde(default = "rdp")]
+    /// The accountant: "prv" (the PRV accountant, bounded by RDP; the default) or "rdp" for
+    /// DP-SGD, "gaussian" (exact) for correlated noise.
+    #[serde(default = "prv")]
     pub accountant: String,
     /// How batches are drawn: "poisson" (DP-SGD), or "cyclic" (fixed batches visited in turn,
     /// no amplification; with noise = "mf").
@@ -153,8 +157,8 @@ fn gaussian() -> String {
 fn secure() -> NoiseMode {
     NoiseMode::Secure
 }
-fn rdp() -> String {
-    "rdp".into()
+fn prv() -> String {
+    "prv".into()
 }
 fn poisson() -> String {
     "poisson".into()
@@ -239,6 +243,32 @@ pub struct ResolvedPlan {
     pub event: DpEvent,
     /// How batches are formed and noised.
     pub mechanism: Mechanism,
+    /// The accountant of Poisson-sampled steps (RDP for correlated noise, which is accounted
+    /// exactly as one Gaussian mechanism).
+    pub accountant: AccountantKind,
+}
+
+impl ResolvedPlan {
+    /// The ledger of this plan before its first step, at `delta`: it accounts what the run's
+    /// ledger will, and its [`PrivacyLedger::epsilon_for`] the plan's steps is the plan's claim.
+    pub fn ledger(&self, delta: f64) -> Result<PrivacyLedger, TrainError> {
+        match (&self.mechanism, &self.event) {
+            (Mechanism::PoissonGaussian, DpEvent::SelfComposed { event, .. }) => {
+                PrivacyLedger::for_step(event, delta, f64::INFINITY)?
+                    .with_accountant(self.accountant)
+            }
+            (Mechanism::CyclicCorrelated { .. }, _) => PrivacyLedger::correlated(
+                self.sampling_rate,
+                self.noise_multiplier,
+                self.steps,
+                delta,
+                f64::INFINITY,
+            ),
+            _ => Err(config_error(
+                "the plan's event is not one the ledger accounts",
+            )),
+        }
+    }
 }
 
 fn config_error(msg: impl Into<String>) -> TrainError {
@@ -315,6 +345,7 @@ impl TrainConfig {
             epsilon_budget: plan.epsilon_budget,
             mechanism: plan.mechanism.clone(),
             clipping: self.training.clipping,
+            accountant: plan.accountant,
         }
     }
 
@@ -447,7 +478,7 @@ impl TrainConfig {
             )));
         }
         match (p.noise.as_str(), p.accountant.as_str()) {
-            ("mf", "gaussian") | ("gaussian" | "none", "rdp") => {}
+            ("mf", "gaussian") | ("gaussian" | "none", "rdp" | "prv") => {}
             ("mf", other) => {
                 return Err(config_error(format!(
                     "privacy.accountant: '{other}' cannot account correlated noise; it is one Gaussian mechanism over the whole plan: set accountant = \"gaussian\""
@@ -455,7 +486,7 @@ impl TrainConfig {
             }
             (_, other) => {
                 return Err(config_error(format!(
-                    "privacy.accountant: '{other}' is not available for DP-SGD training runs (rdp)"
+                    "privacy.accountant: '{other}' is not available for DP-SGD training runs (prv or rdp)"
                 )))
             }
         }
@@ -494,6 +525,18 @@ impl TrainConfig {
                 ))
             }
         };
+        let accountant = match p.accountant.as_str() {
+            "prv" if p.delta < PRV_MIN_DELTA => {
+                return Err(config_error(format!(
+                    "privacy.accountant: the PRV accountant resolves delta down to {PRV_MIN_DELTA:e} only (floating-point FFT), not {:e}: set accountant = \"rdp\"",
+                    p.delta
+                )))
+            }
+            "prv" => AccountantKind::Prv {
+                epsilon_error: prv_epsilon_error_for(p.epsilon),
+            },
+            _ => AccountantKind::Rdp,
+        };
         let (noise_multiplier, epsilon_budget) = match (p.noise.as_str(), p.noise_multiplier) {
             ("none", None) if p.epsilon == f64::INFINITY => (0.0, f64::INFINITY),
             ("none", None) => {
@@ -513,7 +556,7 @@ impl TrainConfig {
             ("gaussian", None) if positive(p.epsilon) => (
                 noise_multiplier_for(
                     p.noise_mode,
-                    calibrate_noise_multiplier(AccountantKind::Rdp, q, steps, p.epsilon, p.delta)?
+                    calibrate_noise_multiplier(accountant, q, steps, p.epsilon, p.delta)?
                         .noise_multiplier,
                 ),
                 p.epsilon,
@@ -546,6 +589,7 @@ impl TrainConfig {
             epsilon_budget,
             event,
             mechanism: Mechanism::PoissonGaussian,
+            accountant,
         })
     }
 
@@ -598,6 +642,7 @@ impl TrainConfig {
                 recurrence: strategy.recurrence().clone(),
                 sensitivity: strategy.sensitivity(&participation).value(),
             },
+            accountant: AccountantKind::Rdp,
         })
     }
 }

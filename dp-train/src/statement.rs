@@ -2,7 +2,9 @@
 
 use std::fmt;
 
-use dp_accounting::{round_up, Accountant, DpEvent, PrvAccountant};
+use dp_accounting::{
+    round_up, Accountant, AccountantKind, DpEvent, PrvAccountant, DEFAULT_PRV_EPSILON_ERROR,
+};
 use dp_core::NoiseMode;
 use serde::Serialize;
 
@@ -11,9 +13,6 @@ use crate::ledger::PrivacyLedger;
 
 /// Decimals shown for epsilon (rounded up).
 const EPSILON_DIGITS: i32 = 3;
-
-/// Half-width of the PRV accountant's bracket for the statement's second bound.
-const PRV_EPSILON_ERROR: f64 = 0.01;
 
 /// What a finished run can claim.
 #[derive(Debug, Clone, Serialize)]
@@ -27,7 +26,7 @@ pub struct PrivacyStatement {
     /// exactly as one Gaussian mechanism).
     pub order: Option<f64>,
     /// The accountant.
-    pub accountant: &'static str,
+    pub accountant: String,
     /// Poisson sampling rate q, or 1 / (batches per epoch) for cyclic batches.
     pub sampling_rate: f64,
     /// Correlated noise: the planned steps, one Gaussian mechanism over all of them.
@@ -55,18 +54,23 @@ pub struct PrivacyStatement {
     /// or cannot answer (correlated noise, a delta below what it resolves).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prv_epsilon: Option<f64>,
+    /// For runs accounted by the PRV accountant: RDP's bound on the same steps (looser), for
+    /// comparison.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rdp_epsilon: Option<f64>,
 }
 
 /// The PRV accountant's epsilon (Gopi, Lee, Wutschitz 2021) for the ledger's Poisson-sampled
 /// steps, if it applies and answers.
 fn prv_epsilon(ledger: &PrivacyLedger) -> Option<f64> {
     if ledger.correlated_steps().is_some()
+        || matches!(ledger.accountant(), AccountantKind::Prv { .. })
         || ledger.noise_multiplier() == 0.0
         || ledger.steps() == 0
     {
         return None;
     }
-    let mut prv = PrvAccountant::new(PRV_EPSILON_ERROR).ok()?;
+    let mut prv = PrvAccountant::new(DEFAULT_PRV_EPSILON_ERROR).ok()?;
     prv.compose(&DpEvent::dp_sgd(
         ledger.sampling_rate(),
         ledger.noise_multiplier(),
@@ -96,13 +100,33 @@ impl PrivacyStatement {
     ) -> Result<Self, TrainError> {
         let spent = ledger.spent()?;
         let correlated_steps = ledger.correlated_steps();
+        let prv_accounted = match ledger.accountant() {
+            AccountantKind::Prv { epsilon_error } if correlated_steps.is_none() => {
+                Some(epsilon_error)
+            }
+            _ => None,
+        };
+        let rdp_epsilon = match prv_accounted {
+            Some(_) if ledger.noise_multiplier() > 0.0 && ledger.steps() > 0 => Some(round_up(
+                PrivacyLedger::new(
+                    ledger.sampling_rate(),
+                    ledger.noise_multiplier(),
+                    ledger.delta(),
+                    f64::INFINITY,
+                )?
+                .epsilon_for(ledger.steps())?,
+                EPSILON_DIGITS,
+            )),
+            _ => None,
+        };
         Ok(Self {
             epsilon: round_up(spent.epsilon, EPSILON_DIGITS),
             delta: ledger.delta(),
             order: spent.order.is_finite().then_some(spent.order),
-            accountant: match correlated_steps {
-                None => "RDP (Mironov 2017; subsampled Gaussian of Mironov, Talwar, Zhang 2019)",
-                Some(_) => "exact Gaussian mechanism (Balle and Wang 2018) with the sensitivity of the factorization under cyclic participation (Choquette-Choo et al. 2023), no amplification",
+            accountant: match (correlated_steps, prv_accounted) {
+                (None, Some(error)) => format!("PRV (Gopi, Lee, Wutschitz 2021; the upper end of its +-{error} bracket), or RDP (Mironov 2017) where that is smaller"),
+                (None, None) => "RDP (Mironov 2017; subsampled Gaussian of Mironov, Talwar, Zhang 2019)".into(),
+                (Some(_), _) => "exact Gaussian mechanism (Balle and Wang 2018) with the sensitivity of the factorization under cyclic participation (Choquette-Choo et al. 2023), no amplification".into(),
             },
             sampling_rate: ledger.sampling_rate(),
             correlated_steps,
@@ -114,6 +138,7 @@ impl PrivacyStatement {
             seed,
             noise_mode: ledger.noise_mode(),
             prv_epsilon: prv_epsilon(ledger),
+            rdp_epsilon,
         })
     }
 }
@@ -182,16 +207,25 @@ impl fmt::Display for PrivacyStatement {
                     self.clip_norm,
                     self.noise_multiplier
                 )?;
-                writeln!(
-                    f,
-                    "  accountant    {}, optimal order {}",
-                    self.accountant,
-                    order.unwrap_or(f64::NAN)
-                )?;
+                match order {
+                    Some(order) => writeln!(
+                        f,
+                        "  accountant    {}, optimal order {order}",
+                        self.accountant
+                    )?,
+                    None => writeln!(f, "  accountant    {}", self.accountant)?,
+                }
+                if let Some(rdp) = self.rdp_epsilon {
+                    writeln!(
+                        f,
+                        "  RDP           epsilon at most {rdp:.prec$} for the same steps by RDP alone, a looser bound",
+                        prec = EPSILON_DIGITS as usize
+                    )?;
+                }
                 if let Some(prv) = self.prv_epsilon {
                     writeln!(
                         f,
-                        "  PRV           epsilon at most {prv:.prec$} for the same steps by the PRV accountant (Gopi et al. 2021; upper end of its +-{PRV_EPSILON_ERROR} bracket), a tighter bound; the budget is enforced with RDP",
+                        "  PRV           epsilon at most {prv:.prec$} for the same steps by the PRV accountant (Gopi et al. 2021; upper end of its +-{DEFAULT_PRV_EPSILON_ERROR} bracket), a tighter bound; the budget is enforced with RDP",
                         prec = EPSILON_DIGITS as usize
                     )?;
                 }

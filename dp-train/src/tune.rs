@@ -19,6 +19,10 @@
 //! ([`Disclosure::AllTrials`], asked for explicitly) releases K and every run: the accounting is
 //! then the K-fold composition of the runs, K known.
 //!
+//! The search is accounted with RDP whatever the plan's accountant: the RepeatAndSelect bound
+//! is an RDP bound, and every event of the search (runs, scores, a TAN final run) composes
+//! under it.
+//!
 //! TAN mode (Sander et al. 2023) searches at batch `k B` with noise `k sigma` (same steps, same
 //! effective noise sigma/B, about k times cheaper), then trains the chosen hyperparameters once
 //! at full scale. The total epsilon then composes the search's bound with the final run's: the

@@ -104,6 +104,7 @@ fn empty_batches_still_add_noise_and_count_as_steps() {
         epsilon_budget: 100.0,
         mechanism: Mechanism::PoissonGaussian,
         clipping: ClippingStyle::Flat,
+        accountant: dp_accounting::AccountantKind::Rdp,
     };
     let mut sizes = Vec::new();
     let summary = train(
@@ -1669,6 +1670,58 @@ mod plans {
         assert!(base.noise_multiplier > 0.0 && base.steps == 586);
     }
 
+    /// The same plan, the same sigma: `dp-accounting sigma --dataset-size 60000 --batch-size
+    /// 1024 --epochs 10 --epsilon 3 --delta 1e-5` prints 0.92527 (PRV, its default) and 0.97952
+    /// with `--accountant rdp`; `dp-train` resolves examples/fashion_mnist.toml to the same.
+    #[test]
+    fn a_plan_resolves_the_sigma_dp_accounting_prints() {
+        use dp_accounting::{
+            calibrate_noise_multiplier, AccountantKind, DEFAULT_PRV_EPSILON_ERROR,
+        };
+        let plan = include_str!("../../examples/fashion_mnist.toml");
+        let resolve = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            TrainConfig::from_toml(plan, &sets)
+                .unwrap()
+                .resolve()
+                .unwrap()
+        };
+        let q = 1024.0 / 60000.0;
+        let steps = (10.0_f64 / q).ceil() as u64;
+        let prv = calibrate_noise_multiplier(
+            AccountantKind::Prv {
+                epsilon_error: DEFAULT_PRV_EPSILON_ERROR,
+            },
+            q,
+            steps,
+            3.0,
+            1e-5,
+        )
+        .unwrap()
+        .noise_multiplier;
+        let fast = resolve(&["privacy.noise_mode=\"fast\""]);
+        assert_eq!(fast.noise_multiplier, prv);
+        assert!((prv - 0.92527).abs() < 1e-5, "{prv}");
+        // Secure noise asks for 2^-20 more, so that what it accounts is at least sigma.
+        let secure = resolve(&[]);
+        assert_eq!(
+            secure.noise_multiplier,
+            dp_core::noise::noise_multiplier_for(dp_core::NoiseMode::Secure, prv)
+        );
+        let rdp = resolve(&["privacy.noise_mode=\"fast\"", "privacy.accountant=\"rdp\""]);
+        assert!(
+            (rdp.noise_multiplier - 0.97952).abs() < 1e-5,
+            "{}",
+            rdp.noise_multiplier
+        );
+        // The plan's claim, as its ledger will count it, meets the target.
+        let claim = fast.ledger(1e-5).unwrap().epsilon_for(fast.steps).unwrap();
+        assert!(claim <= 3.0 && claim > 2.97, "{claim}");
+        // Below what the PRV accountant resolves, the plan must name RDP.
+        let err = TrainConfig::from_toml(plan, &["privacy.delta=1e-13".into()]).unwrap_err();
+        assert!(err.to_string().contains("accountant = \"rdp\""), "{err}");
+    }
+
     #[test]
     fn every_example_plan_resolves() {
         for (name, text) in [
@@ -1872,8 +1925,9 @@ mod plans {
                             && plan.noise_multiplier > 0.0
                             && plan.mechanism == Mechanism::PoissonGaussian
                         {
-                            let mut acc = dp_accounting::RdpAccountant::default();
-                            use dp_accounting::Accountant;
+                            // With the plan's accountant (PRV by default), composing the
+                            // whole plan's event afresh.
+                            let mut acc = plan.accountant.build().unwrap();
                             acc.compose(&plan.event).unwrap();
                             let delta = TrainConfig::from_toml(PLAN, &sets).unwrap().privacy.delta;
                             let spent = acc.epsilon(delta).unwrap();
@@ -2422,6 +2476,7 @@ device = "cpu"
                 sensitivity: strategy.sensitivity(&participation).value(),
             },
             clipping: ClippingStyle::Flat,
+            accountant: dp_accounting::AccountantKind::Rdp,
         };
         tch::manual_seed(3);
         let inputs = Tensor::randn([n, 5], (Kind::Float, Device::Cpu));

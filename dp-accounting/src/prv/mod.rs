@@ -125,6 +125,16 @@ const MAX_TRIES: usize = 8;
 /// for q = 0.01, sigma = 1, 1000 steps); at 1e-14 it still held. 1e-12 keeps a margin of 100.
 pub const PRV_MIN_DELTA: f64 = 1e-12;
 
+/// The half-width of the epsilon bracket the tools ask of the PRV accountant by default (the
+/// upper end, at most this much above the estimate, is what they report).
+pub const DEFAULT_PRV_EPSILON_ERROR: f64 = 0.01;
+
+/// The bracket half-width for calibrating to `target_epsilon`: the default, or a twentieth of
+/// the target when that is smaller (a bracket as wide as the target cannot meet it).
+pub fn prv_epsilon_error_for(target_epsilon: f64) -> f64 {
+    DEFAULT_PRV_EPSILON_ERROR.min(target_epsilon / 20.0)
+}
+
 /// Most points of one step's lattice (64 MiB of f64, about 8 s on 2 cores): a smaller epsilon
 /// error or more steps need a finer mesh than memory and time allow.
 const MAX_STEP_LATTICE: f64 = (1u64 << 23) as f64;

@@ -194,7 +194,7 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "rdp,prv")]
         accountants: Vec<Kind>,
         /// Half-width of the PRV accountant's epsilon bracket.
-        #[arg(long, allow_hyphen_values = true, default_value_t = 0.01)]
+        #[arg(long, allow_hyphen_values = true, default_value_t = dp_accounting::DEFAULT_PRV_EPSILON_ERROR)]
         epsilon_error: f64,
         /// Number of points between 1 and the last step (log-spaced).
         #[arg(long, default_value_t = 25)]
@@ -248,7 +248,7 @@ struct Choice {
     #[arg(long, value_enum, default_value_t = Kind::Prv)]
     accountant: Kind,
     /// Half-width of the PRV accountant's epsilon bracket.
-    #[arg(long, allow_hyphen_values = true, default_value_t = 0.01)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = dp_accounting::DEFAULT_PRV_EPSILON_ERROR)]
     epsilon_error: f64,
 }
 
