@@ -446,9 +446,15 @@ included.
         version = env!("CARGO_PKG_VERSION"),
         delta = statement.delta,
         accountant = statement.accountant,
-        prv = statement.prv_epsilon.map_or(String::new(), |e| format!(
-            "\n| PRV bound | epsilon at most {e:.3} by the PRV accountant (Gopi et al. 2021) for the same steps |"
-        )),
+        prv = match (statement.prv_epsilon, statement.rdp_epsilon) {
+            (Some(e), _) => format!(
+                "\n| PRV bound | epsilon at most {e:.3} by the PRV accountant (Gopi et al. 2021) for the same steps |"
+            ),
+            (None, Some(e)) => format!(
+                "\n| RDP bound | epsilon at most {e:.3} by RDP alone for the same steps (looser) |"
+            ),
+            (None, None) => String::new(),
+        },
         q = statement.sampling_rate,
         sigma = statement.noise_multiplier,
         clip = statement.clip_norm,

@@ -85,6 +85,9 @@ pub struct PrivacyLedger {
     steps: u64,
     noise_mode: Option<NoiseMode>,
     seed: Option<u64>,
+    /// The last epsilon computed and its step count: each step checks the next count before
+    /// it is taken and reports it after, and the PRV bound costs milliseconds.
+    last: std::cell::Cell<Option<(u64, EpsilonAtOrder)>>,
 }
 
 impl PrivacyLedger {
@@ -118,6 +121,7 @@ impl PrivacyLedger {
             steps: 0,
             noise_mode: None,
             seed: None,
+            last: std::cell::Cell::new(None),
         })
     }
 
@@ -143,6 +147,7 @@ impl PrivacyLedger {
             steps: 0,
             noise_mode: None,
             seed: None,
+            last: std::cell::Cell::new(None),
         })
     }
 
@@ -186,6 +191,7 @@ impl PrivacyLedger {
     /// by RDP); correlated noise keeps its exact Gaussian accounting, and only RDP is accepted
     /// for it.
     pub fn with_accountant(mut self, accountant: AccountantKind) -> Result<Self, TrainError> {
+        self.last.set(None);
         match (&mut self.accounting, accountant) {
             (Accounting::Poisson { prv_epsilon_error, .. }, AccountantKind::Prv { epsilon_error }) => {
                 *prv_epsilon_error = Some(epsilon_error);
@@ -356,6 +362,17 @@ impl PrivacyLedger {
     /// Epsilon after `steps` steps; the order is NaN for correlated noise and where the PRV
     /// accountant's bound is the smaller (no RDP order).
     fn epsilon_after(&self, steps: u64) -> Result<EpsilonAtOrder, TrainError> {
+        if let Some((counted, epsilon)) = self.last.get() {
+            if counted == steps {
+                return Ok(epsilon);
+            }
+        }
+        let epsilon = self.compute_epsilon_after(steps)?;
+        self.last.set(Some((steps, epsilon)));
+        Ok(epsilon)
+    }
+
+    fn compute_epsilon_after(&self, steps: u64) -> Result<EpsilonAtOrder, TrainError> {
         match &self.accounting {
             Accounting::Poisson {
                 step_rdp,

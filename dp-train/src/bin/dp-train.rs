@@ -811,7 +811,7 @@ fn tune_command(args: TuneArgs) -> Result<(), TrainError> {
         if let (Some(f), Some(eps)) = (&result.final_run, result.final_run_epsilon) {
             let _ = writeln!(
                 w,
-                "Final full-scale run (TAN), released: test accuracy {:.2}%, epsilon {}",
+                "Final full-scale run (TAN), released: test accuracy {:.2}%, epsilon {} (RDP)",
                 100.0 * f.test_accuracy,
                 up(eps)
             );
