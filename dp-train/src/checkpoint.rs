@@ -423,27 +423,11 @@ impl Checkpointing {
         let generator_path = dir.join(GENERATOR_FILE);
         let generator: RngSnapshot = serde_json::from_str(&fs::read_to_string(&generator_path)?)
             .map_err(|e| damaged(&generator_path, e.to_string()))?;
-        let variables = vs.variables();
-        let saved = Tensor::read_safetensors(dir.join("weights.safetensors"))?;
-        if saved.len() != variables.len() {
-            return Err(corrupt("its variables differ from the model's"));
-        }
-        tch::no_grad(|| -> Result<(), TrainError> {
-            for (name, tensor) in &saved {
-                let var = variables
-                    .get(name)
-                    .ok_or_else(|| corrupt(&format!("unknown variable {name}")))?;
-                if var.size() != tensor.size() {
-                    return Err(corrupt(&format!(
-                        "{name} has shape {:?}, the model's has {:?}",
-                        tensor.size(),
-                        var.size()
-                    )));
-                }
-                var.shallow_clone().f_copy_(tensor)?;
-            }
-            Ok(())
-        })?;
+        let weights_path = dir.join("weights.safetensors");
+        let saved: BTreeMap<String, Tensor> = Tensor::read_safetensors(&weights_path)?
+            .into_iter()
+            .collect();
+        copy_weights(vs, &saved, &weights_path)?;
         Ok(Some(Resumed {
             ledger: PrivacyLedger::from_record(&state.ledger)?,
             optimizer: OptimizerState::load(
@@ -459,4 +443,39 @@ impl Checkpointing {
                 .transpose()?,
         }))
     }
+}
+
+/// Copies `weights` (read from `path`) into the variables of `vs`: every variable must be in the file with its
+/// shape, and the file may hold nothing else.
+pub(crate) fn copy_weights(
+    vs: &nn::VarStore,
+    weights: &BTreeMap<String, Tensor>,
+    path: &Path,
+) -> Result<(), TrainError> {
+    let damaged = |reason: String| TrainError::Damaged {
+        path: path.display().to_string(),
+        reason,
+    };
+    let variables = vs.variables();
+    if let Some(extra) = weights.keys().find(|n| !variables.contains_key(*n)) {
+        return Err(damaged(format!(
+            "holds {extra}, which the run's model does not have"
+        )));
+    }
+    tch::no_grad(|| {
+        for (name, var) in &variables {
+            let saved = weights
+                .get(name)
+                .ok_or_else(|| damaged(format!("has no {name}")))?;
+            if saved.size() != var.size() {
+                return Err(damaged(format!(
+                    "{name} has shape {:?}, the model's {:?}",
+                    saved.size(),
+                    var.size()
+                )));
+            }
+            var.shallow_clone().f_copy_(saved)?;
+        }
+        Ok(())
+    })
 }

@@ -14,7 +14,7 @@ use dp_core::Tape;
 use tch::{nn, Device, Kind, Tensor};
 use tokenizers::Tokenizer;
 
-use crate::checkpoint::Checkpointing;
+use crate::checkpoint::{copy_weights, Checkpointing};
 use crate::data::assets_dir;
 use crate::error::{AtPath, TrainError};
 use crate::fashion_mnist::FashionMnist;
@@ -225,8 +225,10 @@ impl TrainedModel {
                 Ok(self.labelled_texts(test, "the Rotten Tomatoes test split".into()))
             }
             _ => {
-                let path = data.test_file.clone().unwrap_or_default();
-                self.labelled_csv(&path)
+                let path = data.test_file.as_deref().ok_or_else(|| {
+                    TrainError::Config("the run's plan names no data.test_file".into())
+                })?;
+                self.labelled_csv(path)
             }
         }
     }
@@ -295,50 +297,16 @@ impl TrainedModel {
         };
         let classes = self.class_names.len() as i64;
         let mut out = Tensor::zeros([n, classes], (Kind::Float, device));
-        tch::no_grad(|| {
+        tch::no_grad(|| -> Result<(), TrainError> {
             for start in (0..n).step_by(BATCH as usize) {
                 let rows = order.narrow(0, start, BATCH.min(n - start));
                 let logits = model.logits(&inputs.index_select(0, &rows), &mut Tape::off());
-                let _ = out.index_copy_(0, &rows, &logits.to_kind(Kind::Float));
+                let _ = out.f_index_copy_(0, &rows, &logits.to_kind(Kind::Float))?;
             }
-        });
+            Ok(())
+        })?;
         Ok(out.to_device(Device::Cpu))
     }
-}
-
-/// Copies `weights` into the variables of `vs`: every variable must be in the file with its
-/// shape, and the file may hold nothing else.
-fn copy_weights(
-    vs: &nn::VarStore,
-    weights: &BTreeMap<String, Tensor>,
-    path: &Path,
-) -> Result<(), TrainError> {
-    let damaged = |reason: String| TrainError::Damaged {
-        path: path.display().to_string(),
-        reason,
-    };
-    let variables = vs.variables();
-    if let Some(extra) = weights.keys().find(|n| !variables.contains_key(*n)) {
-        return Err(damaged(format!(
-            "holds {extra}, which the run's plan does not make"
-        )));
-    }
-    tch::no_grad(|| {
-        for (name, var) in &variables {
-            let saved = weights
-                .get(name)
-                .ok_or_else(|| damaged(format!("has no {name}")))?;
-            if saved.size() != var.size() {
-                return Err(damaged(format!(
-                    "{name} has shape {:?}, the plan's model {:?}",
-                    saved.size(),
-                    var.size()
-                )));
-            }
-            var.shallow_clone().f_copy_(saved)?;
-        }
-        Ok(())
-    })
 }
 
 /// The pretrained folder of an encoder plan.

@@ -352,16 +352,6 @@ fn epsilon_of(event: &DpEvent, delta: f64) -> Result<f64, TrainError> {
     Ok(acc.epsilon(delta)?)
 }
 
-/// The noise multiplier a ledger accounts for a Poisson plan's event.
-fn accounted_sigma(event: &DpEvent) -> f64 {
-    match event {
-        DpEvent::SelfComposed { event, .. } => accounted_sigma(event),
-        DpEvent::PoissonSampled { event, .. } => accounted_sigma(event),
-        DpEvent::Gaussian { noise_multiplier } => *noise_multiplier,
-        _ => f64::NAN,
-    }
-}
-
 /// Where the runs happen: the plan's text, the device and the data folder.
 #[derive(Debug, Clone, Copy)]
 pub struct Workspace<'a> {
@@ -388,10 +378,11 @@ impl LoadedJob {
         place: Workspace<'_>,
         validation: usize,
     ) -> Result<(), TrainError> {
+        let written = |e: toml::ser::Error| TrainError::Config(format!("tune: {e}"));
         let key = format!(
             "{}{}",
-            toml::to_string(&config.data).unwrap_or_default(),
-            toml::to_string(&config.model).unwrap_or_default()
+            toml::to_string(&config.data).map_err(written)?,
+            toml::to_string(&config.model).map_err(written)?
         );
         if slot.as_ref().is_some_and(|loaded| loaded.key == key) {
             return Ok(());
@@ -478,7 +469,8 @@ pub fn tune(
             run_config
         };
         let run_plan = run_config.resolve()?;
-        if run_plan.event != if scored { &training_event } else { &full.event }.clone() {
+        let accounted = if scored { &training_event } else { &full.event };
+        if &run_plan.event != accounted {
             return Err(TrainError::Config(format!(
                 "tune: the values {values:?} change what a run accounts; search only [model], [training] and privacy.clip_norm"
             )));
@@ -581,7 +573,7 @@ pub fn tune(
         chosen,
         trials: (disclosure == Disclosure::AllTrials).then_some(trials),
         search_batch_size: base.privacy.expected_batch_size * scale,
-        search_noise_multiplier: accounted_sigma(&training_event),
+        search_noise_multiplier: search_plan.ledger(delta)?.noise_multiplier(),
         steps: search_plan.steps,
         validation_size: v,
         single_run_epsilon,
