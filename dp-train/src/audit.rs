@@ -326,6 +326,7 @@ fn run_config(config: &AuditConfig, plan: &Plan) -> DpSgdConfig {
         noise_multiplier: noise_multiplier_for(NoiseMode::Secure, plan.sigma),
         noise: NoiseMode::Secure,
         learning_rate: config.learning_rate,
+        prefix_rates: Vec::new(),
         optimizer: Default::default(),
         schedule: Default::default(),
         delta: config.delta,

@@ -52,6 +52,11 @@ pub struct DpSgdConfig {
     pub noise: NoiseMode,
     /// Base learning rate.
     pub learning_rate: f64,
+    /// Base rates of the variables whose name starts with a prefix, in place of
+    /// `learning_rate` (the first matching prefix wins; the schedule scales them alike): a
+    /// pretrained encoder's new head (`classifier.`) can learn at a linear probe's rate while
+    /// the pretrained blocks move slowly. Empty: one rate for all. No effect on privacy.
+    pub prefix_rates: Vec<(String, f64)>,
     /// The optimizer stepping on the privatized gradient.
     pub optimizer: Optimizer,
     /// Learning-rate schedule over the run.
@@ -372,10 +377,10 @@ pub fn train_with_hooks(
             .iter()
             .map(|(n, s)| (n.clone(), s / config.expected_batch_size))
             .collect();
-        let lr = config
-            .schedule
-            .rate(config.learning_rate, ledger.steps(), config.steps);
-        optimizer.step(&variables, &mean_gradient, lr)?;
+        let scale = config.schedule.rate(1.0, ledger.steps(), config.steps);
+        optimizer.step(&variables, &mean_gradient, |name| {
+            scale * base_rate(config, name)
+        })?;
         if let Some(c) = checkpointing {
             if ledger.steps() % c.every.max(1) == 0 || ledger.steps() == config.steps {
                 c.save(vs, &optimizer, rng, &ledger, steps.correlated())?;
@@ -440,6 +445,15 @@ fn validate(config: &DpSgdConfig, n: i64) -> Result<(), TrainError> {
             config.noise_multiplier
         ));
     }
+    if let Some((prefix, rate)) = config
+        .prefix_rates
+        .iter()
+        .find(|(_, rate)| !(rate.is_finite() && *rate > 0.0))
+    {
+        return bad(format!(
+            "the learning rate of '{prefix}' must be a finite number > 0, got {rate}"
+        ));
+    }
     if !(config.learning_rate.is_finite() && config.learning_rate > 0.0) {
         return bad(format!(
             "learning rate {} must be positive",
@@ -453,4 +467,14 @@ fn validate(config: &DpSgdConfig, n: i64) -> Result<(), TrainError> {
         ));
     }
     config.optimizer.check()
+}
+
+/// The base learning rate of variable `name`: that of the first prefix it starts with, else
+/// the run's.
+fn base_rate(config: &DpSgdConfig, name: &str) -> f64 {
+    config
+        .prefix_rates
+        .iter()
+        .find(|(prefix, _)| name.starts_with(prefix.as_str()))
+        .map_or(config.learning_rate, |&(_, rate)| rate)
 }

@@ -267,6 +267,7 @@ pub fn run(
         noise_multiplier,
         noise: config.noise_mode,
         learning_rate: config.learning_rate,
+        prefix_rates: Vec::new(),
         optimizer: config.optimizer,
         schedule: config.schedule,
         delta: config.delta,

@@ -182,10 +182,14 @@ pub enum Finetune {
     },
 }
 
+/// The prefix of the classification head's variable names (`classifier.weight`,
+/// `classifier.bias`, as in Hugging Face's BERT classifiers).
+pub const HEAD_PREFIX: &str = "classifier.";
+
 impl Finetune {
     /// Whether the variable `name` of an [`EncoderClassifier`] is trained.
     pub fn trains(&self, name: &str, layers: i64) -> bool {
-        if name.starts_with("classifier.") {
+        if name.starts_with(HEAD_PREFIX) {
             return true;
         }
         match *self {
@@ -417,7 +421,7 @@ impl EncoderClassifier {
         let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, var) in &variables {
-            let fresh = name.starts_with("classifier.") || name.contains(".lora_");
+            let fresh = name.starts_with(HEAD_PREFIX) || name.contains(".lora_");
             match file.remove(name) {
                 Some(t) if t.size() == var.size() => tch::no_grad(|| {
                     var.shallow_clone().copy_(&t);

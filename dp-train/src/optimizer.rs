@@ -191,15 +191,15 @@ impl OptimizerState {
         Ok(state)
     }
 
-    /// Updates each variable named in `gradients` (the privatized mean gradient) at rate `lr`,
-    /// in place. Every libtorch error (a gradient of another shape, kind or device than its
+    /// Updates each variable named in `gradients` (the privatized mean gradient) at its rate
+    /// `lr(name)`, in place. Every libtorch error (a gradient of another shape, kind or device than its
     /// variable) is returned, never dropped: a failed update must not be counted as a step. A
     /// gradient whose name or shape does not match a variable is refused before anything changes.
     pub fn step(
         &mut self,
         variables: &HashMap<String, Tensor>,
         gradients: &BTreeMap<String, Tensor>,
-        lr: f64,
+        lr: impl Fn(&str) -> f64,
     ) -> Result<(), TrainError> {
         for (name, g) in gradients {
             let Some(theta) = variables.get(name) else {
@@ -220,6 +220,7 @@ impl OptimizerState {
         tch::no_grad(|| {
             for (name, g) in gradients {
                 let mut theta = variables[name].shallow_clone();
+                let lr = lr(name);
                 let update = match self.optimizer {
                     Optimizer::Sgd { momentum, nesterov } => {
                         if momentum == 0.0 {

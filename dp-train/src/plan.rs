@@ -170,6 +170,10 @@ fn poisson() -> String {
 pub struct TrainingSection {
     /// Base learning rate.
     pub learning_rate: f64,
+    /// The rate of an encoder's classification head (`classifier.*`, trained from scratch)
+    /// when it should differ from `learning_rate` (then the rate of the pretrained weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_learning_rate: Option<f64>,
     /// Optimizer (`{ kind = "sgd", momentum = 0.9, nesterov = false }`, `"adam"`, `"adam_w"`).
     #[serde(default)]
     pub optimizer: Optimizer,
@@ -339,6 +343,11 @@ impl TrainConfig {
             noise_multiplier: plan.noise_multiplier,
             noise: self.privacy.noise_mode,
             learning_rate: self.training.learning_rate,
+            prefix_rates: self
+                .training
+                .head_learning_rate
+                .map(|rate| vec![(crate::models::HEAD_PREFIX.to_string(), rate)])
+                .unwrap_or_default(),
             optimizer: self.training.optimizer,
             schedule: self.training.schedule,
             delta: self.privacy.delta,
@@ -389,6 +398,18 @@ impl TrainConfig {
                 "training.learning_rate must be a finite number > 0, got {}",
                 t.learning_rate
             )));
+        }
+        if let Some(rate) = t.head_learning_rate {
+            if self.model.kind != "encoder" {
+                return Err(config_error(
+                    "training.head_learning_rate is for encoder models (the new head on a pretrained encoder)",
+                ));
+            }
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(config_error(format!(
+                    "training.head_learning_rate must be a finite number > 0, got {rate}"
+                )));
+            }
         }
         t.optimizer.check()?;
         let perf = &self.performance;

@@ -98,6 +98,7 @@ fn empty_batches_still_add_noise_and_count_as_steps() {
         noise_multiplier: 1.0,
         noise: NoiseMode::Secure,
         learning_rate: 0.1,
+        prefix_rates: Vec::new(),
         optimizer: Default::default(),
         schedule: Default::default(),
         delta: 1e-5,
@@ -126,6 +127,74 @@ fn empty_batches_still_add_noise_and_count_as_steps() {
         moved > 0.0,
         "noise must move the weights even when every batch is empty"
     );
+}
+
+/// Plain SGD without noise: one step moves each weight by `rate * mean gradient`, so a variable
+/// given its own rate moves by exactly that rate's share, and the others as before.
+#[test]
+fn a_prefix_rate_steps_its_variables_at_their_own_rate() {
+    let step = |prefix_rates: Vec<(String, f64)>| {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        vs.set_kind(Kind::Double);
+        let first = DpLinear::new(&(vs.root() / "first"), 3, 2, true);
+        let second = DpLinear::new(&(vs.root() / "second"), 3, 2, true);
+        // Fixed weights and inputs, not drawn: the two runs must start from the same point.
+        tch::no_grad(|| {
+            for (k, w) in [&first.weight, &second.weight].into_iter().enumerate() {
+                let fixed = Tensor::arange(6, (Kind::Double, Device::Cpu)).view([2, 3]);
+                w.shallow_clone().copy_(&(fixed * (0.1 + k as f64)).cos());
+            }
+            for b in [&first.bias, &second.bias].into_iter().flatten() {
+                let _ = b.shallow_clone().zero_();
+            }
+        });
+        let inputs = Tensor::arange(120, (Kind::Double, Device::Cpu))
+            .view([40, 3])
+            .sin();
+        let labels = Tensor::from_slice(&[0i64, 1]).repeat([20]);
+        let before = [first.weight.copy(), second.weight.copy()];
+        let config = DpSgdConfig {
+            expected_batch_size: 20.0,
+            physical_batch_size: 8,
+            steps: 1,
+            clip_norm: 1.0,
+            noise_multiplier: 0.0,
+            noise: NoiseMode::Secure,
+            learning_rate: 0.1,
+            prefix_rates,
+            optimizer: Default::default(),
+            schedule: Default::default(),
+            delta: 1e-5,
+            epsilon_budget: f64::INFINITY,
+            mechanism: Mechanism::PoissonGaussian,
+            clipping: ClippingStyle::Flat,
+            accountant: dp_accounting::AccountantKind::Rdp,
+        };
+        let _ = train(
+            &vs,
+            |x: &Tensor, tape: &mut Tape| &first.forward(x, tape) + &second.forward(x, tape),
+            Batches {
+                inputs: &inputs,
+                labels: &labels,
+            },
+            &config,
+            &mut PrivacyRng::from_seed(3),
+            |_| {},
+        )?;
+        Ok::<_, TrainError>([&first.weight - &before[0], &second.weight - &before[1]])
+    };
+    let [first, second] = step(Vec::new()).unwrap();
+    let [first_own, second_own] = step(vec![("second.".into(), 0.3)]).unwrap();
+    assert!(
+        second.abs().max().double_value(&[]) > 1e-3,
+        "the step moved"
+    );
+    assert!(first_own.allclose(&first, 1e-12, 1e-14, false));
+    assert!(second_own.allclose(&(&second * 3.0), 1e-12, 1e-14, false));
+    let refused = step(vec![("second.".into(), -1.0)])
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("'second.'"), "{refused}");
 }
 
 #[test]
@@ -846,7 +915,7 @@ mod optimizers {
         let mut state = OptimizerState::new(optimizer);
         for g in GRADS {
             let grads = BTreeMap::from([("w".to_string(), Tensor::from_slice(&g))]);
-            state.step(&variables, &grads, 0.1).unwrap();
+            state.step(&variables, &grads, |_| 0.1).unwrap();
         }
         Vec::<f64>::try_from(theta).unwrap()
     }
@@ -871,7 +940,7 @@ mod optimizers {
                 ("v", Tensor::from_slice(&[0.5f64, 1.0])),
             ] {
                 let grads = BTreeMap::from([(name.to_string(), g)]);
-                assert!(state.step(&variables, &grads, 0.1).is_err(), "{name}");
+                assert!(state.step(&variables, &grads, |_| 0.1).is_err(), "{name}");
             }
             assert_eq!(state.steps(), 0);
             assert_eq!(Vec::<f64>::try_from(&theta).unwrap(), [1.0, -2.0]);
@@ -1794,6 +1863,11 @@ mod plans {
                 ),
                 ("training.learning_rate=-1", "training.learning_rate"),
                 ("training.learning_rate=nan", "training.learning_rate"),
+                // The MLP has no pretrained part to set apart from its head.
+                (
+                    "training.head_learning_rate=1.0",
+                    "training.head_learning_rate",
+                ),
                 ("data.max_length=100000", "data.max_length"),
                 // A delta that publishing one random example whole would meet.
                 ("privacy.delta=0.1", "1/N"),
@@ -2053,6 +2127,7 @@ mod plans {
         config.data.train_file = Some("train.csv".into());
         config.data.test_file = Some("test.csv".into());
         config.model.pretrained = Some("minilm".into());
+        config.training.head_learning_rate = Some(1.0);
         let table = toml::Table::try_from(&config).unwrap();
         let parsed: BTreeSet<String> = table
             .iter()
@@ -2466,6 +2541,7 @@ device = "cpu"
             noise_multiplier: 1.0,
             noise: NoiseMode::Fast,
             learning_rate: 0.1,
+            prefix_rates: Vec::new(),
             optimizer: Default::default(),
             schedule: Default::default(),
             delta: 1e-5,
