@@ -8,7 +8,7 @@ use dp_accounting::mf::{
 use dp_accounting::quiet_println as println;
 use serde_json::{json, Map, Value};
 
-use super::{accountant, number, shown, usage, Choice, Failure};
+use crate::common::{accountant, check_delta, number, shown, usage, Choice, Failure};
 
 /// Most steps a strategy is built for: memory and time grow linearly with the steps (at 1e6
 /// steps `banded` takes about 10 s and 260 MB, `blt` about 90 s).
@@ -240,9 +240,7 @@ pub(crate) fn run(a: MfArgs) -> Result<(), Failure> {
                     format!("must be a finite number > 0, got {sigma}"),
                 ));
             }
-            if !(delta.is_finite() && delta > 0.0 && delta < 1.0) {
-                return Err(usage("delta", format!("must be in (0, 1), got {delta}")));
-            }
+            check_delta(delta)?;
             Some((sigma, delta))
         }
     };
