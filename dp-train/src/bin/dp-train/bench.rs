@@ -1,0 +1,297 @@
+//! `dp-train bench`: DP steps timed against a non-private step, and the noise alone.
+
+use dp_accounting::quiet_println as println;
+use dp_core::NoiseMode;
+use dp_train::bench::{self, BenchConfig, StepMode};
+use dp_train::models::{EncoderShape, Precision};
+use dp_train::TrainError;
+use tch::Device;
+
+use crate::common::parse_device;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct BenchArgs {
+    /// Encoder shape: minilm (all-MiniLM-L6-v2) or bert-base.
+    #[arg(long, default_value = "minilm", value_parser = ["minilm", "bert-base"])]
+    shape: String,
+    /// Examples per step.
+    #[arg(long, allow_hyphen_values = true, default_value_t = 32)]
+    batch: i64,
+    /// Tokens per example.
+    #[arg(long, allow_hyphen_values = true, default_value_t = 64)]
+    seq: i64,
+    /// Timed rounds: one step per mode each, after a warm-up round (medians reported).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// cpu, cuda, or auto.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    device: String,
+    /// Activation precision of both modes: f32, or bf16 (parameters, per-example norms and
+    /// clipped sums stay f32; meant for CUDA).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    precision: String,
+    /// Instead of DP vs non-private: time a DP step with independent noise against one with
+    /// correlated BLT noise of this many buffers (matrix factorization), side by side.
+    #[arg(long, value_name = "BUFFERS")]
+    correlated: Option<usize>,
+    /// Noise of the DP steps: secure, fast, or both (timed side by side, interleaved). A DP
+    /// step that only clips (no noise) is always timed too, to show the engine's own cost.
+    #[arg(long, default_value = "both", value_parser = ["secure", "fast", "both"])]
+    noise: String,
+    /// Internal: run one mode only (a DP step with --noise, one that only clips, or a
+    /// non-private one) and report its peak memory.
+    #[arg(long, hide = true, value_parser = ["dp", "clip", "nonprivate"])]
+    only: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(args: BenchArgs) -> Result<(), TrainError> {
+    let device = parse_device(&args.device)?;
+    if args.batch < 1 || args.seq < 1 || args.seq > 512 {
+        return Err(TrainError::Config(
+            "--batch must be >= 1 and --seq in 1..=512".into(),
+        ));
+    }
+    let shape = if args.shape == "bert-base" {
+        EncoderShape::BERT_BASE
+    } else {
+        EncoderShape::MINILM
+    };
+    let config = BenchConfig {
+        shape,
+        batch: args.batch,
+        seq: args.seq,
+        steps: args.steps,
+        device,
+        precision: if args.precision == "bf16" {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        },
+    };
+    if let Some(buffers) = args.correlated {
+        let (independent, correlated) = bench::time_correlated_noise(&config, buffers)?;
+        let overhead = correlated / independent - 1.0;
+        let out = serde_json::json!({
+            "shape": args.shape, "batch": args.batch, "seq": args.seq, "device": format!("{device:?}"),
+            "buffers": buffers, "independent_dp_step_s": independent, "correlated_dp_step_s": correlated,
+            "correlated_overhead": overhead,
+        });
+        if args.json {
+            println!("{out}");
+        } else {
+            println!("{} encoder, batch {}, seq {}, {}: DP step with independent noise {:.3} s, with BLT noise ({buffers} buffers) {:.3} s: {:+.1}%", args.shape, args.batch, args.seq, dp_train::device_name(device), independent, correlated, 100.0 * overhead);
+        }
+        return Ok(());
+    }
+    let mut noises: Vec<Option<NoiseMode>> = match args.noise.as_str() {
+        "both" => vec![Some(NoiseMode::Secure), Some(NoiseMode::Fast)],
+        one => vec![Some(one.parse().map_err(TrainError::Config)?)],
+    };
+    if let Some(only) = &args.only {
+        let (mode, noise) = match only.as_str() {
+            "dp" => (StepMode::Dp, noises[0]),
+            "clip" => (StepMode::Dp, None),
+            _ => (StepMode::NonPrivate, None),
+        };
+        let run = bench::time_mode(&config, mode, noise)?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "step_s": run.step_s, "peak_bytes": bench::peak_resident_bytes(),
+                "device_peak_bytes": run.device_peak_bytes,
+            })
+        );
+        return Ok(());
+    }
+    noises.push(None);
+    let numel = bench::trainable_coordinates(&config);
+    let on_device = device != Device::Cpu;
+    let rates = (!on_device)
+        .then(|| bench::noise_throughput(numel, 5))
+        .transpose()?;
+    let times = bench::time_all(&config, &noises)?;
+    // The step table is the point of the bench: a failure of the device-noise timing is
+    // reported beside it rather than losing it.
+    let device_noise = on_device.then(|| bench::device_noise(numel, device, 5));
+    // The peaks of one mode run alone: "dp" with a noise, "clip", "nonprivate".
+    let peak = |mode: &str, noise: NoiseMode| -> Option<bench::ModePeak> {
+        let exe = std::env::current_exe().ok()?;
+        let out = std::process::Command::new(exe)
+            .args([
+                "bench",
+                "--shape",
+                &args.shape,
+                "--batch",
+                &args.batch.to_string(),
+                "--seq",
+                &args.seq.to_string(),
+                "--steps",
+                "1",
+                "--device",
+                &args.device,
+                "--precision",
+                &args.precision,
+                "--noise",
+                noise.name(),
+                "--only",
+                mode,
+            ])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(bench::ModePeak {
+            host: v["peak_bytes"].as_u64()?,
+            device: v["device_peak_bytes"].as_u64(),
+        })
+    };
+    let first_noise = noises[0].unwrap_or(NoiseMode::Fast);
+    let mut peaks: Vec<(String, Option<bench::ModePeak>)> = noises
+        .iter()
+        .map(|n| match n {
+            Some(mode) => (mode.name().to_string(), peak("dp", *mode)),
+            None => ("clip_only".to_string(), peak("clip", first_noise)),
+        })
+        .collect();
+    peaks.push(("nonprivate".into(), peak("nonprivate", first_noise)));
+    let host_peak = |name: &str| peaks.iter().find(|(n, _)| n == name)?.1.map(|p| p.host);
+    let device_peak = |name: &str| peaks.iter().find(|(n, _)| n == name)?.1?.device;
+    let (dp_peak, nonprivate_peak) = (host_peak(first_noise.name()), host_peak("nonprivate"));
+    let memory_ratio = dp_peak
+        .zip(nonprivate_peak)
+        .map(|(d, n)| d as f64 / n as f64);
+    let device_memory: serde_json::Map<String, serde_json::Value> = peaks
+        .iter()
+        .filter_map(|(name, _)| Some((name.clone(), device_peak(name)?.into())))
+        .collect();
+    let device_memory_ratio: serde_json::Map<String, serde_json::Value> = device_peak("nonprivate")
+        .map(|plain| {
+            peaks
+                .iter()
+                .filter(|(name, _)| name != "nonprivate")
+                .filter_map(|(name, _)| {
+                    Some((
+                        name.clone(),
+                        (device_peak(name)? as f64 / plain as f64).into(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let name = |m: &Option<NoiseMode>| m.map_or("clip_only", NoiseMode::name).to_string();
+    let step_s: serde_json::Map<String, serde_json::Value> = times
+        .dp
+        .iter()
+        .map(|t| (name(&t.noise), t.step_s.into()))
+        .collect();
+    let ratio: serde_json::Map<String, serde_json::Value> = times
+        .dp
+        .iter()
+        .map(|t| (name(&t.noise), t.throughput_ratio.into()))
+        .collect();
+    let noise_share: serde_json::Map<String, serde_json::Value> = times
+        .dp
+        .iter()
+        .filter_map(|t| Some((name(&t.noise), t.noise_share?.into())))
+        .collect();
+    let nonprivate = times.nonprivate_s;
+    let mut out = serde_json::json!({
+        "shape": args.shape, "batch": args.batch, "seq": args.seq, "device": format!("{device:?}"),
+        "precision": args.precision,
+        "dp_step_s": step_s, "nonprivate_step_s": nonprivate, "throughput_ratio": ratio,
+        "noise_share_of_dp_step": noise_share,
+        "secure_over_fast_step": times.secure_over_fast,
+        "noise_coordinates": numel,
+        "dp_peak_bytes": dp_peak, "nonprivate_peak_bytes": nonprivate_peak, "peak_memory_ratio": memory_ratio,
+        "peak_memory_of": "the host process's resident memory",
+        "device_peak_allocated_bytes": device_memory,
+        "device_peak_memory_ratio": device_memory_ratio,
+    });
+    if let Some(rates) = &rates {
+        out["noise_gsamples_per_s"] = serde_json::json!({
+            "secure": rates.secure / 1e9, "fast": rates.fast / 1e9,
+            "libtorch_randn": rates.randn / 1e9, "libtorch_normal_in_place": rates.normal_in_place / 1e9,
+        });
+        out["secure_over_randn"] = rates.secure_over_randn.into();
+        out["secure_over_normal_in_place"] = rates.secure_over_normal_in_place.into();
+    }
+    match &device_noise {
+        Some(Ok(d)) => {
+            out["device_noise"] = serde_json::json!({
+                "fast_release_s": d.fast_release_s, "secure_release_s": d.secure_release_s,
+                "secure_matches_host": d.secure_matches_host,
+            })
+        }
+        Some(Err(e)) => out["device_noise_error"] = e.to_string().into(),
+        None => {}
+    }
+    if args.json {
+        println!("{out}");
+    } else {
+        for t in &times.dp {
+            let what = match t.noise {
+                Some(mode) => format!("DP step ({mode} noise)"),
+                None => "DP step without noise (clipping only)".to_string(),
+            };
+            println!("{} encoder, batch {}, seq {}, {}, {} activations: {what} {:.3} s, non-private step {:.3} s, throughput ratio {:.3}", args.shape, args.batch, args.seq, dp_train::device_name(device), args.precision, t.step_s, nonprivate, t.throughput_ratio);
+        }
+        if let Some(r) = times.secure_over_fast {
+            println!("secure / fast DP step time: {r:.3}");
+        }
+        for t in &times.dp {
+            if let (Some(mode), Some(share)) = (t.noise, t.noise_share) {
+                println!(
+                    "{mode} noise: {:.1}% of the DP step beyond clipping",
+                    100.0 * share
+                );
+            }
+        }
+        if let Some(rates) = &rates {
+            println!("noise on {numel} coordinates (CPU, Gsamples/s): secure release {:.3}, fast release {:.3}, libtorch randn alone {:.3}, libtorch normal_ in place {:.3}; secure / randn {:.2}, secure / normal_ {:.2}", rates.secure / 1e9, rates.fast / 1e9, rates.randn / 1e9, rates.normal_in_place / 1e9, rates.secure_over_randn, rates.secure_over_normal_in_place);
+        }
+        if let Some(Err(e)) = &device_noise {
+            println!(
+                "noise on {}: not measured ({e})",
+                dp_train::device_name(device)
+            );
+        }
+        if let Some(Ok(d)) = &device_noise {
+            println!("noise on {numel} coordinates on {}: fast release {:.4} s, secure release {:.4} s (drawn on the host, copied, released on the device; not overlapped here); secure release equals the host's bit for bit: {}", dp_train::device_name(device), d.fast_release_s, d.secure_release_s, d.secure_matches_host);
+        }
+        if let (Some(d), Some(n), Some(r)) = (dp_peak, nonprivate_peak, memory_ratio) {
+            let scope = match device {
+                Device::Cpu => "whole process, libtorch included",
+                _ => "host memory only",
+            };
+            println!(
+                "peak resident memory: DP {:.2} GiB, non-private {:.2} GiB, ratio {:.2} ({scope})",
+                d as f64 / 1073741824.0,
+                n as f64 / 1073741824.0,
+                r
+            );
+        }
+        let gib = |b: u64| b as f64 / 1073741824.0;
+        if let Some(plain) = device_peak("nonprivate") {
+            let modes: Vec<String> = peaks
+                .iter()
+                .filter(|(name, _)| name != "nonprivate")
+                .filter_map(|(name, _)| {
+                    let p = device_peak(name)?;
+                    Some(format!(
+                        "{name} {:.2} GiB ({:.2}x)",
+                        gib(p),
+                        p as f64 / plain as f64
+                    ))
+                })
+                .collect();
+            println!(
+                "peak allocated device memory: non-private {:.2} GiB; DP {}",
+                gib(plain),
+                modes.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
