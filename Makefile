@@ -19,7 +19,7 @@ build: setup
 # (a fresh run folder each time: a folder holding a checkpoint would be resumed).
 demo: build
 	rm -rf runs/demo-minilm
-	target/release/dp-train train --config examples/minilm_rotten_tomatoes.toml --run-dir runs/demo-minilm
+	target/release/dp-train train --config examples/minilm_finetune.toml --run-dir runs/demo-minilm
 
 # The quick one: an MLP on Fashion-MNIST at epsilon 3.
 demo-fashion-mnist: build

@@ -1700,6 +1700,7 @@ mod plans {
     use dp_train::plan::TrainConfig;
 
     const PLAN: &str = include_str!("../../examples/fashion_mnist.toml");
+    const DEMO: &str = include_str!("../../examples/minilm_finetune.toml");
 
     /// Each `--set` override makes `plan` fail with an error naming its key.
     pub(super) fn assert_refused(plan: &str, cases: &[(&str, &str)]) {
@@ -1807,10 +1808,25 @@ mod plans {
                 "minilm_rotten_tomatoes_gpu",
                 include_str!("../../examples/minilm_rotten_tomatoes_gpu.toml"),
             ),
+            ("minilm_finetune", DEMO),
         ] {
             let plan = TrainConfig::from_toml(text, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(plan.resolve().unwrap().noise_multiplier > 0.0, "{name}");
         }
+        // `make demo`'s plan is what its comments and docs/finetuning.md say: the top block
+        // and the head, 199 steps at noise multiplier 0.79 for (8, 1e-5).
+        let demo = TrainConfig::from_toml(DEMO, &[]).unwrap();
+        assert_eq!(
+            demo.model.finetune,
+            dp_train::models::Finetune::Top { blocks: 1 }
+        );
+        let resolved = demo.resolve().unwrap();
+        assert_eq!((resolved.steps, demo.privacy.epsilon), (199, 8.0));
+        assert!(
+            (resolved.noise_multiplier - 0.79).abs() < 0.005,
+            "{}",
+            resolved.noise_multiplier
+        );
         let err = TrainConfig::from_toml(PLAN, &["model.kind=\"encoder\"".into()]).unwrap_err();
         assert!(err.to_string().contains("model.kind"), "{err}");
     }
