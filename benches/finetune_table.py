@@ -102,6 +102,10 @@ def render(records):
             else:
                 cells.append(f"{statistics.mean(accs):.2f} ({min(accs):.2f}-{max(accs):.2f}, n={len(accs)})")
         rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    rows.append("")
+    rows += [f"- {m}: {METHODS[m][0]}" for m in methods if m in METHODS]
+    if "tuned" in methods:
+        rows.append("- tuned: dp-train tune --config examples/tune_minilm.toml, total epsilon 8")
     return "\n".join(rows) + "\n"
 
 
