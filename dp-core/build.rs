@@ -1,7 +1,9 @@
 //! dp-core's build script: libtorch's rpath and eager CUDA link (shared with the other crates,
-//! `build/link_libtorch.rs`), and the device-memory shim (`csrc/device_memory.cpp`) compiled
-//! against the same libtorch's headers. Without libtorch the shim is left out and
-//! `dp_core::device_memory` reports that nothing is measured.
+//! `build/link_libtorch.rs`), and two shims compiled against the same libtorch's headers: the
+//! device-memory one (`csrc/device_memory.cpp`) and the c10d collectives
+//! (`csrc/collectives.cpp`, with Gloo's headers from `csrc/third_party/gloo`). Without
+//! libtorch's headers the shims are left out: `dp_core::device_memory` then reports that
+//! nothing is measured, and `dp_core::Collectives` connects no group of more than one process.
 
 #[path = "../build/link_libtorch.rs"]
 mod link_libtorch;
@@ -9,8 +11,10 @@ mod link_libtorch;
 fn main() {
     link_libtorch::main();
     println!("cargo:rerun-if-changed=csrc/device_memory.cpp");
+    println!("cargo:rerun-if-changed=csrc/collectives.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rustc-check-cfg=cfg(device_memory_shim)");
+    println!("cargo:rustc-check-cfg=cfg(collectives_shim)");
     let Some(lib_dir) = link_libtorch::torch_lib_dir() else {
         return;
     };
@@ -33,4 +37,26 @@ fn main() {
         .warnings(false)
         .compile("dp_device_memory");
     println!("cargo:rustc-cfg=device_memory_shim");
+    if !include
+        .join("torch/csrc/distributed/c10d/ProcessGroupGloo.hpp")
+        .exists()
+    {
+        println!(
+            "cargo:warning=libtorch's c10d headers are not in {}: collectives across processes are left out",
+            include.display()
+        );
+        return;
+    }
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/collectives.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .include("csrc/third_party/gloo")
+        .define("USE_C10D_GLOO", None)
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .warnings(false)
+        .compile("dp_collectives");
+    println!("cargo:rustc-cfg=collectives_shim");
 }

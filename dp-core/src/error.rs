@@ -54,6 +54,10 @@ pub enum CoreError {
     /// The background thread generating noise ahead stopped unexpectedly.
     #[error("the background noise generator stopped unexpectedly")]
     NoiseThread,
+    /// A collective between the processes of a data-parallel run failed (a peer that died or
+    /// never came, a timeout, tensors that do not match): the run cannot go on.
+    #[error("collectives: {0}")]
+    Collective(String),
     /// A libtorch call failed.
     #[error(transparent)]
     Torch(#[from] tch::TchError),

@@ -21,6 +21,7 @@
 //! References: Goodfellow 2015 (per-example norms of linear layers), Li et al. 2022 (ghost
 //! clipping), Bu et al. 2023 (book-keeping).
 
+pub mod collectives;
 mod correlated;
 pub mod device_memory;
 mod engine;
@@ -35,6 +36,7 @@ mod sampling;
 mod secure;
 mod tape;
 
+pub use collectives::Collectives;
 pub use correlated::CorrelatedNoise;
 pub use engine::{accumulation_kind, ClippedBatch, ClippingEngine, ClippingStyle};
 pub use error::CoreError;
