@@ -1,6 +1,6 @@
 // Collectives between processes through PyTorch's c10d: a TCPStore for the rendezvous and a
 // Gloo process group for all-reduce, broadcast and barrier (CPU tensors, and CUDA tensors,
-// which Gloo stages through the host). Everything that runs is libtorch's own code; this file
+// copied through the host). Everything that runs is libtorch's own code; this file
 // only builds the group from (address, port, rank, world size) and flattens a list of tensors
 // into one buffer per call.
 //
@@ -54,8 +54,9 @@ bool is_loopback(const std::string& address) {
   return address == "localhost" || address.rfind("127.", 0) == 0 || address == "::1";
 }
 
-// The tensors as one flat buffer (one collective instead of one per tensor): all must share
-// a dtype and a device.
+// The tensors as one flat host buffer (one collective instead of one per tensor; CUDA tensors
+// are copied to the host and back, which works whether or not libtorch's Gloo was built with
+// CUDA): all must share a dtype and a device.
 at::Tensor flatten(at::Tensor** tensors, size_t n) {
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> flat;
@@ -68,7 +69,7 @@ at::Tensor flatten(at::Tensor** tensors, size_t n) {
                 "collectives: every tensor of one call must be on the same device");
     flat.push_back(t.reshape({-1}));
   }
-  return at::cat(flat);
+  return at::cat(flat).to(at::kCPU);
 }
 
 void unflatten(const at::Tensor& flat, at::Tensor** tensors, size_t n) {

@@ -1,7 +1,7 @@
 //! Collectives between the processes of a data-parallel run: all-reduce (sum), broadcast and
 //! barrier over a list of tensors, run by PyTorch's own engine, c10d: a `TCPStore` for the
-//! rendezvous and a Gloo process group for the transfers (CPU tensors, and CUDA tensors, which
-//! Gloo stages through the host). The small C++ shim (`csrc/collectives.cpp`) builds the group
+//! rendezvous and a Gloo process group for the transfers (CPU tensors, and CUDA tensors, copied
+//! through host memory). The small C++ shim (`csrc/collectives.cpp`) builds the group
 //! and flattens each call's tensors into one buffer; it catches every C++ exception, which
 //! comes back as [`CoreError::Collective`], never as an abort.
 //!

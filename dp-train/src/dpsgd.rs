@@ -24,12 +24,13 @@ use std::collections::BTreeMap;
 use dp_accounting::mf::NoiseRecurrence;
 use dp_accounting::{AccountantKind, DpEvent};
 use dp_core::{
-    ClippingEngine, ClippingStyle, CorrelatedNoise, GaussianNoise, NoiseMode, PoissonSampler,
-    PrivacyRng, Tape,
+    ClippingEngine, ClippingStyle, Collectives, CorrelatedNoise, GaussianNoise, NoiseMode,
+    PoissonSampler, PrivacyRng, Tape,
 };
 use tch::{nn, Kind, Reduction, Tensor};
 
 use crate::checkpoint::Checkpointing;
+use crate::data_parallel::Protocol;
 use crate::error::TrainError;
 use crate::ledger::PrivacyLedger;
 use crate::optimizer::{Optimizer, OptimizerState, Schedule};
@@ -219,6 +220,68 @@ pub fn train_with_hooks(
     rng: &mut PrivacyRng,
     hooks: &mut impl StepHooks,
     checkpointing: Option<&Checkpointing>,
+    on_step: impl FnMut(&StepReport),
+) -> Result<TrainSummary, TrainError> {
+    let alone = Collectives::single();
+    lead(
+        &alone,
+        vs,
+        logits,
+        data,
+        config,
+        rng,
+        hooks,
+        checkpointing,
+        on_step,
+    )
+}
+
+/// [`train_with_hooks`] as rank 0 of a data-parallel run ([`crate::data_parallel`]): the other
+/// ranks of `collectives` run [`crate::serve_as_worker`] on the same model, data and
+/// configuration. The mechanism, the ledger and the checkpoints are those of one process; the
+/// clipped sums are computed by all ranks. Hooks are not offered here: they would see only
+/// the leader's share.
+#[allow(clippy::too_many_arguments)]
+pub fn train_data_parallel(
+    collectives: &Collectives,
+    vs: &nn::VarStore,
+    logits: impl Fn(&Tensor, &mut Tape) -> Tensor,
+    data: Batches<'_>,
+    config: &DpSgdConfig,
+    rng: &mut PrivacyRng,
+    checkpointing: Option<&Checkpointing>,
+    on_step: impl FnMut(&StepReport),
+) -> Result<TrainSummary, TrainError> {
+    if !collectives.is_leader() {
+        return Err(TrainError::Config(format!(
+            "rank {} serves a data-parallel run (serve_as_worker); only rank 0 trains",
+            collectives.rank()
+        )));
+    }
+    lead(
+        collectives,
+        vs,
+        logits,
+        data,
+        config,
+        rng,
+        &mut NoHooks,
+        checkpointing,
+        on_step,
+    )
+}
+
+/// The training loop of the run's only process, or of rank 0 of a data-parallel one.
+#[allow(clippy::too_many_arguments)]
+fn lead(
+    collectives: &Collectives,
+    vs: &nn::VarStore,
+    logits: impl Fn(&Tensor, &mut Tape) -> Tensor,
+    data: Batches<'_>,
+    config: &DpSgdConfig,
+    rng: &mut PrivacyRng,
+    hooks: &mut impl StepHooks,
+    checkpointing: Option<&Checkpointing>,
     mut on_step: impl FnMut(&StepReport),
 ) -> Result<TrainSummary, TrainError> {
     let n = data.labels.size()[0];
@@ -304,6 +367,8 @@ pub fn train_with_hooks(
         }
         (ledger, optimizer, *rng) = (resumed.ledger, resumed.optimizer, resumed.rng);
     }
+    let protocol = Protocol::new(collectives);
+    protocol.share_model(vs)?;
     let mut nonfinite_examples = 0;
     let mut stopped_by_budget = false;
     while ledger.steps() < config.steps {
@@ -323,32 +388,19 @@ pub fn train_with_hooks(
             }
         };
         hooks.batch(ledger.steps() + 1, &batch);
-        let mut sums = engine.zero_sums();
-        let (mut loss_sum, mut correct) = (0.0, 0i64);
-        for chunk in batch.chunks(config.physical_batch_size) {
-            let index = Tensor::from_slice(chunk).to_device(data.inputs.device());
-            let x = data.inputs.index_select(0, &index);
-            let y = data.labels.index_select(0, &index);
-            let mut tape = Tape::recording();
-            let out = logits(&x, &mut tape);
-            correct += tch::no_grad(|| {
-                out.argmax(-1, false)
-                    .eq_tensor(&y)
-                    .sum(Kind::Int64)
-                    .int64_value(&[])
-            });
-            let losses = out.cross_entropy_loss::<Tensor>(&y, None, Reduction::None, -100, 0.0);
-            loss_sum += losses.sum(Kind::Double).double_value(&[]);
-            let clipped = engine.clip(tape.take(), &losses)?;
-            nonfinite_examples += clipped.nonfinite;
-            clipped.add_to(&mut sums);
-        }
+        protocol.announce(Some(&batch))?;
+        let share = protocol.share(&batch);
+        let (mut sums, mut stats) =
+            clipped_sums(&engine, &logits, data, &share, config.physical_batch_size)?;
+        protocol.reduce(&mut sums, &mut stats)?;
+        nonfinite_examples += stats.nonfinite;
         match ledger.record_step() {
             Ok(()) => {}
             // The budget would be exceeded: the step is not taken, the run ends here, its
             // last step checkpointed (a rerun then resumes and stops, never starts over).
             Err(TrainError::BudgetExhausted { .. }) => {
                 stopped_by_budget = true;
+                protocol.conclude(vs, false)?;
                 if let Some(c) = checkpointing.filter(|_| ledger.steps() > 0) {
                     c.save(vs, &optimizer, rng, &ledger, steps.correlated())?;
                 }
@@ -381,6 +433,7 @@ pub fn train_with_hooks(
         optimizer.step(&variables, &mean_gradient, |name| {
             scale * base_rate(config, name)
         })?;
+        protocol.conclude(vs, true)?;
         if let Some(c) = checkpointing {
             if ledger.steps() % c.every.max(1) == 0 || ledger.steps() == config.steps {
                 c.save(vs, &optimizer, rng, &ledger, steps.correlated())?;
@@ -389,16 +442,62 @@ pub fn train_with_hooks(
         on_step(&StepReport {
             step: ledger.steps(),
             batch_size: batch.len(),
-            mean_loss: loss_sum / batch.len() as f64,
-            accuracy: correct as f64 / batch.len() as f64,
+            mean_loss: stats.loss_sum / batch.len() as f64,
+            accuracy: stats.correct as f64 / batch.len() as f64,
             epsilon: ledger.spent()?.epsilon,
         });
+    }
+    if !stopped_by_budget {
+        protocol.announce(None)?;
     }
     Ok(TrainSummary {
         ledger,
         nonfinite_examples,
         stopped_by_budget,
     })
+}
+
+/// What a share of a logical batch gave besides its clipped sums, for progress reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ShareStats {
+    /// The sum of the examples' losses.
+    pub loss_sum: f64,
+    /// How many were classified correctly before the update.
+    pub correct: i64,
+    /// How many were dropped for non-finite gradients.
+    pub nonfinite: i64,
+}
+
+/// The clipped gradient sums of `examples` (indices into `data`), run through the model in
+/// physical batches of at most `physical` examples.
+pub(crate) fn clipped_sums(
+    engine: &ClippingEngine,
+    logits: &impl Fn(&Tensor, &mut Tape) -> Tensor,
+    data: Batches<'_>,
+    examples: &[i64],
+    physical: usize,
+) -> Result<(BTreeMap<String, Tensor>, ShareStats), TrainError> {
+    let mut sums = engine.zero_sums();
+    let mut stats = ShareStats::default();
+    for chunk in examples.chunks(physical) {
+        let index = Tensor::from_slice(chunk).to_device(data.inputs.device());
+        let x = data.inputs.index_select(0, &index);
+        let y = data.labels.index_select(0, &index);
+        let mut tape = Tape::recording();
+        let out = logits(&x, &mut tape);
+        stats.correct += tch::no_grad(|| {
+            out.argmax(-1, false)
+                .eq_tensor(&y)
+                .sum(Kind::Int64)
+                .int64_value(&[])
+        });
+        let losses = out.cross_entropy_loss::<Tensor>(&y, None, Reduction::None, -100, 0.0);
+        stats.loss_sum += losses.sum(Kind::Double).double_value(&[]);
+        let clipped = engine.clip(tape.take(), &losses)?;
+        stats.nonfinite += clipped.nonfinite;
+        clipped.add_to(&mut sums);
+    }
+    Ok((sums, stats))
 }
 
 /// Fraction of correctly classified examples, evaluated without recording.
@@ -425,7 +524,7 @@ pub fn evaluate_accuracy(
     correct as f64 / n as f64
 }
 
-fn validate(config: &DpSgdConfig, n: i64) -> Result<(), TrainError> {
+pub(crate) fn validate(config: &DpSgdConfig, n: i64) -> Result<(), TrainError> {
     let bad = |msg: String| Err(TrainError::Config(msg));
     if n <= 0 {
         return bad("the training set is empty".into());

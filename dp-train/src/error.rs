@@ -54,6 +54,10 @@ pub enum TrainError {
     /// An input or output operation failed (inside a step whose file is named by the caller).
     #[error("input/output error: {0}")]
     Io(#[from] std::io::Error),
+    /// A process of a data-parallel run failed or could not be started; the others were
+    /// stopped.
+    #[error("data-parallel run: {0}")]
+    Distributed(String),
     /// A libtorch error.
     #[error(transparent)]
     Torch(#[from] tch::TchError),

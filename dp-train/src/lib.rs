@@ -11,6 +11,7 @@ pub mod audit_plan;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
+pub mod data_parallel;
 mod dpsgd;
 mod error;
 pub mod evaluation;
@@ -26,9 +27,10 @@ pub mod text;
 pub mod trained;
 pub mod tune;
 
+pub use data_parallel::serve_as_worker;
 pub use dpsgd::{
-    evaluate_accuracy, train, train_with_hooks, Batches, DpSgdConfig, Mechanism, NoHooks,
-    StepHooks, StepReport, TrainSummary,
+    evaluate_accuracy, train, train_data_parallel, train_with_hooks, Batches, DpSgdConfig,
+    Mechanism, NoHooks, StepHooks, StepReport, TrainSummary,
 };
 pub use error::{AtPath, TrainError};
 pub use ledger::{LedgerRecord, PrivacyLedger};

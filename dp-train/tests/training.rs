@@ -3209,3 +3209,209 @@ training.learning_rate = [0.5, 2.0]
         assert!((p[0] - 1.0 / 3.0).abs() < 1e-12 && (p[1] - 2.0 / 3.0).abs() < 1e-12);
     }
 }
+
+/// Data-parallel training (`--workers N`): the one-process mechanism with its clipping shared.
+mod data_parallel {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    /// A small Fashion-MNIST plan: 4000 examples, batches of 256, two epochs (32 steps).
+    const SMALL: [&str; 8] = [
+        "--set",
+        "data.dataset_size=4000",
+        "--set",
+        "privacy.expected_batch_size=256",
+        "--set",
+        "privacy.epochs=2",
+        "--set",
+        "privacy.seed=7",
+    ];
+
+    fn run_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dp-train-dp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn train_command(config: &str, dir: &Path, extra: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dp-train"));
+        command
+            .args(["train", "--json", "--config"])
+            .arg(format!(
+                "{}/../examples/{config}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .arg("--run-dir")
+            .arg(dir)
+            .arg("--data-dir")
+            .arg(assets_dir().join("fashion-mnist"))
+            .args(extra);
+        command
+    }
+
+    /// The weights of the run folder's latest checkpoint, by name.
+    fn final_weights(dir: &Path) -> Vec<(String, Tensor)> {
+        let latest = std::fs::read_to_string(dir.join("checkpoints/LATEST")).unwrap();
+        let path = dir
+            .join("checkpoints")
+            .join(latest.trim())
+            .join("weights.safetensors");
+        let mut weights = Tensor::read_safetensors(path).unwrap();
+        weights.sort_by(|a, b| a.0.cmp(&b.0));
+        weights
+    }
+
+    fn largest_difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|((na, ta), (nb, tb))| {
+                assert_eq!(na, nb);
+                (ta - tb).abs().max().double_value(&[])
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// The JSON result without what differs between any two runs (folder, time).
+    fn result(out: &std::process::Output) -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let object = v.as_object_mut().unwrap();
+        object.remove("run_dir");
+        object.remove("train_seconds");
+        v
+    }
+
+    #[test]
+    fn two_processes_release_the_model_and_ledger_of_one() {
+        // For independent noise (secure and fast) and correlated noise: the same seed gives the
+        // same batches and noise, so two processes must give one process's model, up to the
+        // order of the float additions in the all-reduce, and the same ledger. Had each process
+        // added noise (or drawn its own batch), the models would differ by about a step's
+        // noise, lr x sigma x C / B = 0.1 x 0.89 / 256 = 3.5e-4 per coordinate, not 1e-6.
+        for (config, mode) in [
+            ("fashion_mnist.toml", "secure"),
+            ("fashion_mnist.toml", "fast"),
+            ("fashion_mnist_blt.toml", "fast"),
+        ] {
+            let mode_set = format!("privacy.noise_mode={mode}");
+            let args: Vec<&str> = SMALL.iter().copied().chain(["--set", &mode_set]).collect();
+            let one = run_dir(&format!("one-{mode}"));
+            let two = run_dir(&format!("two-{mode}"));
+            let alone = result(&train_command(config, &one, &args).output().unwrap());
+            let parallel = train_command(config, &two, &args)
+                .args(["--workers", "2"])
+                .output()
+                .unwrap();
+            assert_eq!(result(&parallel), alone, "{config} {mode}");
+            let ledger = |dir: &Path| std::fs::read_to_string(dir.join("ledger.json")).unwrap();
+            assert_eq!(ledger(&one), ledger(&two), "{config} {mode}");
+            let difference = largest_difference(&final_weights(&one), &final_weights(&two));
+            assert!(difference < 1e-6, "{config} {mode}: {difference}");
+            let report = std::fs::read_to_string(two.join("privacy_report.txt")).unwrap();
+            assert!(
+                report.contains("data-parallel over 2 processes"),
+                "{report}"
+            );
+            let _ = std::fs::remove_dir_all(&one);
+            let _ = std::fs::remove_dir_all(&two);
+        }
+    }
+
+    /// The process whose parent is `parent` and whose environment says `RANK=rank`.
+    fn child_of_rank(parent: u32, rank: usize) -> Option<u32> {
+        let wanted = format!("RANK={rank}");
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .find_map(|entry| {
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                // The parent's pid is the second field after the command's closing parenthesis.
+                let ppid: u32 = stat
+                    .rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()?;
+                let environ = std::fs::read(entry.path().join("environ")).ok()?;
+                let has_rank = environ
+                    .split(|&b| b == 0)
+                    .any(|var| var == wanted.as_bytes());
+                (ppid == parent && has_rank).then_some(pid)
+            })
+    }
+
+    #[test]
+    fn a_worker_that_dies_stops_the_run_and_the_rerun_resumes_it_exactly() {
+        // 625 steps of 64, a checkpoint after each: worker 1 is killed mid-run; the run stops
+        // with an error naming it; the same command then resumes from rank 0's last checkpoint
+        // and ends with the ledger and the very model of an uninterrupted two-process run (two
+        // ranks add their sums in a fixed order, so two runs agree bit for bit). Compared with
+        // one process instead, 625 steps of this unstable plan (its loss climbs) would amplify
+        // the float-order differences past any useful bound.
+        let args: Vec<&str> = [
+            "--set",
+            "data.dataset_size=4000",
+            "--set",
+            "privacy.expected_batch_size=64",
+            "--set",
+            "privacy.epochs=10",
+            "--set",
+            "privacy.seed=3",
+            "--set",
+            "privacy.noise_mode=fast",
+            "--set",
+            "performance.checkpoint_every=1",
+            "--workers",
+            "2",
+        ]
+        .to_vec();
+        let config = "fashion_mnist.toml";
+        let (whole, killed) = (run_dir("resume-whole"), run_dir("resume-killed"));
+        let uninterrupted = result(&train_command(config, &whole, &args).output().unwrap());
+        let launcher = train_command(config, &killed, &args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let steps_done = || {
+            std::fs::read_to_string(killed.join("metrics.jsonl")).map_or(0, |m| m.lines().count())
+        };
+        let started = std::time::Instant::now();
+        while steps_done() < 20 {
+            assert!(started.elapsed().as_secs() < 120, "the run did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let worker = child_of_rank(launcher.id(), 1).expect("worker 1 is running");
+        Command::new("kill")
+            .args(["-9", &worker.to_string()])
+            .status()
+            .unwrap();
+        let died = launcher.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&died.stderr);
+        assert!(!died.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("failed") && stderr.contains("rerun the same command to resume"),
+            "{stderr}"
+        );
+        let stopped_at = steps_done();
+        assert!(
+            stopped_at < 625,
+            "the run ended before the kill: {stopped_at}"
+        );
+        let resumed = train_command(config, &killed, &args).output().unwrap();
+        assert_eq!(result(&resumed), uninterrupted);
+        let ledger = |dir: &Path| std::fs::read_to_string(dir.join("ledger.json")).unwrap();
+        assert_eq!(ledger(&whole), ledger(&killed));
+        let difference = largest_difference(&final_weights(&whole), &final_weights(&killed));
+        assert_eq!(difference, 0.0, "stopped after {stopped_at} steps");
+        let _ = std::fs::remove_dir_all(&whole);
+        let _ = std::fs::remove_dir_all(&killed);
+    }
+}

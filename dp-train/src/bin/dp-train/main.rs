@@ -6,6 +6,7 @@ mod common;
 mod evaluate;
 mod export;
 mod fashion_mnist;
+mod launch;
 mod predict;
 mod report;
 mod train;

@@ -3,15 +3,18 @@
 use std::path::PathBuf;
 
 use dp_accounting::{quiet_print as print, quiet_println as println};
+use dp_core::collectives::WORLD_SIZE_VAR;
+use dp_core::Collectives;
 use dp_core::PrivacyRng;
 use dp_train::checkpoint::Checkpointing;
 use dp_train::job::Job;
 use dp_train::plan::TrainConfig;
 use dp_train::TrainError;
-use dp_train::{evaluate_accuracy, train_with_hooks, AtPath, NoHooks, PrivacyStatement};
+use dp_train::{evaluate_accuracy, serve_as_worker, train_data_parallel, AtPath, PrivacyStatement};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::common::{parse_device, step_bar, write_file};
+use crate::launch;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct TrainArgs {
@@ -30,6 +33,12 @@ pub(crate) struct TrainArgs {
     /// Print the result as JSON on stdout (no progress bar).
     #[arg(long)]
     json: bool,
+    /// Train data-parallel over this many processes on this machine (c10d/Gloo on the
+    /// loopback): the same mechanism, ledger and run folder as one process, the clipping
+    /// shared. Several machines: start this command on each with RANK, WORLD_SIZE,
+    /// MASTER_ADDR and MASTER_PORT set (as torchrun sets them) instead; see docs/distributed.md.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: u16,
 }
 
 pub(crate) fn run(args: TrainArgs) -> Result<(), TrainError> {
@@ -38,8 +47,39 @@ pub(crate) fn run(args: TrainArgs) -> Result<(), TrainError> {
     let config = TrainConfig::from_toml(&text, &args.set)?;
     let plan = config.resolve()?;
     let device = parse_device(&config.performance.device)?;
+    let launched = std::env::var_os(WORLD_SIZE_VAR).is_some();
+    if args.workers > 1 && !launched {
+        return launch::run_local(usize::from(args.workers));
+    }
+    let collectives = Collectives::from_env()?;
+    if launched && args.workers > 1 && collectives.world_size() != usize::from(args.workers) {
+        return Err(TrainError::Distributed(format!(
+            "--workers {} but the launcher's {WORLD_SIZE_VAR} is {}",
+            args.workers,
+            collectives.world_size()
+        )));
+    }
     if config.performance.threads > 0 {
         tch::set_num_threads(config.performance.threads);
+    } else if let Some(local) = std::env::var(launch::LOCAL_WORLD_SIZE_VAR)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|&local| local > 1)
+    {
+        // Processes sharing a machine share its cores.
+        tch::set_num_threads((tch::get_num_threads() / local).max(1));
+    }
+    if !collectives.is_leader() {
+        let job = Job::load(&config, device, args.data_dir.as_deref(), |_, _| {})?;
+        let logits = |x: &tch::Tensor, tape: &mut dp_core::Tape| job.model.logits(x, tape);
+        serve_as_worker(
+            &collectives,
+            &job.vs,
+            logits,
+            job.train_data(),
+            &config.dp_sgd_config(&plan),
+        )?;
+        return Ok(());
     }
     let mut rng = match config.privacy.seed {
         Some(seed) => {
@@ -86,8 +126,8 @@ pub(crate) fn run(args: TrainArgs) -> Result<(), TrainError> {
     let (trainable, total) = job.parameter_counts();
     if !args.json {
         println!(
-            "{}: {trainable} of {total} parameters trained on {n} examples, {} steps, noise multiplier {:.4}, on {}",
-            job.description, plan.steps, plan.noise_multiplier, dp_train::device_name(device)
+            "{}: {trainable} of {total} parameters trained on {n} examples, {} steps, noise multiplier {:.4}, on {}{}",
+            job.description, plan.steps, plan.noise_multiplier, dp_train::device_name(device), parallel_note(&collectives)
         );
     }
     let metrics_path = run_dir.join("metrics.jsonl");
@@ -103,13 +143,13 @@ pub(crate) fn run(args: TrainArgs) -> Result<(), TrainError> {
     let logits = |x: &tch::Tensor, tape: &mut dp_core::Tape| job.model.logits(x, tape);
     let steps_per_epoch = ((1.0 / plan.sampling_rate).round() as u64).max(1);
     let mut last_test = String::new();
-    let summary = train_with_hooks(
+    let summary = train_data_parallel(
+        &collectives,
         &job.vs,
         logits,
         job.train_data(),
         &dp,
         &mut rng,
-        &mut NoHooks,
         Some(&checkpointing),
         |step| {
             use std::io::Write as _;
@@ -168,10 +208,11 @@ pub(crate) fn run(args: TrainArgs) -> Result<(), TrainError> {
         ));
     }
     let report = format!(
-        "{header}{}: test accuracy {:.2}% after {} steps ({train_seconds:.0} s of training)\n{statement}{}",
+        "{header}{}: test accuracy {:.2}% after {} steps ({train_seconds:.0} s of training{})\n{statement}{}",
         job.description,
         100.0 * test_accuracy,
         statement.steps,
+        parallel_note(&collectives),
         SECRETS_NOTE
     );
     write_file(&run_dir.join("privacy_report.txt"), report.as_bytes())?;
@@ -189,6 +230,17 @@ pub(crate) fn run(args: TrainArgs) -> Result<(), TrainError> {
         );
     }
     Ok(())
+}
+
+/// How the clipping was shared, when it was: the mechanism is one process's either way (rank 0
+/// alone draws the batch and the noise and keeps the ledger).
+fn parallel_note(collectives: &Collectives) -> String {
+    match collectives.world_size() {
+        1 => String::new(),
+        w => format!(
+            ", data-parallel over {w} processes: batches, noise and ledger drawn and kept once, by rank 0"
+        ),
+    }
 }
 
 /// What a run folder holds that must not be shared, printed with every training report.
