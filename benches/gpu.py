@@ -77,10 +77,16 @@ def parts(args, runs):
         argv = [args.python, str(ROOT / "benches/opacus_bert.py"), batch, seq]
         return (f"opacus bert-base seq {seq}", "opacus", seconds, argv, env)
 
-    def finetune(noise, seconds, epsilon=8, seed=1):
+    def finetune(noise, seconds, epsilon=8, seed=1, workers=1):
         argv = [b, "train", "--config", str(ROOT / "examples/minilm_rotten_tomatoes_gpu.toml"),
-                "--run-dir", str(runs / f"minilm-{noise}-{epsilon}-{seed}"), "--json",
+                "--run-dir", str(runs / f"minilm-{noise}-{epsilon}-{seed}-{workers}"), "--json",
                 "--set", f"privacy.seed={seed}"]
+        if workers > 1:
+            # Data-parallel on the one GPU: the collectives' CUDA path, on a plan cut to 2000
+            # examples (4 steps) unless dry.
+            argv += ["--workers", str(workers)]
+            if not dry:
+                argv += ["--set", "data.dataset_size=2000", "--set", "privacy.epochs=1"]
         if noise == "none":
             argv += ["--set", "privacy.noise=none", "--set", "privacy.epsilon=inf"]
         else:
@@ -89,7 +95,8 @@ def parts(args, runs):
             for s in TINY_PLAN:
                 argv += ["--set", s]
         what = "no noise" if noise == "none" else f"epsilon {epsilon}"
-        return (f"fine-tune minilm, {what}, seed {seed}", "finetune", seconds, argv, {})
+        workers_note = f", {workers} processes" if workers > 1 else ""
+        return (f"fine-tune minilm, {what}, seed {seed}{workers_note}", "finetune", seconds, argv, {})
 
     out.append(ours("bert-base", 128, "f32", 100))
     out.append(opacus(128, 150))
@@ -104,6 +111,7 @@ def parts(args, runs):
            "--seq", "8" if dry else "128", "--device", device, "--correlated", "4",
            "--steps", "1" if dry else "5", "--json"]
     out.append(("BLT correlated noise", "blt", 60, blt, {}))
+    out.append(finetune("gaussian", 120, workers=2))
     if args.extras:
         # More seeds and budgets of the same fine-tuning, while the deadline allows.
         for noise, epsilon, seed in [("gaussian", 8, 2), ("none", 8, 2), ("gaussian", 8, 3), ("none", 8, 3),

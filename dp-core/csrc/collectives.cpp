@@ -94,7 +94,9 @@ extern "C" void* dp_collectives_connect(const char* address, int port, int rank,
         const std::chrono::milliseconds timeout(timeout_ms);
         c10d::TCPStoreOptions options;
         options.port = static_cast<std::uint16_t>(port);
-        options.isServer = rank == 0;
+        // Under torchrun the launcher's agent already serves the store on MASTER_PORT.
+        const char* agent_store = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+        options.isServer = rank == 0 && !(agent_store && std::string(agent_store) == "True");
         options.numWorkers = static_cast<size_t>(world_size);
         options.timeout = timeout;
         auto store = c10::make_intrusive<c10d::TCPStore>(std::string(address), options);
