@@ -1191,10 +1191,20 @@ fn the_prepared_gpu_run_and_the_grid_work_end_to_end_as_dry_runs_on_the_cpu() {
             "{r}"
         );
     }
+    // Private, not private, and private data-parallel over two processes (the collectives'
+    // CUDA path on a GPU).
     let finetunes: Vec<_> = kinds("finetune").collect();
-    assert_eq!(finetunes.len(), 2);
+    assert_eq!(finetunes.len(), 3);
     assert_eq!(finetunes[0]["result"]["private"], true, "{results}");
     assert_eq!(finetunes[1]["result"]["private"], false, "{results}");
+    assert_eq!(finetunes[2]["result"]["private"], true, "{results}");
+    assert!(
+        finetunes[2]["part"]
+            .as_str()
+            .unwrap()
+            .contains("2 processes"),
+        "{results}"
+    );
     assert!(
         kinds("blt").all(|r| r["result"]["correlated_overhead"].is_number()),
         "{results}"
