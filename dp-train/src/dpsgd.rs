@@ -22,7 +22,10 @@
 use std::collections::BTreeMap;
 
 use dp_accounting::mf::NoiseRecurrence;
-use dp_accounting::{AccountantKind, DpEvent};
+use dp_accounting::{
+    calibrate_noise_multiplier, prv_epsilon_error_for, AccountantKind, DpEvent, PRV_MIN_DELTA,
+};
+use dp_core::noise::noise_multiplier_for;
 use dp_core::{
     ClippingEngine, ClippingStyle, Collectives, CorrelatedNoise, GaussianNoise, NoiseMode,
     PoissonSampler, PrivacyRng, Tape,
@@ -74,6 +77,102 @@ pub struct DpSgdConfig {
     /// The accountant of Poisson-sampled steps (correlated noise is accounted exactly, as one
     /// Gaussian mechanism).
     pub accountant: AccountantKind,
+}
+
+/// The privacy target of a DP-SGD run with Poisson sampling, from which
+/// [`DpSgdConfig::for_target`] derives the steps and calibrates the noise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrivacyTarget {
+    /// Epsilon of the whole run (at `delta`).
+    pub epsilon: f64,
+    /// Delta, below `1 / dataset_size`.
+    pub delta: f64,
+    /// How many examples the training data holds (N).
+    pub dataset_size: usize,
+    /// Expected logical batch size B: each example is sampled with probability `B / N`.
+    pub expected_batch_size: f64,
+    /// Passes over the data: the run takes `ceil(epochs N / B)` steps.
+    pub epochs: f64,
+    /// Per-example gradient norm bound C.
+    pub clip_norm: f64,
+    /// How the noise is drawn: `Secure` for a release, `Fast` for research.
+    pub noise: NoiseMode,
+}
+
+impl DpSgdConfig {
+    /// DP-SGD with Poisson sampling meeting `target`: the smallest noise multiplier (to the
+    /// accountant's tolerance, never below) with which `ceil(epochs N / B)` steps are
+    /// (epsilon, delta)-DP under the PRV accountant (RDP where delta is below
+    /// [`dp_accounting::PRV_MIN_DELTA`]), the ledger's budget set to epsilon. The rest are
+    /// settings of the optimization, with no effect on privacy: plain SGD at
+    /// `learning_rate`, a constant rate, flat clipping, physical batches of up to 256; change
+    /// them with struct update syntax.
+    ///
+    /// ```
+    /// use dp_core::NoiseMode;
+    /// use dp_train::{DpSgdConfig, PrivacyTarget};
+    ///
+    /// let target = PrivacyTarget {
+    ///     epsilon: 3.0,
+    ///     delta: 1e-5,
+    ///     dataset_size: 60_000,
+    ///     expected_batch_size: 256.0,
+    ///     epochs: 10.0,
+    ///     clip_norm: 1.0,
+    ///     noise: NoiseMode::Secure,
+    /// };
+    /// let config = DpSgdConfig {
+    ///     physical_batch_size: 64,
+    ///     ..DpSgdConfig::for_target(target, 0.1)?
+    /// };
+    /// assert_eq!(config.steps, 2344);
+    /// # Ok::<(), dp_train::TrainError>(())
+    /// ```
+    pub fn for_target(target: PrivacyTarget, learning_rate: f64) -> Result<Self, TrainError> {
+        let n = target.dataset_size as f64;
+        if !(target.expected_batch_size > 0.0 && target.expected_batch_size <= n) {
+            return Err(TrainError::Config(format!(
+                "expected batch size {} must be in (0, {n}]",
+                target.expected_batch_size
+            )));
+        }
+        if !(target.epochs.is_finite() && target.epochs > 0.0) {
+            return Err(TrainError::Config(format!(
+                "epochs must be a finite number > 0, got {}",
+                target.epochs
+            )));
+        }
+        let q = target.expected_batch_size / n;
+        let steps = (target.epochs / q).ceil() as u64;
+        let accountant = if target.delta < PRV_MIN_DELTA {
+            AccountantKind::Rdp
+        } else {
+            AccountantKind::Prv {
+                epsilon_error: prv_epsilon_error_for(target.epsilon),
+            }
+        };
+        let calibrated =
+            calibrate_noise_multiplier(accountant, q, steps, target.epsilon, target.delta)?;
+        let config = DpSgdConfig {
+            expected_batch_size: target.expected_batch_size,
+            physical_batch_size: 256,
+            steps,
+            clip_norm: target.clip_norm,
+            noise_multiplier: noise_multiplier_for(target.noise, calibrated.noise_multiplier),
+            noise: target.noise,
+            learning_rate,
+            prefix_rates: Vec::new(),
+            optimizer: Optimizer::default(),
+            schedule: Schedule::default(),
+            delta: target.delta,
+            epsilon_budget: target.epsilon,
+            mechanism: Mechanism::PoissonGaussian,
+            clipping: ClippingStyle::Flat,
+            accountant,
+        };
+        validate(&config, target.dataset_size as i64)?;
+        Ok(config)
+    }
 }
 
 /// How batches are formed and noised: what the ledger accounts.

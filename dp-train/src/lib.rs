@@ -30,7 +30,7 @@ pub mod tune;
 pub use data_parallel::serve_as_worker;
 pub use dpsgd::{
     evaluate_accuracy, train, train_data_parallel, train_with_hooks, Batches, DpSgdConfig,
-    Mechanism, NoHooks, StepHooks, StepReport, TrainSummary,
+    Mechanism, NoHooks, PrivacyTarget, StepHooks, StepReport, TrainSummary,
 };
 pub use error::{AtPath, TrainError};
 pub use ledger::{LedgerRecord, PrivacyLedger};

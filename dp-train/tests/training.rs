@@ -3425,3 +3425,95 @@ mod data_parallel {
         let _ = std::fs::remove_dir_all(&killed);
     }
 }
+
+/// `DpSgdConfig::for_target`: the plan's steps, a noise multiplier that meets the target
+/// tightly, and one-line refusals.
+mod config_from_a_target {
+    use super::*;
+    use dp_train::PrivacyTarget;
+
+    fn target() -> PrivacyTarget {
+        PrivacyTarget {
+            epsilon: 2.0,
+            delta: 1e-5,
+            dataset_size: 10_000,
+            expected_batch_size: 200.0,
+            epochs: 3.0,
+            clip_norm: 0.5,
+            noise: NoiseMode::Fast,
+        }
+    }
+
+    #[test]
+    fn the_calibrated_noise_meets_the_target_within_its_tolerance() {
+        let config = DpSgdConfig::for_target(target(), 0.1).unwrap();
+        assert_eq!(config.steps, 150);
+        assert_eq!(config.epsilon_budget, 2.0);
+        assert_eq!(config.mechanism, Mechanism::PoissonGaussian);
+        let epsilon = dp_accounting::dp_sgd_epsilon(
+            config.accountant,
+            0.02,
+            config.noise_multiplier,
+            config.steps,
+            1e-5,
+        )
+        .unwrap();
+        assert!(epsilon <= 2.0 && epsilon > 1.95, "{epsilon}");
+        // Secure noise asks for the grid's rounding on top: never less noise than accounted.
+        let secure = DpSgdConfig::for_target(
+            PrivacyTarget {
+                noise: NoiseMode::Secure,
+                ..target()
+            },
+            0.1,
+        )
+        .unwrap();
+        assert!(secure.noise_multiplier > config.noise_multiplier);
+        // Below the PRV accountant's smallest delta, RDP accounts the run.
+        let tiny_delta = DpSgdConfig::for_target(
+            PrivacyTarget {
+                delta: 1e-13,
+                ..target()
+            },
+            0.1,
+        )
+        .unwrap();
+        assert_eq!(tiny_delta.accountant, dp_accounting::AccountantKind::Rdp);
+    }
+
+    #[test]
+    fn impossible_targets_are_refused_in_one_line() {
+        let refused = |t: PrivacyTarget, what: &str| {
+            let error = DpSgdConfig::for_target(t, 0.1).unwrap_err().to_string();
+            assert!(error.contains(what), "{what}: {error}");
+        };
+        refused(
+            PrivacyTarget {
+                expected_batch_size: 20_000.0,
+                ..target()
+            },
+            "expected batch size",
+        );
+        refused(
+            PrivacyTarget {
+                epochs: 0.0,
+                ..target()
+            },
+            "epochs",
+        );
+        refused(
+            PrivacyTarget {
+                delta: 1e-3,
+                ..target()
+            },
+            "delta",
+        );
+        refused(
+            PrivacyTarget {
+                epsilon: -1.0,
+                ..target()
+            },
+            "epsilon",
+        );
+    }
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use dp_core::collectives::{MASTER_ADDR_VAR, MASTER_PORT_VAR, RANK_VAR, WORLD_SIZE_VAR};
 use dp_train::TrainError;
 
-/// The local rank and the number of processes on this machine, as torchrun names them.
+/// This process's rank among those of its machine (which GPU it takes), as torchrun names it.
 pub(crate) const LOCAL_RANK_VAR: &str = "LOCAL_RANK";
 /// The number of processes the launcher started on this machine.
 pub(crate) const LOCAL_WORLD_SIZE_VAR: &str = "LOCAL_WORLD_SIZE";

@@ -46,8 +46,18 @@ pub(crate) fn run(args: TrainArgs) -> Result<(), TrainError> {
         .map_err(|e| TrainError::Config(format!("--config {}: {e}", args.config.display())))?;
     let config = TrainConfig::from_toml(&text, &args.set)?;
     let plan = config.resolve()?;
-    let device = parse_device(&config.performance.device)?;
     let launched = std::env::var_os(WORLD_SIZE_VAR).is_some();
+    let device = match parse_device(&config.performance.device)? {
+        // Processes of one machine take its GPUs in turn, as torchrun's LOCAL_RANK says.
+        tch::Device::Cuda(0) if launched => tch::Device::Cuda(
+            std::env::var(launch::LOCAL_RANK_VAR)
+                .ok()
+                .and_then(|r| r.parse::<usize>().ok())
+                .unwrap_or(0)
+                % tch::Cuda::device_count().max(1) as usize,
+        ),
+        device => device,
+    };
     if args.workers > 1 && !launched {
         return launch::run_local(usize::from(args.workers));
     }
