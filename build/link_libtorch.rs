@@ -2,11 +2,12 @@
 //!
 //! 1. Finds the libtorch library folder the same way `torch-sys` does with
 //!    `LIBTORCH_USE_PYTORCH=1` (the `torch` package of the active Python), or `LIBTORCH_LIB`.
-//! 2. Sets an rpath to it, so binaries, tests and examples run without `LD_LIBRARY_PATH`.
-//!    On another machine `LD_LIBRARY_PATH` still wins (the rpath is a DT_RUNPATH).
-//! 3. Links `torch_cuda` eagerly when it exists. Nothing references its symbols, so the
-//!    default `--as-needed` would drop it, CUDA would never register, and
-//!    `tch::Cuda::is_available()` would be false even on a GPU machine.
+//! 2. Sets an rpath to it, so the workspace's binaries, tests and examples run without
+//!    `LD_LIBRARY_PATH`. On another machine `LD_LIBRARY_PATH` still wins (the rpath is a
+//!    DT_RUNPATH). Cargo passes link arguments to the package's own targets only: a crate
+//!    that depends on ours gets libtorch from `dp-core`'s build script instead (a link search
+//!    path inside its `OUT_DIR`, which `cargo run` and `cargo test` put on the loader's path),
+//!    and `torch_cuda` through `dp_core`'s reference to it (`dp-core/src/cuda_link.rs`).
 //!
 //! `dp-core`'s own build script includes this file as a module (to compile its C++ shim
 //! against the same libtorch), hence the public items.
@@ -17,7 +18,7 @@ use std::process::Command;
 const PRINT_TORCH_LIB: &str =
     "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))";
 
-/// Emits the link arguments above (a warning instead when libtorch is not found).
+/// Emits the rpath above (a warning instead when libtorch is not found).
 pub fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
@@ -30,11 +31,6 @@ pub fn main() {
         return;
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
-    if lib_dir.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
-    }
 }
 
 /// libtorch's library folder: `$LIBTORCH_LIB/lib`, or the active Python's `torch/lib`.

@@ -10,6 +10,10 @@ mod link_libtorch;
 
 fn main() {
     link_libtorch::main();
+    println!("cargo:rustc-check-cfg=cfg(torch_cuda_link)");
+    if let Some(lib_dir) = link_libtorch::torch_lib_dir() {
+        link_for_dependents(&lib_dir);
+    }
     println!("cargo:rerun-if-changed=csrc/device_memory.cpp");
     println!("cargo:rerun-if-changed=csrc/collectives.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
@@ -59,4 +63,25 @@ fn main() {
         .warnings(false)
         .compile("dp_collectives");
     println!("cargo:rustc-cfg=collectives_shim");
+}
+
+/// What every crate linking `dp-core` needs, which Cargo passes on to them (unlike link
+/// arguments): libtorch's folder as a link search path inside `OUT_DIR` (a symbolic link to
+/// it), which `cargo run` and `cargo test` of any dependent put on the loader's path; and, when
+/// the libtorch has CUDA, `torch_cuda` as a linked library. Nothing calls into `torch_cuda`, so
+/// the linker's `--as-needed` would drop it (CUDA would never register with libtorch and
+/// `tch::Cuda::is_available()` would be false on a GPU machine): `src/cuda_link.rs` holds a
+/// reference to one of its functions, which keeps it.
+fn link_for_dependents(lib_dir: &std::path::Path) {
+    let out_dir =
+        std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let link = out_dir.join("libtorch");
+    let _ = std::fs::remove_file(&link);
+    if std::os::unix::fs::symlink(lib_dir, &link).is_ok() {
+        println!("cargo:rustc-link-search=native={}", link.display());
+    }
+    if lib_dir.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-lib=dylib=torch_cuda");
+        println!("cargo:rustc-cfg=torch_cuda_link");
+    }
 }

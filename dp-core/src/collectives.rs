@@ -9,8 +9,8 @@
 //! `RANK`, `WORLD_SIZE`, `MASTER_ADDR` and `MASTER_PORT` ([`Collectives::from_env`]); without
 //! them the process runs alone ([`Collectives::single`]) and every collective is a no-op.
 //!
-//! This is the only module besides `host` and `device_memory` with `unsafe` code: the calls
-//! into the shim, which take the group's handle and pointers to live tensors.
+//! One of the four modules with `unsafe` code (with `host`, `device_memory` and `cuda_link`):
+//! the calls into the shim, which take the group's handle and pointers to live tensors.
 
 use std::ffi::{c_void, CString};
 use std::ptr::NonNull;

@@ -4,8 +4,8 @@
 //! CUDA context). tch exposes none of these, so a small C++ shim (`csrc/device_memory.cpp`,
 //! built against the same libtorch) reads them through c10's device allocator interface.
 //!
-//! Besides the host-view module, this is the only place of the workspace with `unsafe` code:
-//! the two calls into the shim, which take a device index and write two integers.
+//! One of the four modules of the workspace with `unsafe` code (with `host`, `collectives` and
+//! `cuda_link`): the two calls into the shim, which take a device index and write two integers.
 
 use tch::Device;
 

@@ -2,8 +2,8 @@
 //! out of libtorch, no copy back, and no fresh model-sized buffer (each of which costs a pass
 //! over memory and, for a fresh one, a page fault per 4 KiB).
 //!
-//! This is one of the two modules of the workspace allowed `unsafe` code (the other calls the
-//! device-memory shim): tch offers no safe mutable view of a tensor's memory. The view is
+//! This is one of the four modules of the workspace allowed `unsafe` code (the others call the
+//! device-memory and collectives shims, and keep `torch_cuda` linked): tch offers no safe mutable view of a tensor's memory. The view is
 //! given only when it is sound to form Rust slices over that memory:
 //! - every tensor is on the CPU, contiguous, of the slice's element kind (f32 or f64), does not
 //!   require gradients (no autograd version counter is bypassed), and its data pointer is

@@ -23,6 +23,8 @@
 
 pub mod collectives;
 mod correlated;
+#[cfg(torch_cuda_link)]
+mod cuda_link;
 pub mod device_memory;
 mod engine;
 mod error;
