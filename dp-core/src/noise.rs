@@ -336,7 +336,7 @@ fn release(
     Ok(())
 }
 
-/// [`crate::secure::on_grid`] with libtorch operations on the sum's device, for the integer
+/// `secure::grid::on_grid` with libtorch operations on the sum's device, for the integer
 /// noise `z` (shaped like `sum`, on its device); the result is copied into `sum` (in place,
 /// whatever its layout).
 fn release_with_tensors(sum: &mut Tensor, z: &Tensor, grid: &Grid) -> Result<(), CoreError> {
