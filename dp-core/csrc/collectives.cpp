@@ -120,34 +120,41 @@ extern "C" void* dp_collectives_connect(const char* address, int port, int rank,
   return status == 0 ? group : nullptr;
 }
 
-extern "C" int dp_collectives_all_reduce_sum(void* group, at::Tensor** tensors, size_t n,
-                                             char* error, size_t error_len) {
+namespace {
+
+// Runs `op` on the group and the tensors as one flat buffer, then writes the result back.
+template <typename Op>
+int on_flat(void* group, at::Tensor** tensors, size_t n, Op op, char* error, size_t error_len) {
   return guarded(
       [&] {
         if (n == 0) {
           return;
         }
         std::vector<at::Tensor> flat{flatten(tensors, n)};
-        static_cast<Group*>(group)->gloo->allreduce(flat)->wait();
+        op(*static_cast<Group*>(group)->gloo, flat)->wait();
         unflatten(flat[0], tensors, n);
       },
       error, error_len);
 }
 
+}  // namespace
+
+extern "C" int dp_collectives_all_reduce_sum(void* group, at::Tensor** tensors, size_t n,
+                                             char* error, size_t error_len) {
+  auto op = [](c10d::ProcessGroupGloo& gloo, std::vector<at::Tensor>& flat) {
+    return gloo.allreduce(flat);
+  };
+  return on_flat(group, tensors, n, op, error, error_len);
+}
+
 extern "C" int dp_collectives_broadcast(void* group, at::Tensor** tensors, size_t n, int root,
                                         char* error, size_t error_len) {
-  return guarded(
-      [&] {
-        if (n == 0) {
-          return;
-        }
-        std::vector<at::Tensor> flat{flatten(tensors, n)};
-        c10d::BroadcastOptions options;
-        options.rootRank = root;
-        static_cast<Group*>(group)->gloo->broadcast(flat, options)->wait();
-        unflatten(flat[0], tensors, n);
-      },
-      error, error_len);
+  auto op = [root](c10d::ProcessGroupGloo& gloo, std::vector<at::Tensor>& flat) {
+    c10d::BroadcastOptions options;
+    options.rootRank = root;
+    return gloo.broadcast(flat, options);
+  };
+  return on_flat(group, tensors, n, op, error, error_len);
 }
 
 extern "C" int dp_collectives_barrier(void* group, char* error, size_t error_len) {

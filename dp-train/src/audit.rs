@@ -212,7 +212,7 @@ impl<'a> EngineCanaries<'a> {
     /// The canaries' columns of `sums`' [`CANARY_PARAMETER`], (width of its output, m).
     fn columns(&self, sums: &BTreeMap<String, Tensor>) -> Result<Tensor, TrainError> {
         let weight = sums.get(CANARY_PARAMETER).ok_or_else(|| {
-            TrainError::Config(format!(
+            TrainError::Internal(format!(
                 "audit: the canaries' parameter {CANARY_PARAMETER} is not among the step's sums"
             ))
         })?;
@@ -255,7 +255,7 @@ impl StepHooks for EngineCanaries<'_> {
         noisy: &BTreeMap<String, Tensor>,
     ) -> Result<(), TrainError> {
         let directions = self.directions.take().ok_or_else(|| {
-            TrainError::Config("audit: a step was released without its canary directions".into())
+            TrainError::Internal("audit: a step was released without its canary directions".into())
         })?;
         let scores = self
             .columns(noisy)?

@@ -76,7 +76,7 @@ impl DiracCanary {
         sums: &'t BTreeMap<String, Tensor>,
     ) -> Result<&'t Tensor, TrainError> {
         sums.get(&self.parameter).ok_or_else(|| {
-            TrainError::Config(format!("audit: the step's sums have no {}", self.parameter))
+            TrainError::Internal(format!("audit: the step's sums have no {}", self.parameter))
         })
     }
 }

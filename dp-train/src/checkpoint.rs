@@ -278,14 +278,14 @@ impl Checkpointing {
         };
         let saved_path = latest.dir.join("config.resolved.toml");
         let saved = fs::read_to_string(&saved_path).map_err(|e| {
-            TrainError::Config(format!(
+            TrainError::RunFolderMismatch(format!(
                 "{}: {e}: the run folder's checkpoint does not say which plan made it; use a new folder",
                 saved_path.display()
             ))
         })?;
         match crate::plan::first_plan_difference(&saved, resolved) {
             None => Ok(()),
-            Some(key) => Err(TrainError::Config(format!(
+            Some(key) => Err(TrainError::RunFolderMismatch(format!(
                 "{key} differs from the plan of the run in {} (only [{}] settings may change on a resume); use the same plan or a new folder",
                 self.dir.display(),
                 crate::plan::RESUMABLE_SECTIONS.join("], [")
@@ -403,7 +403,7 @@ impl Checkpointing {
                 path: dir.display().to_string(),
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             }),
-            None => Err(TrainError::Config(format!(
+            None => Err(TrainError::RunFolderMismatch(format!(
                 "{} holds no checkpoint: it is not a run folder, or its run has not finished a step",
                 dir.display()
             ))),

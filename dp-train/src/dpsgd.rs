@@ -454,13 +454,15 @@ fn lead(
             && resumed.ledger.accountant() == ledger.accountant()
             && resumed.ledger.seed() == ledger.seed();
         if !same_plan {
-            return Err(TrainError::Config(
+            return Err(TrainError::RunFolderMismatch(
                 "the run folder's checkpoint was made with a different sampling, noise, noise mode, accountant, delta, budget or seed; use a new folder".into(),
             ));
         }
         if let Steps::Cyclic { correlated, .. } = &mut steps {
             let state = resumed.correlated_noise.ok_or_else(|| {
-                TrainError::Config("the checkpoint has no correlated-noise state".into())
+                TrainError::Internal(
+                    "a verified checkpoint of correlated noise has no noise state".into(),
+                )
             })?;
             correlated.restore(state, resumed.ledger.steps())?;
         }
@@ -516,7 +518,7 @@ fn lead(
                 ..
             } => {
                 if gaussian.add(&mut sums, rng)? != *event {
-                    return Err(TrainError::Config(
+                    return Err(TrainError::Internal(
                         "the noise mechanism ran a different event than the ledger accounts".into(),
                     ));
                 }

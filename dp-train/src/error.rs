@@ -6,6 +6,14 @@ pub enum TrainError {
     /// A configuration value is invalid; the message names it.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The run folder was made by another plan (or holds no run): it is refused as it is, and
+    /// nothing in it is written. Use the same plan, or a new folder.
+    #[error("{0}")]
+    RunFolderMismatch(String),
+    /// An invariant of the toolkit failed (a bug, not a bad input): the run stopped before
+    /// releasing anything that breaks it.
+    #[error("internal error (please report it): {0}")]
+    Internal(String),
     /// A dataset could not be read.
     #[error("cannot load {what} from {path}: {reason}{}", setup_hint(.path))]
     Data {
@@ -61,6 +69,29 @@ pub enum TrainError {
     /// A libtorch error.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+}
+
+impl TrainError {
+    /// The exit code the `dp-train` command ends with: 2 for invalid input (a plan key or
+    /// flag, the data, the accounting's parameters, a run folder made by another plan), 70 for
+    /// an internal error, 1 for a run that failed (I/O, a damaged run folder, a data-parallel
+    /// process, libtorch).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            TrainError::Config(_)
+            | TrainError::RunFolderMismatch(_)
+            | TrainError::Accounting(_)
+            | TrainError::Data { .. } => 2,
+            TrainError::Internal(_) => 70,
+            TrainError::BudgetExhausted { .. }
+            | TrainError::Core(_)
+            | TrainError::Damaged { .. }
+            | TrainError::File { .. }
+            | TrainError::Io(_)
+            | TrainError::Distributed(_)
+            | TrainError::Torch(_) => 1,
+        }
+    }
 }
 
 /// Names the file (and what was being done) in an I/O error.

@@ -203,12 +203,12 @@ impl OptimizerState {
     ) -> Result<(), TrainError> {
         for (name, g) in gradients {
             let Some(theta) = variables.get(name) else {
-                return Err(TrainError::Config(format!(
+                return Err(TrainError::Internal(format!(
                     "the optimizer got a gradient for '{name}', which is not a variable of the model"
                 )));
             };
             if g.size() != theta.size() {
-                return Err(TrainError::Config(format!(
+                return Err(TrainError::Internal(format!(
                     "the gradient of '{name}' has shape {:?}, the variable {:?}",
                     g.size(),
                     theta.size()

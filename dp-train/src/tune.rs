@@ -478,7 +478,7 @@ pub fn tune(
         LoadedJob::for_config(&mut loaded, &run_config, place, v)?;
         let current = loaded
             .as_ref()
-            .ok_or_else(|| TrainError::Config("tune: no job".into()))?;
+            .ok_or_else(|| TrainError::Internal("tune: no job".into()))?;
         current.reset();
         let job = &current.job;
         let logits = |x: &Tensor, tape: &mut dp_core::Tape| job.model.logits(x, tape);

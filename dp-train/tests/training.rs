@@ -3517,3 +3517,27 @@ mod config_from_a_target {
         );
     }
 }
+
+#[test]
+fn each_kind_of_error_has_its_exit_code() {
+    // Bad input 2, a run that failed 1, a bug 70: scripts can tell them apart.
+    let config = TrainError::Config("privacy.epsilon must be > 0".into());
+    let mismatch = TrainError::RunFolderMismatch("privacy.epsilon differs".into());
+    let internal = TrainError::Internal("an invariant".into());
+    let distributed = TrainError::Distributed("worker 1 of 2 failed".into());
+    assert_eq!(
+        [&config, &mismatch, &internal, &distributed].map(TrainError::exit_code),
+        [2, 2, 70, 1]
+    );
+    assert!(internal.to_string().contains("please report it"));
+    // The help says so.
+    let help = Command::new(env!("CARGO_BIN_EXE_dp-train"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("Exit codes") && help.contains("70 an internal"),
+        "{help}"
+    );
+}

@@ -3,7 +3,7 @@
 use clap::{Args, ValueEnum};
 use dp_accounting::mf::{
     gaussian_epsilon, mean_loss_lower_bound, optimize_banded, optimize_blt, optimize_nu, Blt,
-    NoiseRecurrence, Objective, Participation, Strategy, StrategyKind, Workload,
+    Evaluation, NoiseRecurrence, Objective, Participation, Strategy, StrategyKind, Workload,
 };
 use dp_accounting::quiet_println as println;
 use serde_json::{json, Map, Value};
@@ -121,6 +121,41 @@ struct Privacy {
 }
 
 pub(crate) fn run(a: MfArgs) -> Result<(), Failure> {
+    let plan = validate(&a)?;
+    let outcome = evaluate(&a, &plan)?;
+    if a.json {
+        print_json(&a, &plan, &outcome);
+    } else {
+        print_text(&a, &plan, &outcome);
+    }
+    Ok(())
+}
+
+/// What the flags ask for, checked against each other.
+struct MfPlan {
+    n: usize,
+    separation: usize,
+    workload: Workload,
+    participation: Participation,
+    bands: usize,
+    buffers: usize,
+    /// The noise multiplier and delta, when epsilon is asked for.
+    noise: Option<(f64, f64)>,
+    objective: Objective,
+}
+
+/// The strategy built for a plan, its errors, DP-SGD's, and its privacy when asked.
+struct Outcome {
+    strategy: Strategy,
+    blt: Option<Blt>,
+    evaluation: Evaluation,
+    sgd: Evaluation,
+    lower_bound: Option<f64>,
+    privacy: Option<Privacy>,
+}
+
+/// The flags as a plan, or the first one that is wrong (with its reason).
+fn validate(a: &MfArgs) -> Result<MfPlan, Failure> {
     let n = a.steps;
     if n == 0 || n > MAX_STEPS {
         return Err(usage(
@@ -248,28 +283,50 @@ pub(crate) fn run(a: MfArgs) -> Result<(), Failure> {
         ObjectiveArg::Mean => Objective::Mean,
         ObjectiveArg::Max => Objective::Max,
     };
+    Ok(MfPlan {
+        n,
+        separation,
+        workload,
+        participation,
+        bands,
+        buffers,
+        noise,
+        objective,
+    })
+}
 
+/// Builds (or optimizes) the strategy, evaluates it and, with a noise multiplier, its epsilon.
+fn evaluate(a: &MfArgs, plan: &MfPlan) -> Result<Outcome, Failure> {
+    let MfPlan {
+        n,
+        bands,
+        buffers,
+        noise,
+        objective,
+        ..
+    } = *plan;
+    let (workload, participation) = (&plan.workload, &plan.participation);
     let mut blt: Option<Blt> = None;
     let strategy = match a.strategy {
         StrategyArg::Identity => Strategy::identity(n)?,
-        StrategyArg::Sqrt => Strategy::square_root(n, &workload)?,
+        StrategyArg::Sqrt => Strategy::square_root(n, workload)?,
         StrategyArg::Nu => match a.nu {
             Some(nu) => Strategy::nu_dp_ftrl(n, nu)?,
-            None => optimize_nu(n, &workload, &participation, objective)?,
+            None => optimize_nu(n, workload, participation, objective)?,
         },
-        StrategyArg::Bsr => Strategy::banded_square_root(n, bands, &workload)?,
-        StrategyArg::Bisr => Strategy::banded_inverse_square_root(n, bands, &workload)?,
-        StrategyArg::Banded => optimize_banded(n, bands, &workload, &participation, objective)?,
+        StrategyArg::Bsr => Strategy::banded_square_root(n, bands, workload)?,
+        StrategyArg::Bisr => Strategy::banded_inverse_square_root(n, bands, workload)?,
+        StrategyArg::Banded => optimize_banded(n, bands, workload, participation, objective)?,
         StrategyArg::Blt => {
-            let fitted = optimize_blt(n, buffers, &workload, &participation, objective)?;
+            let fitted = optimize_blt(n, buffers, workload, participation, objective)?;
             let s = Strategy::blt(n, &fitted)?;
             blt = Some(fitted);
             s
         }
     };
-    let e = strategy.evaluate(&workload, &participation);
-    let sgd = Strategy::identity(n)?.evaluate(&workload, &participation);
-    let lower_bound = mean_loss_lower_bound(n, &workload, &participation)
+    let e = strategy.evaluate(workload, participation);
+    let sgd = Strategy::identity(n)?.evaluate(workload, participation);
+    let lower_bound = mean_loss_lower_bound(n, workload, participation)
         .ok()
         .map(f64::sqrt);
 
@@ -307,66 +364,97 @@ pub(crate) fn run(a: MfArgs) -> Result<(), Failure> {
             })
         }
     };
+    Ok(Outcome {
+        strategy,
+        blt,
+        evaluation: e,
+        sgd,
+        lower_bound,
+        privacy,
+    })
+}
 
-    if a.json {
-        let mut m = Map::new();
-        if let Ok(Value::Object(kind)) = serde_json::to_value(strategy.kind()) {
-            m.extend(kind);
-        }
-        m.insert("steps".into(), json!(n));
-        m.insert("epochs".into(), json!(a.epochs));
-        m.insert("neighbouring_relation".into(), json!("zero_out"));
-        m.insert(
-            "max_participations".into(),
-            json!(participation.max_participations()),
-        );
-        m.insert(
-            "min_separation".into(),
-            json!(participation.min_separation_steps()),
-        );
-        m.insert("workload".into(), json!(workload.name()));
-        m.insert("momentum".into(), json!(workload.beta()));
-        m.insert("objective".into(), json!(objective));
-        m.insert("sensitivity".into(), json!(e.sensitivity.value()));
-        m.insert("sensitivity_squared".into(), json!(e.sensitivity.squared));
-        m.insert("sensitivity_exact".into(), json!(e.sensitivity.exact));
-        m.insert("mean_error".into(), json!(e.mean_error));
-        m.insert("max_error".into(), json!(e.max_error));
-        m.insert("rmse".into(), json!(e.rmse()));
-        m.insert("max_rmse".into(), json!(e.max_rmse()));
-        m.insert("dpsgd_rmse".into(), json!(sgd.rmse()));
-        m.insert("dpsgd_max_rmse".into(), json!(sgd.max_rmse()));
-        m.insert("rmse_ratio_vs_dpsgd".into(), json!(e.rmse() / sgd.rmse()));
-        m.insert("lower_bound_rmse".into(), json!(lower_bound));
-        m.insert(
-            "memory_vectors".into(),
-            json!(strategy.recurrence().memory_vectors()),
-        );
-        m.insert(
-            "recurrence".into(),
-            serde_json::to_value(strategy.recurrence()).unwrap_or(Value::Null),
-        );
-        if let Some(blt) = &blt {
-            m.insert(
-                "blt".into(),
-                serde_json::to_value(blt).unwrap_or(Value::Null),
-            );
-        }
-        m.insert("sampling_rate".into(), json!(a.sampling_rate));
-        if let Some(p) = &privacy {
-            m.insert("noise_multiplier".into(), json!(p.sigma));
-            m.insert("delta".into(), json!(p.delta));
-            m.insert("epsilon".into(), number(p.epsilon));
-            m.insert(
-                "noise_std_over_clip".into(),
-                json!(p.sigma * e.sensitivity.value()),
-            );
-            m.insert("event".into(), p.event.clone());
-        }
-        println!("{}", Value::Object(m));
-        return Ok(());
+/// The outcome as one JSON object.
+fn print_json(a: &MfArgs, plan: &MfPlan, outcome: &Outcome) {
+    let (n, workload, participation, objective) =
+        (plan.n, &plan.workload, &plan.participation, plan.objective);
+    let Outcome {
+        strategy,
+        blt,
+        evaluation: e,
+        sgd,
+        lower_bound,
+        privacy,
+    } = outcome;
+    let mut m = Map::new();
+    if let Ok(Value::Object(kind)) = serde_json::to_value(strategy.kind()) {
+        m.extend(kind);
     }
+    m.insert("steps".into(), json!(n));
+    m.insert("epochs".into(), json!(a.epochs));
+    m.insert("neighbouring_relation".into(), json!("zero_out"));
+    m.insert(
+        "max_participations".into(),
+        json!(participation.max_participations()),
+    );
+    m.insert(
+        "min_separation".into(),
+        json!(participation.min_separation_steps()),
+    );
+    m.insert("workload".into(), json!(workload.name()));
+    m.insert("momentum".into(), json!(workload.beta()));
+    m.insert("objective".into(), json!(objective));
+    m.insert("sensitivity".into(), json!(e.sensitivity.value()));
+    m.insert("sensitivity_squared".into(), json!(e.sensitivity.squared));
+    m.insert("sensitivity_exact".into(), json!(e.sensitivity.exact));
+    m.insert("mean_error".into(), json!(e.mean_error));
+    m.insert("max_error".into(), json!(e.max_error));
+    m.insert("rmse".into(), json!(e.rmse()));
+    m.insert("max_rmse".into(), json!(e.max_rmse()));
+    m.insert("dpsgd_rmse".into(), json!(sgd.rmse()));
+    m.insert("dpsgd_max_rmse".into(), json!(sgd.max_rmse()));
+    m.insert("rmse_ratio_vs_dpsgd".into(), json!(e.rmse() / sgd.rmse()));
+    m.insert("lower_bound_rmse".into(), json!(lower_bound));
+    m.insert(
+        "memory_vectors".into(),
+        json!(strategy.recurrence().memory_vectors()),
+    );
+    m.insert(
+        "recurrence".into(),
+        serde_json::to_value(strategy.recurrence()).unwrap_or(Value::Null),
+    );
+    if let Some(blt) = &blt {
+        m.insert(
+            "blt".into(),
+            serde_json::to_value(blt).unwrap_or(Value::Null),
+        );
+    }
+    m.insert("sampling_rate".into(), json!(a.sampling_rate));
+    if let Some(p) = &privacy {
+        m.insert("noise_multiplier".into(), json!(p.sigma));
+        m.insert("delta".into(), json!(p.delta));
+        m.insert("epsilon".into(), number(p.epsilon));
+        m.insert(
+            "noise_std_over_clip".into(),
+            json!(p.sigma * e.sensitivity.value()),
+        );
+        m.insert("event".into(), p.event.clone());
+    }
+    println!("{}", Value::Object(m));
+}
 
+/// The outcome in words.
+fn print_text(a: &MfArgs, plan: &MfPlan, outcome: &Outcome) {
+    let (n, separation, workload, participation) =
+        (plan.n, plan.separation, &plan.workload, &plan.participation);
+    let Outcome {
+        strategy,
+        evaluation: e,
+        sgd,
+        lower_bound,
+        privacy,
+        ..
+    } = outcome;
     let work = if workload.is_prefix() {
         "prefix sums (SGD)".to_string()
     } else {
@@ -422,7 +510,6 @@ pub(crate) fn run(a: MfArgs) -> Result<(), Failure> {
         println!("  assumes      the same data order every epoch (each example at most {} times, {} steps apart); reshuffling between epochs breaks the sensitivity", a.epochs, separation);
     }
     println!("  neighbours   zero-out: one example's gradient replaced by zero, its place in the data order kept (the relation b-min-sep participation assumes; add/remove would shift other examples); the units are the noise multiplier times the clip norm (divide by the batch size for averaged gradients)");
-    Ok(())
 }
 
 /// What a strategy is, in words.

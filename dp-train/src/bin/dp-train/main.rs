@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dp_train::TrainError;
 
 /// Differentially private training of libtorch models.
 ///
@@ -26,7 +25,7 @@ use dp_train::TrainError;
 /// (epsilon, delta) and a privacy ledger refuses any step beyond it. Privacy is per example:
 /// add/remove-one neighbours for Poisson-sampled runs, zero-out neighbours for cyclic ones.
 #[derive(Parser, Debug)]
-#[command(name = "dp-train", version)]
+#[command(name = "dp-train", version, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -102,6 +101,11 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+const EXIT_CODES: &str = "Exit codes: 0 done; 1 the run failed (a file that cannot be read or \
+written, a damaged run folder, a data-parallel process that died, libtorch); 2 invalid input (a \
+plan key or flag, with its reason; the data; a run folder made by another plan); 70 an internal \
+error of the toolkit (a bug: please report it). Errors are one line on stderr.";
+
 fn main() -> ExitCode {
     let cli: Cli = match dp_accounting::cli::parse("dp-train") {
         Ok(cli) => cli,
@@ -122,13 +126,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dp-train: error: {e}");
-            match e {
-                TrainError::Config(_) | TrainError::Accounting(_) | TrainError::Data { .. } => {
-                    ExitCode::from(2)
-                }
-                TrainError::Io(_) => ExitCode::FAILURE,
-                _ => ExitCode::FAILURE,
-            }
+            ExitCode::from(e.exit_code())
         }
     }
 }
