@@ -28,6 +28,7 @@ use tch::{nn, Kind, Tensor};
 
 use crate::dpsgd::{clipped_sums, validate, Batches, DpSgdConfig, ShareStats};
 use crate::error::TrainError;
+use crate::per_example_loss::{CrossEntropy, PerExampleLoss};
 
 /// The leader's first message of a step when there is no step: the others stop.
 const STOP: i64 = -1;
@@ -91,14 +92,14 @@ impl<'a> Protocol<'a> {
         }
         let mut totals = [Tensor::from_slice(&[
             stats.loss_sum,
-            stats.correct as f64,
+            stats.correct,
             stats.nonfinite as f64,
         ])];
         self.collectives.all_reduce_sum(&mut totals)?;
         let totals = Vec::<f64>::try_from(&totals[0])?;
         *stats = ShareStats {
             loss_sum: totals[0],
-            correct: totals[1] as i64,
+            correct: totals[1],
             nonfinite: totals[2] as i64,
         };
         Ok(())
@@ -140,19 +141,16 @@ pub fn serve_as_worker(
             "rank 0 leads a data-parallel run: it trains, it does not serve".into(),
         ));
     }
-    validate(config, data.labels.size()[0])?;
+    let examples = CrossEntropy { logits, data };
+    validate(config, examples.len())?;
     let engine = ClippingEngine::new(vs, config.clip_norm)?.with_style(config.clipping)?;
     let protocol = Protocol::new(collectives);
     protocol.share_model(vs)?;
     let mut steps = 0;
     while let Some(batch) = protocol.announce(None)? {
-        let (mut sums, mut stats) = clipped_sums(
-            &engine,
-            &logits,
-            data,
-            &protocol.share(&batch),
-            config.physical_batch_size,
-        )?;
+        let share = protocol.share(&batch);
+        let (mut sums, mut stats) =
+            clipped_sums(&engine, &examples, &share, config.physical_batch_size)?;
         protocol.reduce(&mut sums, &mut stats)?;
         if !protocol.conclude(vs, false)? {
             break;

@@ -30,13 +30,14 @@ use dp_core::{
     ClippingEngine, ClippingStyle, Collectives, CorrelatedNoise, GaussianNoise, NoiseMode,
     PoissonSampler, PrivacyRng, Tape,
 };
-use tch::{nn, Kind, Reduction, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use crate::checkpoint::Checkpointing;
 use crate::data_parallel::Protocol;
 use crate::error::TrainError;
 use crate::ledger::PrivacyLedger;
 use crate::optimizer::{Optimizer, OptimizerState, Schedule};
+use crate::per_example_loss::{CrossEntropy, PerExampleLoss};
 
 /// Everything that shapes a DP-SGD run.
 #[derive(Debug, Clone, PartialEq)]
@@ -307,6 +308,29 @@ pub fn train(
     train_with_hooks(vs, logits, data, config, rng, &mut NoHooks, None, on_step)
 }
 
+/// Runs DP-SGD on the trainable variables of `vs` with any per-example loss: `examples` gives
+/// the number of examples and the losses of those the run samples ([`PerExampleLoss`]).
+/// [`train`] is this with [`CrossEntropy`].
+pub fn train_with_loss(
+    vs: &nn::VarStore,
+    examples: &impl PerExampleLoss,
+    config: &DpSgdConfig,
+    rng: &mut PrivacyRng,
+    on_step: impl FnMut(&StepReport),
+) -> Result<TrainSummary, TrainError> {
+    let alone = Collectives::single();
+    lead(
+        &alone,
+        vs,
+        examples,
+        config,
+        rng,
+        &mut NoHooks,
+        None,
+        on_step,
+    )
+}
+
 /// [`train`] with hooks that see each step's sums before and after noise, and optional
 /// checkpoints: with `checkpointing`, a run folder holding a checkpoint is resumed from it
 /// (weights, optimizer, generator and ledger), and the state is saved every few steps.
@@ -322,11 +346,11 @@ pub fn train_with_hooks(
     on_step: impl FnMut(&StepReport),
 ) -> Result<TrainSummary, TrainError> {
     let alone = Collectives::single();
+    let examples = CrossEntropy { logits, data };
     lead(
         &alone,
         vs,
-        logits,
-        data,
+        &examples,
         config,
         rng,
         hooks,
@@ -357,11 +381,11 @@ pub fn train_data_parallel(
             collectives.rank()
         )));
     }
+    let examples = CrossEntropy { logits, data };
     lead(
         collectives,
         vs,
-        logits,
-        data,
+        &examples,
         config,
         rng,
         &mut NoHooks,
@@ -375,15 +399,14 @@ pub fn train_data_parallel(
 fn lead(
     collectives: &Collectives,
     vs: &nn::VarStore,
-    logits: impl Fn(&Tensor, &mut Tape) -> Tensor,
-    data: Batches<'_>,
+    examples: &impl PerExampleLoss,
     config: &DpSgdConfig,
     rng: &mut PrivacyRng,
     hooks: &mut impl StepHooks,
     checkpointing: Option<&Checkpointing>,
     mut on_step: impl FnMut(&StepReport),
 ) -> Result<TrainSummary, TrainError> {
-    let n = data.labels.size()[0];
+    let n = examples.len();
     validate(config, n)?;
     let engine =
         hooks.engine(ClippingEngine::new(vs, config.clip_norm)?.with_style(config.clipping)?);
@@ -492,7 +515,7 @@ fn lead(
         protocol.announce(Some(&batch))?;
         let share = protocol.share(&batch);
         let (mut sums, mut stats) =
-            clipped_sums(&engine, &logits, data, &share, config.physical_batch_size)?;
+            clipped_sums(&engine, examples, &share, config.physical_batch_size)?;
         protocol.reduce(&mut sums, &mut stats)?;
         nonfinite_examples += stats.nonfinite;
         match ledger.record_step() {
@@ -544,7 +567,7 @@ fn lead(
             step: ledger.steps(),
             batch_size: batch.len(),
             mean_loss: stats.loss_sum / batch.len() as f64,
-            accuracy: stats.correct as f64 / batch.len() as f64,
+            accuracy: stats.correct / batch.len() as f64,
             epsilon: ledger.spent()?.epsilon,
         });
     }
@@ -563,36 +586,28 @@ fn lead(
 pub(crate) struct ShareStats {
     /// The sum of the examples' losses.
     pub loss_sum: f64,
-    /// How many were classified correctly before the update.
-    pub correct: i64,
+    /// How many were classified correctly before the update (NaN where the loss does not
+    /// classify).
+    pub correct: f64,
     /// How many were dropped for non-finite gradients.
     pub nonfinite: i64,
 }
 
-/// The clipped gradient sums of `examples` (indices into `data`), run through the model in
-/// physical batches of at most `physical` examples.
+/// The clipped gradient sums of `indices`, their losses computed in physical batches of at
+/// most `physical` examples.
 pub(crate) fn clipped_sums(
     engine: &ClippingEngine,
-    logits: &impl Fn(&Tensor, &mut Tape) -> Tensor,
-    data: Batches<'_>,
-    examples: &[i64],
+    examples: &impl PerExampleLoss,
+    indices: &[i64],
     physical: usize,
 ) -> Result<(BTreeMap<String, Tensor>, ShareStats), TrainError> {
     let mut sums = engine.zero_sums();
     let mut stats = ShareStats::default();
-    for chunk in examples.chunks(physical) {
-        let index = Tensor::from_slice(chunk).to_device(data.inputs.device());
-        let x = data.inputs.index_select(0, &index);
-        let y = data.labels.index_select(0, &index);
+    for chunk in indices.chunks(physical) {
         let mut tape = Tape::recording();
-        let out = logits(&x, &mut tape);
-        stats.correct += tch::no_grad(|| {
-            out.argmax(-1, false)
-                .eq_tensor(&y)
-                .sum(Kind::Int64)
-                .int64_value(&[])
-        });
-        let losses = out.cross_entropy_loss::<Tensor>(&y, None, Reduction::None, -100, 0.0);
+        let losses = examples.losses(chunk, &mut tape)?;
+        stats.correct += losses.correct.map_or(f64::NAN, |c| c as f64);
+        let losses = losses.values;
         stats.loss_sum += losses.sum(Kind::Double).double_value(&[]);
         let clipped = engine.clip(tape.take(), &losses)?;
         stats.nonfinite += clipped.nonfinite;

@@ -21,6 +21,7 @@ pub mod job;
 mod ledger;
 pub mod models;
 pub mod optimizer;
+pub mod per_example_loss;
 pub mod plan;
 mod statement;
 pub mod text;
@@ -29,8 +30,8 @@ pub mod tune;
 
 pub use data_parallel::serve_as_worker;
 pub use dpsgd::{
-    evaluate_accuracy, train, train_data_parallel, train_with_hooks, Batches, DpSgdConfig,
-    Mechanism, NoHooks, PrivacyTarget, StepHooks, StepReport, TrainSummary,
+    evaluate_accuracy, train, train_data_parallel, train_with_hooks, train_with_loss, Batches,
+    DpSgdConfig, Mechanism, NoHooks, PrivacyTarget, StepHooks, StepReport, TrainSummary,
 };
 pub use error::{AtPath, TrainError};
 pub use ledger::{LedgerRecord, PrivacyLedger};

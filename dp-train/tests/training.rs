@@ -3541,3 +3541,138 @@ fn each_kind_of_error_has_its_exit_code() {
         "{help}"
     );
 }
+
+/// `train_with_loss`: any per-example loss over examples fetched by index.
+mod any_loss {
+    use super::*;
+    use dp_train::per_example_loss::{CrossEntropy, Losses, PerExampleLoss};
+    use dp_train::{train_with_loss, PrivacyTarget};
+
+    /// Linear regression with the squared error, its examples generated from their index
+    /// (nothing in memory but the true weights).
+    struct Regression<'a> {
+        layer: &'a DpLinear,
+        n: i64,
+    }
+
+    const TRUE_WEIGHTS: [f32; 4] = [1.0, -2.0, 0.5, 3.0];
+
+    impl Regression<'_> {
+        /// Example `i`: inputs from a generator keyed by `i`, target `x . w* + 0.1 e`.
+        fn example(i: i64) -> (Tensor, Tensor) {
+            let mut rng = PrivacyRng::from_seed(1000 + i as u64);
+            let draws: Vec<f32> = rng.standard_normals(5).iter().map(|&v| v as f32).collect();
+            let x = Tensor::from_slice(&draws[..4]);
+            let y = (&x * Tensor::from_slice(&TRUE_WEIGHTS)).sum(Kind::Float)
+                + 0.1 * f64::from(draws[4]);
+            (x, y)
+        }
+    }
+
+    impl PerExampleLoss for Regression<'_> {
+        fn len(&self) -> i64 {
+            self.n
+        }
+        fn losses(&self, indices: &[i64], tape: &mut Tape) -> Result<Losses, TrainError> {
+            let (xs, ys): (Vec<Tensor>, Vec<Tensor>) =
+                indices.iter().map(|&i| Self::example(i)).unzip();
+            let prediction = self
+                .layer
+                .forward(&Tensor::stack(&xs, 0), tape)
+                .squeeze_dim(1);
+            let error = prediction - Tensor::stack(&ys, 0);
+            Ok(Losses {
+                values: &error * &error * 0.5,
+                correct: None,
+            })
+        }
+    }
+
+    #[test]
+    fn a_squared_error_regression_learns_its_weights_privately() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let layer = DpLinear::new(&(vs.root() / "layer"), 4, 1, true);
+        let examples = Regression {
+            layer: &layer,
+            n: 2000,
+        };
+        let config = DpSgdConfig::for_target(
+            PrivacyTarget {
+                epsilon: 8.0,
+                delta: 1e-5,
+                dataset_size: 2000,
+                expected_batch_size: 200.0,
+                epochs: 10.0,
+                clip_norm: 5.0,
+                noise: NoiseMode::Fast,
+            },
+            0.5,
+        )
+        .unwrap();
+        let mut accuracies = Vec::new();
+        let summary = train_with_loss(
+            &vs,
+            &examples,
+            &config,
+            &mut PrivacyRng::from_seed(2),
+            |step| accuracies.push(step.accuracy),
+        )
+        .unwrap();
+        assert_eq!(summary.ledger.steps(), 100);
+        assert!(summary.ledger.spent().unwrap().epsilon <= 8.0);
+        // A loss that does not classify reports no accuracy.
+        assert!(accuracies.iter().all(|a| a.is_nan()));
+        let learned = Vec::<f32>::try_from(vs.variables()["layer.weight"].flatten(0, -1)).unwrap();
+        for (got, want) in learned.iter().zip(TRUE_WEIGHTS) {
+            assert!(
+                (got - want).abs() < 0.25,
+                "{learned:?} against {TRUE_WEIGHTS:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cross_entropy_through_the_trait_is_the_classifier_loop() {
+        // train() is train_with_loss with CrossEntropy: the same seed gives the same weights.
+        let data = load_fashion_mnist();
+        let (inputs, labels) = (
+            data.train_images.narrow(0, 0, 1000),
+            data.train_labels.narrow(0, 0, 1000),
+        );
+        let run = |through_trait: bool| {
+            tch::manual_seed(5);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let layer = DpLinear::new(&(vs.root() / "layer"), 784, 10, true);
+            let logits = |x: &Tensor, tape: &mut Tape| layer.forward(x, tape);
+            let batches = Batches {
+                inputs: &inputs,
+                labels: &labels,
+            };
+            let config = DpSgdConfig::for_target(
+                PrivacyTarget {
+                    epsilon: 4.0,
+                    delta: 1e-4,
+                    dataset_size: 1000,
+                    expected_batch_size: 100.0,
+                    epochs: 1.0,
+                    clip_norm: 1.0,
+                    noise: NoiseMode::Secure,
+                },
+                0.1,
+            )
+            .unwrap();
+            let mut rng = PrivacyRng::from_seed(9);
+            if through_trait {
+                let examples = CrossEntropy {
+                    logits,
+                    data: batches,
+                };
+                train_with_loss(&vs, &examples, &config, &mut rng, |_| {}).unwrap();
+            } else {
+                train(&vs, logits, batches, &config, &mut rng, |_| {}).unwrap();
+            }
+            vs.variables()["layer.weight"].copy()
+        };
+        assert!(run(true).equal(&run(false)));
+    }
+}
