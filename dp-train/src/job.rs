@@ -68,7 +68,7 @@ impl Job {
         validation: usize,
         mut on_cache: impl FnMut(i64, i64),
     ) -> Result<Self, TrainError> {
-        config.resolve()?;
+        config.check()?;
         let folder = |name: &str| {
             data_dir
                 .map(Path::to_path_buf)

@@ -329,7 +329,7 @@ impl TrainConfig {
         let config: Self = table
             .try_into()
             .map_err(|e: toml::de::Error| config_error(e.to_string().trim().replace('\n', " ")))?;
-        config.resolve()?;
+        config.check()?;
         Ok(config)
     }
 
@@ -432,9 +432,11 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Validates and resolves the mechanism from `[data]` and `[privacy]` alone (after checking
-    /// the other sections' values).
-    pub fn resolve(&self) -> Result<ResolvedPlan, TrainError> {
+    /// Checks every value and every combination of values without computing anything: what
+    /// parsing a plan ([`TrainConfig::from_toml`]) and building its job ([`crate::job::Job::load`])
+    /// ask. [`TrainConfig::resolve`] does this first, then calibrates the noise (or optimizes the
+    /// correlated-noise strategy), once.
+    pub fn check(&self) -> Result<(), TrainError> {
         self.check_values()?;
         let (d, p) = (&self.data, &self.privacy);
         match (d.dataset.as_str(), self.model.kind.as_str()) {
@@ -525,13 +527,40 @@ impl TrainConfig {
                 )))
             }
         }
+        if p.noise == "mf" && p.noise_mode == NoiseMode::Secure {
+            return Err(config_error(
+                "privacy.noise_mode: secure (grid) noise is not offered for correlated noise, which is floating-point; set noise_mode = \"fast\" to accept that",
+            ));
+        }
+        self.shape().map(|_| ())
+    }
+
+    /// The mechanism's shape from `[data]` and `[privacy]`, every value checked, nothing
+    /// computed yet (what [`TrainConfig::check`] ends with).
+    fn shape(&self) -> Result<Shape, TrainError> {
+        let (d, p) = (&self.data, &self.privacy);
+        let positive = |x: f64| x.is_finite() && x > 0.0;
         if p.noise == "mf" {
-            if p.noise_mode == NoiseMode::Secure {
+            let Some(mf) = p.mf else {
                 return Err(config_error(
-                    "privacy.noise_mode: secure (grid) noise is not offered for correlated noise, which is floating-point; set noise_mode = \"fast\" to accept that",
+                    "privacy.mf: noise = \"mf\" needs a strategy, e.g. mf = { strategy = \"blt\", buffers = 4 }",
                 ));
+            };
+            let batches = ((d.dataset_size as f64 / p.expected_batch_size).round() as u64).max(1);
+            let epochs = match (p.epochs, p.steps) {
+                (Some(e), None) if e >= 1.0 && e.fract() == 0.0 => e as u64,
+                _ => return Err(config_error(
+                    "privacy.epochs: correlated noise needs a whole number of epochs (>= 1), not steps",
+                )),
+            };
+            if p.noise_multiplier.is_some_and(|sigma| !positive(sigma)) {
+                return Err(config_error("privacy.noise_multiplier must be > 0"));
             }
-            return self.resolve_correlated();
+            return Ok(Shape::Cyclic {
+                mf,
+                batches,
+                epochs,
+            });
         }
         if p.mf.is_some() {
             return Err(config_error("privacy.mf is only read with noise = \"mf\""));
@@ -558,8 +587,8 @@ impl TrainConfig {
             },
             _ => AccountantKind::Rdp,
         };
-        let (noise_multiplier, epsilon_budget) = match (p.noise.as_str(), p.noise_multiplier) {
-            ("none", None) if p.epsilon == f64::INFINITY => (0.0, f64::INFINITY),
+        let noise = match (p.noise.as_str(), p.noise_multiplier) {
+            ("none", None) if p.epsilon == f64::INFINITY => PoissonNoise::None,
             ("none", None) => {
                 return Err(config_error(format!(
                     "privacy.epsilon: noise = \"none\" trains WITHOUT privacy, which epsilon {} would not describe: set epsilon = inf too (--set privacy.epsilon=inf)",
@@ -572,16 +601,9 @@ impl TrainConfig {
                 ))
             }
             ("gaussian", Some(sigma)) if positive(sigma) && positive(p.epsilon) => {
-                (sigma, p.epsilon)
+                PoissonNoise::Given(sigma)
             }
-            ("gaussian", None) if positive(p.epsilon) => (
-                noise_multiplier_for(
-                    p.noise_mode,
-                    calibrate_noise_multiplier(accountant, q, steps, p.epsilon, p.delta)?
-                        .noise_multiplier,
-                ),
-                p.epsilon,
-            ),
+            ("gaussian", None) if positive(p.epsilon) => PoissonNoise::Calibrated,
             ("gaussian", _) => {
                 return Err(config_error(
                     "privacy.epsilon and privacy.noise_multiplier must be > 0",
@@ -592,6 +614,45 @@ impl TrainConfig {
                     "privacy.noise: unknown '{other}' (gaussian or none)"
                 )))
             }
+        };
+        Ok(Shape::Poisson {
+            q,
+            steps,
+            accountant,
+            noise,
+        })
+    }
+
+    /// Validates and resolves the mechanism from `[data]` and `[privacy]` alone (after checking
+    /// every value): the steps, the calibrated noise multiplier (or the optimized
+    /// correlated-noise strategy), the event and the accountant.
+    pub fn resolve(&self) -> Result<ResolvedPlan, TrainError> {
+        self.check()?;
+        let p = &self.privacy;
+        let (q, steps, accountant, noise) = match self.shape()? {
+            Shape::Cyclic {
+                mf,
+                batches,
+                epochs,
+            } => return self.resolve_correlated(mf, batches, epochs),
+            Shape::Poisson {
+                q,
+                steps,
+                accountant,
+                noise,
+            } => (q, steps, accountant, noise),
+        };
+        let (noise_multiplier, epsilon_budget) = match noise {
+            PoissonNoise::None => (0.0, f64::INFINITY),
+            PoissonNoise::Given(sigma) => (sigma, p.epsilon),
+            PoissonNoise::Calibrated => (
+                noise_multiplier_for(
+                    p.noise_mode,
+                    calibrate_noise_multiplier(accountant, q, steps, p.epsilon, p.delta)?
+                        .noise_multiplier,
+                ),
+                p.epsilon,
+            ),
         };
         let event = if noise_multiplier == 0.0 {
             DpEvent::SelfComposed {
@@ -618,20 +679,13 @@ impl TrainConfig {
     /// (n = k b steps, each example in at most k steps at least b apart), the strategy
     /// optimized for that participation (prefix-sum workload, mean error), and the noise
     /// multiplier of one Gaussian mechanism meeting (epsilon, delta).
-    fn resolve_correlated(&self) -> Result<ResolvedPlan, TrainError> {
-        let (d, p) = (&self.data, &self.privacy);
-        let Some(mf) = p.mf else {
-            return Err(config_error(
-                "privacy.mf: noise = \"mf\" needs a strategy, e.g. mf = { strategy = \"blt\", buffers = 4 }",
-            ));
-        };
-        let batches = ((d.dataset_size as f64 / p.expected_batch_size).round() as u64).max(1);
-        let epochs = match (p.epochs, p.steps) {
-            (Some(e), None) if e >= 1.0 && e.fract() == 0.0 => e as u64,
-            _ => return Err(config_error(
-                "privacy.epochs: correlated noise needs a whole number of epochs (>= 1), not steps",
-            )),
-        };
+    fn resolve_correlated(
+        &self,
+        mf: MfSection,
+        batches: u64,
+        epochs: u64,
+    ) -> Result<ResolvedPlan, TrainError> {
+        let p = &self.privacy;
         let steps = epochs * batches;
         let n = steps as usize;
         let participation = Participation::epochs(n, epochs)?;
@@ -648,8 +702,7 @@ impl TrainConfig {
             )?,
         };
         let noise_multiplier = match p.noise_multiplier {
-            Some(sigma) if sigma.is_finite() && sigma > 0.0 => sigma,
-            Some(_) => return Err(config_error("privacy.noise_multiplier must be > 0")),
+            Some(sigma) => sigma,
             None => gaussian_noise_multiplier(p.epsilon, p.delta)?,
         };
         Ok(ResolvedPlan {
@@ -666,6 +719,33 @@ impl TrainConfig {
             accountant: AccountantKind::Rdp,
         })
     }
+}
+
+/// What a plan's `[privacy]` section asks for, checked but not yet computed.
+enum Shape {
+    /// DP-SGD with Poisson sampling.
+    Poisson {
+        q: f64,
+        steps: u64,
+        accountant: AccountantKind,
+        noise: PoissonNoise,
+    },
+    /// Correlated noise over cyclic batches.
+    Cyclic {
+        mf: MfSection,
+        batches: u64,
+        epochs: u64,
+    },
+}
+
+/// Where a Poisson-sampled plan's noise multiplier comes from.
+enum PoissonNoise {
+    /// None: NOT PRIVATE.
+    None,
+    /// Given by the plan.
+    Given(f64),
+    /// Calibrated to the plan's epsilon.
+    Calibrated,
 }
 
 /// The sections of a resolved plan that may differ between a run and its resumption: they
