@@ -48,6 +48,24 @@ pub(crate) struct BenchArgs {
 }
 
 pub(crate) fn run(args: BenchArgs) -> Result<(), TrainError> {
+    let config = bench_config(&args)?;
+    if let Some(buffers) = args.correlated {
+        run_correlated(&args, &config, buffers)?;
+        return Ok(());
+    }
+    let mut noises: Vec<Option<NoiseMode>> = match args.noise.as_str() {
+        "both" => vec![Some(NoiseMode::Secure), Some(NoiseMode::Fast)],
+        one => vec![Some(one.parse().map_err(TrainError::Config)?)],
+    };
+    if let Some(only) = &args.only {
+        return run_alone(&config, only, noises[0]);
+    }
+    noises.push(None);
+    compare(&args, &config, &noises)
+}
+
+/// The flags as a bench configuration.
+fn bench_config(args: &BenchArgs) -> Result<BenchConfig, TrainError> {
     let device = parse_device(&args.device)?;
     if args.batch < 1 || args.seq < 1 || args.seq > 512 {
         return Err(TrainError::Config(
@@ -59,7 +77,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), TrainError> {
     } else {
         EncoderShape::MINILM
     };
-    let config = BenchConfig {
+    Ok(BenchConfig {
         shape,
         batch: args.batch,
         seq: args.seq,
@@ -70,95 +88,169 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), TrainError> {
         } else {
             Precision::F32
         },
-    };
-    if let Some(buffers) = args.correlated {
-        let (independent, correlated) = bench::time_correlated_noise(&config, buffers)?;
-        let overhead = correlated / independent - 1.0;
-        let out = serde_json::json!({
-            "shape": args.shape, "batch": args.batch, "seq": args.seq, "device": format!("{device:?}"),
-            "buffers": buffers, "independent_dp_step_s": independent, "correlated_dp_step_s": correlated,
-            "correlated_overhead": overhead,
-        });
-        if args.json {
-            println!("{out}");
-        } else {
-            println!("{} encoder, batch {}, seq {}, {}: DP step with independent noise {:.3} s, with BLT noise ({buffers} buffers) {:.3} s: {:+.1}%", args.shape, args.batch, args.seq, dp_train::device_name(device), independent, correlated, 100.0 * overhead);
-        }
-        return Ok(());
+    })
+}
+
+/// `--correlated BUFFERS`: a DP step with BLT noise against one with independent noise.
+fn run_correlated(
+    args: &BenchArgs,
+    config: &BenchConfig,
+    buffers: usize,
+) -> Result<(), TrainError> {
+    let device = config.device;
+    let (independent, correlated) = bench::time_correlated_noise(config, buffers)?;
+    let overhead = correlated / independent - 1.0;
+    let out = serde_json::json!({
+        "shape": args.shape, "batch": args.batch, "seq": args.seq, "device": format!("{device:?}"),
+        "buffers": buffers, "independent_dp_step_s": independent, "correlated_dp_step_s": correlated,
+        "correlated_overhead": overhead,
+    });
+    if args.json {
+        println!("{out}");
+    } else {
+        println!("{} encoder, batch {}, seq {}, {}: DP step with independent noise {:.3} s, with BLT noise ({buffers} buffers) {:.3} s: {:+.1}%", args.shape, args.batch, args.seq, dp_train::device_name(device), independent, correlated, 100.0 * overhead);
     }
-    let mut noises: Vec<Option<NoiseMode>> = match args.noise.as_str() {
-        "both" => vec![Some(NoiseMode::Secure), Some(NoiseMode::Fast)],
-        one => vec![Some(one.parse().map_err(TrainError::Config)?)],
+    Ok(())
+}
+
+/// `--only MODE` (internal): one mode timed alone in this process, for its peak memory.
+fn run_alone(config: &BenchConfig, only: &str, noise: Option<NoiseMode>) -> Result<(), TrainError> {
+    let (mode, noise) = match only {
+        "dp" => (StepMode::Dp, noise),
+        "clip" => (StepMode::Dp, None),
+        _ => (StepMode::NonPrivate, None),
     };
-    if let Some(only) = &args.only {
-        let (mode, noise) = match only.as_str() {
-            "dp" => (StepMode::Dp, noises[0]),
-            "clip" => (StepMode::Dp, None),
-            _ => (StepMode::NonPrivate, None),
-        };
-        let run = bench::time_mode(&config, mode, noise)?;
-        println!(
-            "{}",
-            serde_json::json!({
-                "step_s": run.step_s, "peak_bytes": bench::peak_resident_bytes(),
-                "device_peak_bytes": run.device_peak_bytes,
-            })
-        );
-        return Ok(());
-    }
-    noises.push(None);
-    let numel = bench::trainable_coordinates(&config);
+    let run = bench::time_mode(config, mode, noise)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "step_s": run.step_s, "peak_bytes": bench::peak_resident_bytes(),
+            "device_peak_bytes": run.device_peak_bytes,
+        })
+    );
+    Ok(())
+}
+
+/// The peak memory of one mode run alone in a child process: "dp" with a noise, "clip",
+/// "nonprivate".
+fn mode_peak(args: &BenchArgs, mode: &str, noise: NoiseMode) -> Option<bench::ModePeak> {
+    let exe = std::env::current_exe().ok()?;
+    let out = std::process::Command::new(exe)
+        .args([
+            "bench",
+            "--shape",
+            &args.shape,
+            "--batch",
+            &args.batch.to_string(),
+            "--seq",
+            &args.seq.to_string(),
+            "--steps",
+            "1",
+            "--device",
+            &args.device,
+            "--precision",
+            &args.precision,
+            "--noise",
+            noise.name(),
+            "--only",
+            mode,
+        ])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(bench::ModePeak {
+        host: v["peak_bytes"].as_u64()?,
+        device: v["device_peak_bytes"].as_u64(),
+    })
+}
+
+/// A mode's peak resident host memory, from `peaks`.
+fn host_peak(peaks: &[(String, Option<bench::ModePeak>)], name: &str) -> Option<u64> {
+    peaks.iter().find(|(n, _)| n == name)?.1.map(|p| p.host)
+}
+
+/// A mode's peak allocated device memory, from `peaks`.
+fn device_peak(peaks: &[(String, Option<bench::ModePeak>)], name: &str) -> Option<u64> {
+    peaks.iter().find(|(n, _)| n == name)?.1?.device
+}
+
+/// Everything one comparison measured.
+struct Measured {
+    times: bench::StepTimes,
+    rates: Option<bench::NoiseRates>,
+    device_noise: Option<Result<bench::DeviceNoise, TrainError>>,
+    peaks: Vec<(String, Option<bench::ModePeak>)>,
+    numel: i64,
+}
+
+/// Every noise mode's DP step, clipping alone and the non-private step, timed in one run,
+/// with the noise's throughput and each mode's peak memory.
+fn compare(
+    args: &BenchArgs,
+    config: &BenchConfig,
+    noises: &[Option<NoiseMode>],
+) -> Result<(), TrainError> {
+    let device = config.device;
+    let numel = bench::trainable_coordinates(config);
     let on_device = device != Device::Cpu;
     let rates = (!on_device)
         .then(|| bench::noise_throughput(numel, 5))
         .transpose()?;
-    let times = bench::time_all(&config, &noises)?;
+    let times = bench::time_all(config, noises)?;
     // The step table is the point of the bench: a failure of the device-noise timing is
     // reported beside it rather than losing it.
     let device_noise = on_device.then(|| bench::device_noise(numel, device, 5));
-    // The peaks of one mode run alone: "dp" with a noise, "clip", "nonprivate".
-    let peak = |mode: &str, noise: NoiseMode| -> Option<bench::ModePeak> {
-        let exe = std::env::current_exe().ok()?;
-        let out = std::process::Command::new(exe)
-            .args([
-                "bench",
-                "--shape",
-                &args.shape,
-                "--batch",
-                &args.batch.to_string(),
-                "--seq",
-                &args.seq.to_string(),
-                "--steps",
-                "1",
-                "--device",
-                &args.device,
-                "--precision",
-                &args.precision,
-                "--noise",
-                noise.name(),
-                "--only",
-                mode,
-            ])
-            .output()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        Some(bench::ModePeak {
-            host: v["peak_bytes"].as_u64()?,
-            device: v["device_peak_bytes"].as_u64(),
-        })
-    };
     let first_noise = noises[0].unwrap_or(NoiseMode::Fast);
     let mut peaks: Vec<(String, Option<bench::ModePeak>)> = noises
         .iter()
         .map(|n| match n {
-            Some(mode) => (mode.name().to_string(), peak("dp", *mode)),
-            None => ("clip_only".to_string(), peak("clip", first_noise)),
+            Some(mode) => (mode.name().to_string(), mode_peak(args, "dp", *mode)),
+            None => (
+                "clip_only".to_string(),
+                mode_peak(args, "clip", first_noise),
+            ),
         })
         .collect();
-    peaks.push(("nonprivate".into(), peak("nonprivate", first_noise)));
-    let host_peak = |name: &str| peaks.iter().find(|(n, _)| n == name)?.1.map(|p| p.host);
-    let device_peak = |name: &str| peaks.iter().find(|(n, _)| n == name)?.1?.device;
-    let (dp_peak, nonprivate_peak) = (host_peak(first_noise.name()), host_peak("nonprivate"));
+    peaks.push((
+        "nonprivate".into(),
+        mode_peak(args, "nonprivate", first_noise),
+    ));
+    let measured = Measured {
+        times,
+        rates,
+        device_noise,
+        peaks,
+        numel,
+    };
+    if args.json {
+        println!("{}", to_json(args, config, &measured, first_noise));
+    } else {
+        print_text(args, config, &measured, first_noise);
+    }
+    Ok(())
+}
+
+/// The comparison as one JSON object.
+fn to_json(
+    args: &BenchArgs,
+    config: &BenchConfig,
+    measured: &Measured,
+    first_noise: NoiseMode,
+) -> serde_json::Value {
+    let device = config.device;
+    let Measured {
+        times,
+        rates,
+        device_noise,
+        peaks,
+        numel,
+    } = measured;
+    let numel = *numel;
+    let device_peak = |name: &str| device_peak(peaks, name);
+    let (dp_peak, nonprivate_peak) = (
+        host_peak(peaks, first_noise.name()),
+        host_peak(peaks, "nonprivate"),
+    );
     let memory_ratio = dp_peak
         .zip(nonprivate_peak)
         .map(|(d, n)| d as f64 / n as f64);
@@ -227,71 +319,88 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), TrainError> {
         Some(Err(e)) => out["device_noise_error"] = e.to_string().into(),
         None => {}
     }
-    if args.json {
-        println!("{out}");
-    } else {
-        for t in &times.dp {
-            let what = match t.noise {
-                Some(mode) => format!("DP step ({mode} noise)"),
-                None => "DP step without noise (clipping only)".to_string(),
-            };
-            println!("{} encoder, batch {}, seq {}, {}, {} activations: {what} {:.3} s, non-private step {:.3} s, throughput ratio {:.3}", args.shape, args.batch, args.seq, dp_train::device_name(device), args.precision, t.step_s, nonprivate, t.throughput_ratio);
-        }
-        if let Some(r) = times.secure_over_fast {
-            println!("secure / fast DP step time: {r:.3}");
-        }
-        for t in &times.dp {
-            if let (Some(mode), Some(share)) = (t.noise, t.noise_share) {
-                println!(
-                    "{mode} noise: {:.1}% of the DP step beyond clipping",
-                    100.0 * share
-                );
-            }
-        }
-        if let Some(rates) = &rates {
-            println!("noise on {numel} coordinates (CPU, Gsamples/s): secure release {:.3}, fast release {:.3}, libtorch randn alone {:.3}, libtorch normal_ in place {:.3}; secure / randn {:.2}, secure / normal_ {:.2}", rates.secure / 1e9, rates.fast / 1e9, rates.randn / 1e9, rates.normal_in_place / 1e9, rates.secure_over_randn, rates.secure_over_normal_in_place);
-        }
-        if let Some(Err(e)) = &device_noise {
+    out
+}
+
+/// The comparison in words.
+fn print_text(args: &BenchArgs, config: &BenchConfig, measured: &Measured, first_noise: NoiseMode) {
+    let device = config.device;
+    let Measured {
+        times,
+        rates,
+        device_noise,
+        peaks,
+        numel,
+    } = measured;
+    let nonprivate = times.nonprivate_s;
+    let device_peak = |name: &str| device_peak(peaks, name);
+    let (dp_peak, nonprivate_peak) = (
+        host_peak(peaks, first_noise.name()),
+        host_peak(peaks, "nonprivate"),
+    );
+    let memory_ratio = dp_peak
+        .zip(nonprivate_peak)
+        .map(|(d, n)| d as f64 / n as f64);
+    for t in &times.dp {
+        let what = match t.noise {
+            Some(mode) => format!("DP step ({mode} noise)"),
+            None => "DP step without noise (clipping only)".to_string(),
+        };
+        println!("{} encoder, batch {}, seq {}, {}, {} activations: {what} {:.3} s, non-private step {:.3} s, throughput ratio {:.3}", args.shape, args.batch, args.seq, dp_train::device_name(device), args.precision, t.step_s, nonprivate, t.throughput_ratio);
+    }
+    if let Some(r) = times.secure_over_fast {
+        println!("secure / fast DP step time: {r:.3}");
+    }
+    for t in &times.dp {
+        if let (Some(mode), Some(share)) = (t.noise, t.noise_share) {
             println!(
-                "noise on {}: not measured ({e})",
-                dp_train::device_name(device)
-            );
-        }
-        if let Some(Ok(d)) = &device_noise {
-            println!("noise on {numel} coordinates on {}: fast release {:.4} s, secure release {:.4} s (drawn on the host, copied, released on the device; not overlapped here); secure release equals the host's bit for bit: {}", dp_train::device_name(device), d.fast_release_s, d.secure_release_s, d.secure_matches_host);
-        }
-        if let (Some(d), Some(n), Some(r)) = (dp_peak, nonprivate_peak, memory_ratio) {
-            let scope = match device {
-                Device::Cpu => "whole process, libtorch included",
-                _ => "host memory only",
-            };
-            println!(
-                "peak resident memory: DP {:.2} GiB, non-private {:.2} GiB, ratio {:.2} ({scope})",
-                d as f64 / 1073741824.0,
-                n as f64 / 1073741824.0,
-                r
-            );
-        }
-        let gib = |b: u64| b as f64 / 1073741824.0;
-        if let Some(plain) = device_peak("nonprivate") {
-            let modes: Vec<String> = peaks
-                .iter()
-                .filter(|(name, _)| name != "nonprivate")
-                .filter_map(|(name, _)| {
-                    let p = device_peak(name)?;
-                    Some(format!(
-                        "{name} {:.2} GiB ({:.2}x)",
-                        gib(p),
-                        p as f64 / plain as f64
-                    ))
-                })
-                .collect();
-            println!(
-                "peak allocated device memory: non-private {:.2} GiB; DP {}",
-                gib(plain),
-                modes.join(", ")
+                "{mode} noise: {:.1}% of the DP step beyond clipping",
+                100.0 * share
             );
         }
     }
-    Ok(())
+    if let Some(rates) = &rates {
+        println!("noise on {numel} coordinates (CPU, Gsamples/s): secure release {:.3}, fast release {:.3}, libtorch randn alone {:.3}, libtorch normal_ in place {:.3}; secure / randn {:.2}, secure / normal_ {:.2}", rates.secure / 1e9, rates.fast / 1e9, rates.randn / 1e9, rates.normal_in_place / 1e9, rates.secure_over_randn, rates.secure_over_normal_in_place);
+    }
+    if let Some(Err(e)) = &device_noise {
+        println!(
+            "noise on {}: not measured ({e})",
+            dp_train::device_name(device)
+        );
+    }
+    if let Some(Ok(d)) = &device_noise {
+        println!("noise on {numel} coordinates on {}: fast release {:.4} s, secure release {:.4} s (drawn on the host, copied, released on the device; not overlapped here); secure release equals the host's bit for bit: {}", dp_train::device_name(device), d.fast_release_s, d.secure_release_s, d.secure_matches_host);
+    }
+    if let (Some(d), Some(n), Some(r)) = (dp_peak, nonprivate_peak, memory_ratio) {
+        let scope = match device {
+            Device::Cpu => "whole process, libtorch included",
+            _ => "host memory only",
+        };
+        println!(
+            "peak resident memory: DP {:.2} GiB, non-private {:.2} GiB, ratio {:.2} ({scope})",
+            d as f64 / 1073741824.0,
+            n as f64 / 1073741824.0,
+            r
+        );
+    }
+    let gib = |b: u64| b as f64 / 1073741824.0;
+    if let Some(plain) = device_peak("nonprivate") {
+        let modes: Vec<String> = peaks
+            .iter()
+            .filter(|(name, _)| name != "nonprivate")
+            .filter_map(|(name, _)| {
+                let p = device_peak(name)?;
+                Some(format!(
+                    "{name} {:.2} GiB ({:.2}x)",
+                    gib(p),
+                    p as f64 / plain as f64
+                ))
+            })
+            .collect();
+        println!(
+            "peak allocated device memory: non-private {:.2} GiB; DP {}",
+            gib(plain),
+            modes.join(", ")
+        );
+    }
 }
