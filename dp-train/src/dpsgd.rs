@@ -130,49 +130,79 @@ impl DpSgdConfig {
     /// # Ok::<(), dp_train::TrainError>(())
     /// ```
     pub fn for_target(target: PrivacyTarget, learning_rate: f64) -> Result<Self, TrainError> {
-        let n = target.dataset_size as f64;
-        if !(target.expected_batch_size > 0.0 && target.expected_batch_size <= n) {
-            return Err(TrainError::Config(format!(
-                "expected batch size {} must be in (0, {n}]",
-                target.expected_batch_size
-            )));
-        }
-        if !(target.epochs.is_finite() && target.epochs > 0.0) {
-            return Err(TrainError::Config(format!(
-                "epochs must be a finite number > 0, got {}",
-                target.epochs
-            )));
-        }
-        let q = target.expected_batch_size / n;
-        let steps = (target.epochs / q).ceil() as u64;
-        let accountant = if target.delta < PRV_MIN_DELTA {
-            AccountantKind::Rdp
-        } else {
-            AccountantKind::Prv {
-                epsilon_error: prv_epsilon_error_for(target.epsilon),
-            }
+        let steps = target.steps()?;
+        let q = target.expected_batch_size / target.dataset_size as f64;
+        let calibrated = calibrate_noise_multiplier(
+            target.accountant(),
+            q,
+            steps,
+            target.epsilon,
+            target.delta,
+        )?;
+        let config = DpSgdConfig {
+            noise_multiplier: noise_multiplier_for(target.noise, calibrated.noise_multiplier),
+            ..DpSgdConfig::without_noise(target, learning_rate)?
         };
-        let calibrated =
-            calibrate_noise_multiplier(accountant, q, steps, target.epsilon, target.delta)?;
+        Ok(DpSgdConfig {
+            epsilon_budget: target.epsilon,
+            ..config
+        })
+    }
+
+    /// The NOT PRIVATE baseline of `target`'s plan: the same steps and batches, no noise, an
+    /// infinite budget (the ledger reports an infinite epsilon). For measuring what privacy
+    /// costs, never for a release.
+    pub fn without_noise(target: PrivacyTarget, learning_rate: f64) -> Result<Self, TrainError> {
         let config = DpSgdConfig {
             expected_batch_size: target.expected_batch_size,
             physical_batch_size: 256,
-            steps,
+            steps: target.steps()?,
             clip_norm: target.clip_norm,
-            noise_multiplier: noise_multiplier_for(target.noise, calibrated.noise_multiplier),
+            noise_multiplier: 0.0,
             noise: target.noise,
             learning_rate,
             prefix_rates: Vec::new(),
             optimizer: Optimizer::default(),
             schedule: Schedule::default(),
             delta: target.delta,
-            epsilon_budget: target.epsilon,
+            epsilon_budget: f64::INFINITY,
             mechanism: Mechanism::PoissonGaussian,
             clipping: ClippingStyle::Flat,
-            accountant,
+            accountant: target.accountant(),
         };
         validate(&config, target.dataset_size as i64)?;
         Ok(config)
+    }
+}
+
+impl PrivacyTarget {
+    /// PRV (bounded by RDP), or RDP alone below the smallest delta PRV resolves.
+    fn accountant(&self) -> AccountantKind {
+        if self.delta < PRV_MIN_DELTA {
+            AccountantKind::Rdp
+        } else {
+            AccountantKind::Prv {
+                epsilon_error: prv_epsilon_error_for(self.epsilon),
+            }
+        }
+    }
+
+    /// `ceil(epochs N / B)`, once the batch size and the epochs are checked.
+    fn steps(&self) -> Result<u64, TrainError> {
+        let n = self.dataset_size as f64;
+        if !(self.expected_batch_size > 0.0 && self.expected_batch_size <= n) {
+            return Err(TrainError::Config(format!(
+                "expected batch size {} must be in (0, {n}]",
+                self.expected_batch_size
+            )));
+        }
+        if !(self.epochs.is_finite() && self.epochs > 0.0) {
+            return Err(TrainError::Config(format!(
+                "epochs must be a finite number > 0, got {}",
+                self.epochs
+            )));
+        }
+        Ok((self.epochs / (self.expected_batch_size / n)).ceil() as u64)
     }
 }
 

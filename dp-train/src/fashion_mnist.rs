@@ -8,15 +8,13 @@
 use std::path::Path;
 use std::time::Instant;
 
-use dp_accounting::{calibrate_noise_multiplier, AccountantKind};
-use dp_core::noise::noise_multiplier_for;
-use dp_core::{ClippingStyle, NoiseMode, PrivacyRng};
+use dp_core::{NoiseMode, PrivacyRng};
 use serde::Serialize;
 use tch::{nn, Device, Tensor};
 
 use crate::checkpoint::Checkpointing;
 use crate::dpsgd::{
-    evaluate_accuracy, train_with_hooks, Batches, DpSgdConfig, Mechanism, NoHooks, StepReport,
+    evaluate_accuracy, train_with_hooks, Batches, DpSgdConfig, NoHooks, PrivacyTarget, StepReport,
     TrainSummary,
 };
 use crate::error::TrainError;
@@ -230,59 +228,26 @@ pub fn run(
     let n = config.train_subset.unwrap_or(n_total).min(n_total);
     let subset = |t: &Tensor| t.narrow(0, 0, n as i64).to_device(device);
     let (images, labels) = (subset(&data.train_images), subset(&data.train_labels));
-    if !(config.epochs.is_finite() && config.epochs > 0.0) {
-        return Err(TrainError::Config(format!(
-            "epochs {} must be positive",
-            config.epochs
-        )));
-    }
-    let q = config.expected_batch_size / n as f64;
-    if !(q > 0.0 && q <= 1.0) {
-        return Err(TrainError::Config(format!(
-            "expected batch size {} must be in (0, {n}]",
-            config.expected_batch_size
-        )));
-    }
-    let steps = (config.epochs / q).ceil() as u64;
-    // PRV (bounded by RDP), as for plans.
-    let accountant = AccountantKind::Prv {
-        epsilon_error: dp_accounting::prv_epsilon_error_for(config.epsilon),
-    };
-    let (noise_multiplier, budget) = if config.no_noise {
-        (0.0, f64::INFINITY)
-    } else {
-        let calibration =
-            calibrate_noise_multiplier(accountant, q, steps, config.epsilon, config.delta)?;
-        (
-            noise_multiplier_for(config.noise_mode, calibration.noise_multiplier),
-            config.epsilon,
-        )
-    };
-
-    let dp_config = DpSgdConfig {
+    let target = PrivacyTarget {
+        epsilon: config.epsilon,
+        delta: config.delta,
+        dataset_size: n,
         expected_batch_size: config.expected_batch_size,
-        physical_batch_size: config.physical_batch_size,
-        steps,
+        epochs: config.epochs,
         clip_norm: config.clip_norm,
-        noise_multiplier,
         noise: config.noise_mode,
-        learning_rate: config.learning_rate,
-        prefix_rates: Vec::new(),
+    };
+    let plan = match config.no_noise {
+        true => DpSgdConfig::without_noise(target, config.learning_rate)?,
+        false => DpSgdConfig::for_target(target, config.learning_rate)?,
+    };
+    let dp_config = DpSgdConfig {
+        physical_batch_size: config.physical_batch_size,
         optimizer: config.optimizer,
         schedule: config.schedule,
-        delta: config.delta,
-        epsilon_budget: budget,
-        mechanism: Mechanism::PoissonGaussian,
-        clipping: ClippingStyle::Flat,
-        accountant,
+        ..plan
     };
-    let mut rng = match config.seed {
-        Some(seed) => {
-            tch::manual_seed(seed as i64);
-            PrivacyRng::from_seed(seed)
-        }
-        None => PrivacyRng::from_os(),
-    };
+    let mut rng = crate::run_generator(config.seed);
     let (test_images, test_labels) = (
         data.test_images.to_device(device),
         data.test_labels.to_device(device),

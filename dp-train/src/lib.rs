@@ -17,6 +17,7 @@ mod error;
 pub mod evaluation;
 pub mod export;
 pub mod fashion_mnist;
+mod generator;
 pub mod job;
 mod ledger;
 pub mod models;
@@ -34,6 +35,7 @@ pub use dpsgd::{
     DpSgdConfig, Mechanism, NoHooks, PrivacyTarget, StepHooks, StepReport, TrainSummary,
 };
 pub use error::{AtPath, TrainError};
+pub use generator::run_generator;
 pub use ledger::{LedgerRecord, PrivacyLedger};
 pub use statement::PrivacyStatement;
 

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use dp_accounting::{quiet_print as print, quiet_println as println};
 use dp_core::collectives::WORLD_SIZE_VAR;
 use dp_core::Collectives;
-use dp_core::PrivacyRng;
 use dp_train::checkpoint::Checkpointing;
 use dp_train::job::Job;
 use dp_train::plan::TrainConfig;
@@ -91,13 +90,7 @@ pub(crate) fn run(args: TrainArgs) -> Result<(), TrainError> {
         )?;
         return Ok(());
     }
-    let mut rng = match config.privacy.seed {
-        Some(seed) => {
-            tch::manual_seed(seed as i64);
-            PrivacyRng::from_seed(seed)
-        }
-        None => PrivacyRng::from_os(),
-    };
+    let mut rng = dp_train::run_generator(config.privacy.seed);
     let resolved = format!(
         "{}\n# Resolved from [data] and [privacy] only.\n[resolved]\nsampling_rate = {}\nsteps = {}\nnoise_multiplier = {}\nepsilon_budget = {}\n",
         config.to_toml()?,

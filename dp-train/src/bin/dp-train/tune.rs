@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use dp_accounting::{quiet_print as print, quiet_println as println};
-use dp_core::PrivacyRng;
 use dp_train::plan::TrainConfig;
 use dp_train::tune::{self, Disclosure, TuneConfig};
 use dp_train::AtPath;
@@ -58,13 +57,7 @@ pub(crate) fn run(args: TuneArgs) -> Result<(), TrainError> {
         tch::set_num_threads(plan.performance.threads);
     }
     let seed = args.seed.or(plan.privacy.seed);
-    let mut rng = match seed {
-        Some(seed) => {
-            tch::manual_seed(seed as i64);
-            PrivacyRng::from_seed(seed)
-        }
-        None => PrivacyRng::from_os(),
-    };
+    let mut rng = dp_train::run_generator(seed);
     let disclosure = if args.show_trials {
         Disclosure::AllTrials
     } else {
