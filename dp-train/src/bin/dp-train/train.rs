@@ -7,7 +7,7 @@ use dp_core::collectives::WORLD_SIZE_VAR;
 use dp_core::Collectives;
 use dp_train::checkpoint::Checkpointing;
 use dp_train::job::Job;
-use dp_train::plan::TrainConfig;
+use dp_train::plan::{ResolvedPlan, TrainConfig};
 use dp_train::TrainError;
 use dp_train::{evaluate_accuracy, serve_as_worker, train_data_parallel, AtPath, PrivacyStatement};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -46,17 +46,7 @@ pub(crate) fn run(args: TrainArgs) -> Result<(), TrainError> {
     let config = TrainConfig::from_toml(&text, &args.set)?;
     let plan = config.resolve()?;
     let launched = std::env::var_os(WORLD_SIZE_VAR).is_some();
-    let device = match parse_device(&config.performance.device)? {
-        // Processes of one machine take its GPUs in turn, as torchrun's LOCAL_RANK says.
-        tch::Device::Cuda(0) if launched => tch::Device::Cuda(
-            std::env::var(launch::LOCAL_RANK_VAR)
-                .ok()
-                .and_then(|r| r.parse::<usize>().ok())
-                .unwrap_or(0)
-                % tch::Cuda::device_count().max(1) as usize,
-        ),
-        device => device,
-    };
+    let device = place(&config, launched)?;
     if args.workers > 1 && !launched {
         return launch::run_local(usize::from(args.workers));
     }
@@ -68,16 +58,7 @@ pub(crate) fn run(args: TrainArgs) -> Result<(), TrainError> {
             collectives.world_size()
         )));
     }
-    if config.performance.threads > 0 {
-        tch::set_num_threads(config.performance.threads);
-    } else if let Some(local) = std::env::var(launch::LOCAL_WORLD_SIZE_VAR)
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-        .filter(|&local| local > 1)
-    {
-        // Processes sharing a machine share its cores.
-        tch::set_num_threads((tch::get_num_threads() / local).max(1));
-    }
+    share_cores(&config);
     if !collectives.is_leader() {
         let job = Job::load(&config, device, args.data_dir.as_deref(), |_, _| {})?;
         let logits = |x: &tch::Tensor, tape: &mut dp_core::Tape| job.model.logits(x, tape);
@@ -90,25 +71,60 @@ pub(crate) fn run(args: TrainArgs) -> Result<(), TrainError> {
         )?;
         return Ok(());
     }
-    let mut rng = dp_train::run_generator(config.privacy.seed);
-    let resolved = format!(
+    lead(&args, &config, &plan, device, &collectives)
+}
+
+/// The device this process trains on.
+fn place(config: &TrainConfig, launched: bool) -> Result<tch::Device, TrainError> {
+    Ok(match parse_device(&config.performance.device)? {
+        // Processes of one machine take its GPUs in turn, as torchrun's LOCAL_RANK says.
+        tch::Device::Cuda(0) if launched => tch::Device::Cuda(
+            std::env::var(launch::LOCAL_RANK_VAR)
+                .ok()
+                .and_then(|r| r.parse::<usize>().ok())
+                .unwrap_or(0)
+                % tch::Cuda::device_count().max(1) as usize,
+        ),
+        device => device,
+    })
+}
+
+/// libtorch's threads: the plan's, or this machine's cores shared among its processes.
+fn share_cores(config: &TrainConfig) {
+    if config.performance.threads > 0 {
+        tch::set_num_threads(config.performance.threads);
+    } else if let Some(local) = std::env::var(launch::LOCAL_WORLD_SIZE_VAR)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|&local| local > 1)
+    {
+        // Processes sharing a machine share its cores.
+        tch::set_num_threads((tch::get_num_threads() / local).max(1));
+    }
+}
+
+/// The plan as `config.resolved.toml` records it, with the numbers it resolved to.
+fn resolved_toml(config: &TrainConfig, plan: &ResolvedPlan) -> Result<String, TrainError> {
+    Ok(format!(
         "{}\n# Resolved from [data] and [privacy] only.\n[resolved]\nsampling_rate = {}\nsteps = {}\nnoise_multiplier = {}\nepsilon_budget = {}\n",
         config.to_toml()?,
         plan.sampling_rate,
         plan.steps,
         plan.noise_multiplier,
         if plan.epsilon_budget.is_finite() { plan.epsilon_budget.to_string() } else { "inf".into() }
-    );
-    let checkpointing = Checkpointing {
-        dir: args.run_dir.clone(),
-        every: config.performance.checkpoint_every,
-        resolved_config: Some(resolved.clone()),
-    };
-    // A folder holding another plan's checkpoint is refused before anything is loaded or written.
-    checkpointing.check_resumed_plan(&resolved)?;
+    ))
+}
+
+/// Loads the job, with a progress bar over the frozen layers' pass unless `quiet`.
+fn load_job(
+    config: &TrainConfig,
+    device: tch::Device,
+    data_dir: Option<&std::path::Path>,
+    quiet: bool,
+) -> Result<Job, TrainError> {
     let cache_bar = ProgressBar::hidden();
-    let job = Job::load(&config, device, args.data_dir.as_deref(), |done, total| {
-        if cache_bar.is_hidden() && !args.json {
+    let job = Job::load(config, device, data_dir, |done, total| {
+        if cache_bar.is_hidden() && !quiet {
             cache_bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             cache_bar.set_length(total as u64);
             cache_bar.set_style(
@@ -121,16 +137,38 @@ pub(crate) fn run(args: TrainArgs) -> Result<(), TrainError> {
         cache_bar.set_position(done as u64);
     })?;
     cache_bar.finish_and_clear();
+    Ok(job)
+}
+
+/// The run of rank 0 (or of the only process): the run folder, the training with its
+/// progress bar and metrics, and the privacy report.
+fn lead(
+    args: &TrainArgs,
+    config: &TrainConfig,
+    plan: &ResolvedPlan,
+    device: tch::Device,
+    collectives: &Collectives,
+) -> Result<(), TrainError> {
+    let mut rng = dp_train::run_generator(config.privacy.seed);
+    let resolved = resolved_toml(config, plan)?;
+    let checkpointing = Checkpointing {
+        dir: args.run_dir.clone(),
+        every: config.performance.checkpoint_every,
+        resolved_config: Some(resolved.clone()),
+    };
+    // A folder holding another plan's checkpoint is refused before anything is loaded or written.
+    checkpointing.check_resumed_plan(&resolved)?;
+    let job = load_job(config, device, args.data_dir.as_deref(), args.json)?;
     let n = config.data.dataset_size;
     let run_dir = &args.run_dir;
     std::fs::create_dir_all(run_dir).at("create the run folder", run_dir)?;
     write_file(&run_dir.join("config.resolved.toml"), resolved.as_bytes())?;
-    let dp = config.dp_sgd_config(&plan);
+    let dp = config.dp_sgd_config(plan);
     let (trainable, total) = job.parameter_counts();
     if !args.json {
         println!(
             "{}: {trainable} of {total} parameters trained on {n} examples, {} steps, noise multiplier {:.4}, on {}{}",
-            job.description, plan.steps, plan.noise_multiplier, dp_train::device_name(device), parallel_note(&collectives)
+            job.description, plan.steps, plan.noise_multiplier, dp_train::device_name(device), parallel_note(collectives)
         );
     }
     let metrics_path = run_dir.join("metrics.jsonl");
@@ -147,7 +185,7 @@ pub(crate) fn run(args: TrainArgs) -> Result<(), TrainError> {
     let steps_per_epoch = ((1.0 / plan.sampling_rate).round() as u64).max(1);
     let mut last_test = String::new();
     let summary = train_data_parallel(
-        &collectives,
+        collectives,
         &job.vs,
         logits,
         job.train_data(),
@@ -215,7 +253,7 @@ pub(crate) fn run(args: TrainArgs) -> Result<(), TrainError> {
         job.description,
         100.0 * test_accuracy,
         statement.steps,
-        parallel_note(&collectives),
+        parallel_note(collectives),
         SECRETS_NOTE
     );
     write_file(&run_dir.join("privacy_report.txt"), report.as_bytes())?;
