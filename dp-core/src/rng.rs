@@ -29,6 +29,7 @@ const NORMAL_BLOCK: usize = 1 << 16;
 /// `Secure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum NoiseMode {
     /// Discrete Gaussian integers on a power-of-two grid, from ChaCha20 keyed by the
     /// [`PrivacyRng`], generated ahead on a background thread: exact arithmetic, immune to

@@ -53,7 +53,7 @@ const CANARY_PARAMETER: &str = "linear0.weight";
 const CALIBRATION_SHARE: f64 = 0.2;
 
 /// What kind of canary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum CanaryKind {
     /// A Dirac gradient canary, scored on every noisy update.
@@ -72,7 +72,7 @@ impl std::fmt::Display for CanaryKind {
 }
 
 /// A deliberate bug, to check that the audit catches it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Sabotage {
     /// The run as claimed.
@@ -85,6 +85,8 @@ pub enum Sabotage {
     /// else as claimed.
     UnclippedLayer,
 }
+
+display_as_value_name!(Sabotage);
 
 /// The private training run being audited, and the audit's size.
 #[derive(Debug, Clone, PartialEq, Serialize)]

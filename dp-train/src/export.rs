@@ -27,6 +27,7 @@ use tch::{Kind, Tensor};
 use crate::error::{AtPath, TrainError};
 use crate::evaluation::Evaluation;
 use crate::models::Finetune;
+use crate::plan::Dataset;
 use crate::statement::PrivacyStatement;
 use crate::trained::TrainedModel;
 
@@ -267,10 +268,10 @@ pub fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>, Trai
 
 fn dataset_line(model: &TrainedModel) -> String {
     let data = &model.config.data;
-    match data.dataset.as_str() {
-        "fashion-mnist" => format!("Fashion-MNIST (Xiao, Rasul, Vollgraf 2017): the first {} of its 60,000 training images; 10 classes", data.dataset_size),
-        "rotten-tomatoes" => format!("Rotten Tomatoes review snippets (Pang and Lee 2005): the first {} training snippets of the toolkit's fixed split (a snippet is in the test split iff the FNV-1a hash of its text is 0 mod 5); labels rotten (0) and fresh (1)", data.dataset_size),
-        _ => format!(
+    match data.dataset {
+        Dataset::FashionMnist => format!("Fashion-MNIST (Xiao, Rasul, Vollgraf 2017): the first {} of its 60,000 training images; 10 classes", data.dataset_size),
+        Dataset::RottenTomatoes => format!("Rotten Tomatoes review snippets (Pang and Lee 2005): the first {} training snippets of the toolkit's fixed split (a snippet is in the test split iff the FNV-1a hash of its text is 0 mod 5); labels rotten (0) and fresh (1)", data.dataset_size),
+        Dataset::TextCsv => format!(
             "the text CSV {}: its first {} records; {} classes",
             data.train_file
                 .as_deref()

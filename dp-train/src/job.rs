@@ -10,7 +10,7 @@ use crate::dpsgd::Batches;
 use crate::error::TrainError;
 use crate::fashion_mnist::FashionMnist;
 use crate::models::{CachedEncoder, Classifier, EncoderClassifier, Mlp, Precision};
-use crate::plan::TrainConfig;
+use crate::plan::{Dataset, Sampling, TrainConfig};
 use crate::text::TextClassification;
 use crate::trained::pretrained_dir;
 
@@ -92,7 +92,7 @@ impl Job {
                 Ok(())
             }
         };
-        if config.data.dataset == "fashion-mnist" {
+        if config.data.dataset == Dataset::FashionMnist {
             let data = FashionMnist::load(&folder("fashion-mnist"))?;
             check_size(data.train_labels.size()[0])?;
             let mut dims = vec![784];
@@ -147,7 +147,7 @@ impl Job {
         // Cyclic (matrix-factorization) runs put example i in batch i mod b: the order must not
         // depend on any example's content, or zeroing one example would move others between
         // batches. Poisson runs sample each example independently, so any order will do.
-        let (train_ids, train_labels) = if config.privacy.sampling == "cyclic" {
+        let (train_ids, train_labels) = if config.privacy.sampling == Sampling::Cyclic {
             (first(&data.train.ids), first(&data.train.labels))
         } else {
             by_length(first(&data.train.ids), first(&data.train.labels))

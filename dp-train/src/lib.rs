@@ -6,6 +6,20 @@
 //! BERT-style encoder (all-MiniLM-L6-v2) on Rotten Tomatoes ([`text`],
 //! [`models::EncoderClassifier`]); the `dp-train` binary runs them from TOML plans ([`plan`]).
 
+/// Implements `Display` for enums a user names in a plan or on the command line: the name
+/// `clap::ValueEnum` gives the value (`text-csv`, `no-noise`), the one the user wrote.
+macro_rules! display_as_value_name {
+    ($($choice:ty),*) => {$(
+        impl std::fmt::Display for $choice {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let value = clap::ValueEnum::to_possible_value(self)
+                    .expect("no value is skipped");
+                f.write_str(value.get_name())
+            }
+        }
+    )*};
+}
+
 pub mod audit;
 pub mod audit_plan;
 pub mod bench;

@@ -61,7 +61,7 @@ impl Classifier for Mlp {
 /// The precision of an encoder's activations. Parameters (the optimizer's master copy),
 /// per-example norms and clipped sums stay in f32 either way; with bf16 the linear layers and
 /// attention products run in bf16, softmax, LayerNorm statistics and pooling in f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Activations in the parameters' precision.
@@ -70,6 +70,8 @@ pub enum Precision {
     /// bfloat16 activations (for CUDA; on CPU libtorch's bf16 kernels are usually slower).
     Bf16,
 }
+
+display_as_value_name!(Precision);
 
 /// Shape of a BERT-style encoder (Devlin et al. 2019); the defaults are MiniLM-L6-H384
 /// (all-MiniLM-L6-v2: 6 layers, hidden 384, 12 heads, feed-forward 1536, vocabulary 30522).

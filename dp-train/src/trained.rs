@@ -20,7 +20,7 @@ use crate::error::{AtPath, TrainError};
 use crate::fashion_mnist::FashionMnist;
 use crate::ledger::{LedgerRecord, PrivacyLedger};
 use crate::models::{Classifier, EncoderClassifier, EncoderShape, Mlp, PAD_ID};
-use crate::plan::TrainConfig;
+use crate::plan::{Dataset, ModelKind, TrainConfig};
 use crate::statement::PrivacyStatement;
 use crate::text::{self, Snippet};
 
@@ -128,7 +128,7 @@ impl TrainedModel {
             .into_iter()
             .collect();
         let vs = nn::VarStore::new(device);
-        let (net, class_names) = if config.model.kind == "mlp" {
+        let (net, class_names) = if config.model.kind == ModelKind::Mlp {
             let mut dims = vec![784];
             dims.extend(&config.model.hidden);
             dims.push(10);
@@ -148,8 +148,8 @@ impl TrainedModel {
                 .with_precision(config.model.precision);
             let tokenizer =
                 text::load_tokenizer(&dir.join("tokenizer.json"), config.data.max_length)?;
-            let names = match config.data.dataset.as_str() {
-                "rotten-tomatoes" => ROTTEN_TOMATOES_CLASSES.map(String::from).to_vec(),
+            let names = match config.data.dataset {
+                Dataset::RottenTomatoes => ROTTEN_TOMATOES_CLASSES.map(String::from).to_vec(),
                 _ => (0..classes).map(|k| k.to_string()).collect(),
             };
             let net = Net::Encoder {
@@ -206,8 +206,8 @@ impl TrainedModel {
     /// snippets, or the plan's `test_file`.
     pub fn test_set(&self) -> Result<Labelled, TrainError> {
         let data = &self.config.data;
-        match data.dataset.as_str() {
-            "fashion-mnist" => {
+        match data.dataset {
+            Dataset::FashionMnist => {
                 let data = FashionMnist::load(&assets_dir().join("fashion-mnist"))?;
                 let labels = Vec::<i64>::try_from(&data.test_labels)?;
                 Ok(Labelled {
@@ -216,7 +216,7 @@ impl TrainedModel {
                     source: "the Fashion-MNIST test split".into(),
                 })
             }
-            "rotten-tomatoes" => {
+            Dataset::RottenTomatoes => {
                 let path = assets_dir().join("rotten-tomatoes").join(text::CSV_FILE);
                 let test: Vec<Snippet> = text::read_rotten_tomatoes(&path)?
                     .into_iter()
@@ -224,7 +224,7 @@ impl TrainedModel {
                     .collect();
                 Ok(self.labelled_texts(test, "the Rotten Tomatoes test split".into()))
             }
-            _ => {
+            Dataset::TextCsv => {
                 let path = data.test_file.as_deref().ok_or_else(|| {
                     TrainError::Config("the run's plan names no data.test_file".into())
                 })?;

@@ -15,7 +15,7 @@ use dp_train::AtPath;
 use dp_train::TrainError;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::common::{parse_device, write_file};
+use crate::common::write_file;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct AuditArgs {
@@ -34,8 +34,8 @@ pub(crate) struct AuditArgs {
     /// coordinate the real examples touch least whenever the run samples the canary's row,
     /// cut to the run's clip norm); input: a mislabelled example scored by its final loss
     /// (black-box, weak).
-    #[arg(long, default_value = "gradient", value_parser = ["gradient", "input"])]
-    canary: String,
+    #[arg(long, value_enum, default_value_t = CanaryKind::Gradient)]
+    canary: CanaryKind,
     /// Training runs, each with or without the canary (a fair coin each); 20% fix the
     /// attack's threshold, the rest are counted.
     #[arg(long, default_value_t = 200)]
@@ -82,8 +82,8 @@ pub(crate) struct AuditArgs {
     level: f64,
     /// Plant a bug: none, no-noise, no-clipping (clip at 1000 C), unclipped-layer (the
     /// clipping engine leaves the first layer, the gradient canaries' layer, unclipped).
-    #[arg(long, default_value = "none", value_parser = ["none", "no-noise", "no-clipping", "unclipped-layer"])]
-    sabotage: String,
+    #[arg(long, value_enum, default_value_t = Sabotage::None)]
+    sabotage: Sabotage,
     /// Seed of the experiment.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -99,12 +99,7 @@ pub(crate) struct AuditArgs {
 }
 
 pub(crate) fn run(args: AuditArgs) -> Result<(), TrainError> {
-    let sabotage = match args.sabotage.as_str() {
-        "no-noise" => Sabotage::NoNoise,
-        "no-clipping" => Sabotage::NoClipping,
-        "unclipped-layer" => Sabotage::UnclippedLayer,
-        _ => Sabotage::None,
-    };
+    let sabotage = args.sabotage;
     let config = AuditConfig {
         epsilon: args.epsilon,
         delta: args.delta,
@@ -126,11 +121,7 @@ pub(crate) fn run(args: AuditArgs) -> Result<(), TrainError> {
     } else {
         format!(" (SABOTAGED: {}, NOT PRIVATE)", args.sabotage)
     };
-    let canary = if args.canary == "input" {
-        CanaryKind::Input
-    } else {
-        CanaryKind::Gradient
-    };
+    let canary = args.canary;
     let (report, json, plot) = if let Some(plan) = &args.config {
         let (report, json, plot) = audit_plan_report(&args, plan, sabotage, canary, &broken)?;
         (report, json, Some(plot))
@@ -220,7 +211,7 @@ pub(crate) fn audit_plan_report(
     let config = TrainConfig::from_toml(&text, &args.set)?;
     let plan = config.resolve()?;
     audit::check_trials(args.trials)?;
-    let device = parse_device(&config.performance.device)?;
+    let device = config.performance.device.device()?;
     if config.performance.threads > 0 {
         tch::set_num_threads(config.performance.threads);
     }

@@ -4,16 +4,17 @@ use dp_accounting::quiet_println as println;
 use dp_core::NoiseMode;
 use dp_train::bench::{self, BenchConfig, StepMode};
 use dp_train::models::{EncoderShape, Precision};
+use dp_train::plan::DeviceChoice;
 use dp_train::TrainError;
 use tch::Device;
 
-use crate::common::parse_device;
+use crate::common::arg_name;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct BenchArgs {
-    /// Encoder shape: minilm (all-MiniLM-L6-v2) or bert-base.
-    #[arg(long, default_value = "minilm", value_parser = ["minilm", "bert-base"])]
-    shape: String,
+    /// Encoder shape.
+    #[arg(long, value_enum, default_value_t = Shape::Minilm)]
+    shape: Shape,
     /// Examples per step.
     #[arg(long, allow_hyphen_values = true, default_value_t = 32)]
     batch: i64,
@@ -23,28 +24,58 @@ pub(crate) struct BenchArgs {
     /// Timed rounds: one step per mode each, after a warm-up round (medians reported).
     #[arg(long, default_value_t = 5)]
     steps: usize,
-    /// cpu, cuda, or auto.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
-    device: String,
-    /// Activation precision of both modes: f32, or bf16 (parameters, per-example norms and
-    /// clipped sums stay f32; meant for CUDA).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
-    precision: String,
+    /// Where the steps run.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Activation precision of both modes (parameters, per-example norms and clipped sums stay
+    /// f32; bf16 is meant for CUDA).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
     /// Instead of DP vs non-private: time a DP step with independent noise against one with
     /// correlated BLT noise of this many buffers (matrix factorization), side by side.
     #[arg(long, value_name = "BUFFERS")]
     correlated: Option<usize>,
-    /// Noise of the DP steps: secure, fast, or both (timed side by side, interleaved). A DP
-    /// step that only clips (no noise) is always timed too, to show the engine's own cost.
-    #[arg(long, default_value = "both", value_parser = ["secure", "fast", "both"])]
-    noise: String,
-    /// Internal: run one mode only (a DP step with --noise, one that only clips, or a
-    /// non-private one) and report its peak memory.
-    #[arg(long, hide = true, value_parser = ["dp", "clip", "nonprivate"])]
-    only: Option<String>,
+    /// Noise of the DP steps (both: timed side by side, interleaved). A DP step that only
+    /// clips (no noise) is always timed too, to show the engine's own cost.
+    #[arg(long, value_enum, default_value_t = BenchNoise::Both)]
+    noise: BenchNoise,
+    /// Internal: run one mode only and report its peak memory.
+    #[arg(long, hide = true, value_enum)]
+    only: Option<Only>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// The encoder shapes the bench builds.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// all-MiniLM-L6-v2 (22.6M parameters).
+    Minilm,
+    /// bert-base (110M parameters).
+    BertBase,
+}
+
+/// The noise of the timed DP steps.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum BenchNoise {
+    /// Secure (grid) noise.
+    Secure,
+    /// Fast (floating-point) noise.
+    Fast,
+    /// Both, timed side by side.
+    Both,
+}
+
+/// One mode timed alone, in a child process, for its peak memory.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Only {
+    /// A DP step with --noise.
+    Dp,
+    /// A DP step that only clips.
+    Clip,
+    /// A non-private step.
+    Nonprivate,
 }
 
 pub(crate) fn run(args: BenchArgs) -> Result<(), TrainError> {
@@ -53,11 +84,12 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), TrainError> {
         run_correlated(&args, &config, buffers)?;
         return Ok(());
     }
-    let mut noises: Vec<Option<NoiseMode>> = match args.noise.as_str() {
-        "both" => vec![Some(NoiseMode::Secure), Some(NoiseMode::Fast)],
-        one => vec![Some(one.parse().map_err(TrainError::Config)?)],
+    let mut noises: Vec<Option<NoiseMode>> = match args.noise {
+        BenchNoise::Both => vec![Some(NoiseMode::Secure), Some(NoiseMode::Fast)],
+        BenchNoise::Secure => vec![Some(NoiseMode::Secure)],
+        BenchNoise::Fast => vec![Some(NoiseMode::Fast)],
     };
-    if let Some(only) = &args.only {
+    if let Some(only) = args.only {
         return run_alone(&config, only, noises[0]);
     }
     noises.push(None);
@@ -66,16 +98,15 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), TrainError> {
 
 /// The flags as a bench configuration.
 fn bench_config(args: &BenchArgs) -> Result<BenchConfig, TrainError> {
-    let device = parse_device(&args.device)?;
+    let device = args.device.device()?;
     if args.batch < 1 || args.seq < 1 || args.seq > 512 {
         return Err(TrainError::Config(
             "--batch must be >= 1 and --seq in 1..=512".into(),
         ));
     }
-    let shape = if args.shape == "bert-base" {
-        EncoderShape::BERT_BASE
-    } else {
-        EncoderShape::MINILM
+    let shape = match args.shape {
+        Shape::BertBase => EncoderShape::BERT_BASE,
+        Shape::Minilm => EncoderShape::MINILM,
     };
     Ok(BenchConfig {
         shape,
@@ -83,11 +114,7 @@ fn bench_config(args: &BenchArgs) -> Result<BenchConfig, TrainError> {
         seq: args.seq,
         steps: args.steps,
         device,
-        precision: if args.precision == "bf16" {
-            Precision::Bf16
-        } else {
-            Precision::F32
-        },
+        precision: args.precision,
     })
 }
 
@@ -101,24 +128,24 @@ fn run_correlated(
     let (independent, correlated) = bench::time_correlated_noise(config, buffers)?;
     let overhead = correlated / independent - 1.0;
     let out = serde_json::json!({
-        "shape": args.shape, "batch": args.batch, "seq": args.seq, "device": format!("{device:?}"),
+        "shape": arg_name(&args.shape), "batch": args.batch, "seq": args.seq, "device": format!("{device:?}"),
         "buffers": buffers, "independent_dp_step_s": independent, "correlated_dp_step_s": correlated,
         "correlated_overhead": overhead,
     });
     if args.json {
         println!("{out}");
     } else {
-        println!("{} encoder, batch {}, seq {}, {}: DP step with independent noise {:.3} s, with BLT noise ({buffers} buffers) {:.3} s: {:+.1}%", args.shape, args.batch, args.seq, dp_train::device_name(device), independent, correlated, 100.0 * overhead);
+        println!("{} encoder, batch {}, seq {}, {}: DP step with independent noise {:.3} s, with BLT noise ({buffers} buffers) {:.3} s: {:+.1}%", arg_name(&args.shape), args.batch, args.seq, dp_train::device_name(device), independent, correlated, 100.0 * overhead);
     }
     Ok(())
 }
 
 /// `--only MODE` (internal): one mode timed alone in this process, for its peak memory.
-fn run_alone(config: &BenchConfig, only: &str, noise: Option<NoiseMode>) -> Result<(), TrainError> {
+fn run_alone(config: &BenchConfig, only: Only, noise: Option<NoiseMode>) -> Result<(), TrainError> {
     let (mode, noise) = match only {
-        "dp" => (StepMode::Dp, noise),
-        "clip" => (StepMode::Dp, None),
-        _ => (StepMode::NonPrivate, None),
+        Only::Dp => (StepMode::Dp, noise),
+        Only::Clip => (StepMode::Dp, None),
+        Only::Nonprivate => (StepMode::NonPrivate, None),
     };
     let run = bench::time_mode(config, mode, noise)?;
     println!(
@@ -131,15 +158,14 @@ fn run_alone(config: &BenchConfig, only: &str, noise: Option<NoiseMode>) -> Resu
     Ok(())
 }
 
-/// The peak memory of one mode run alone in a child process: "dp" with a noise, "clip",
-/// "nonprivate".
-fn mode_peak(args: &BenchArgs, mode: &str, noise: NoiseMode) -> Option<bench::ModePeak> {
+/// The peak memory of one mode run alone in a child process (a DP step with `noise`).
+fn mode_peak(args: &BenchArgs, mode: Only, noise: NoiseMode) -> Option<bench::ModePeak> {
     let exe = std::env::current_exe().ok()?;
     let out = std::process::Command::new(exe)
         .args([
             "bench",
             "--shape",
-            &args.shape,
+            &arg_name(&args.shape),
             "--batch",
             &args.batch.to_string(),
             "--seq",
@@ -147,13 +173,13 @@ fn mode_peak(args: &BenchArgs, mode: &str, noise: NoiseMode) -> Option<bench::Mo
             "--steps",
             "1",
             "--device",
-            &args.device,
+            &args.device.to_string(),
             "--precision",
-            &args.precision,
+            &args.precision.to_string(),
             "--noise",
             noise.name(),
             "--only",
-            mode,
+            &arg_name(&mode),
         ])
         .output()
         .ok()?;
@@ -204,16 +230,16 @@ fn compare(
     let mut peaks: Vec<(String, Option<bench::ModePeak>)> = noises
         .iter()
         .map(|n| match n {
-            Some(mode) => (mode.name().to_string(), mode_peak(args, "dp", *mode)),
+            Some(mode) => (mode.name().to_string(), mode_peak(args, Only::Dp, *mode)),
             None => (
                 "clip_only".to_string(),
-                mode_peak(args, "clip", first_noise),
+                mode_peak(args, Only::Clip, first_noise),
             ),
         })
         .collect();
     peaks.push((
         "nonprivate".into(),
-        mode_peak(args, "nonprivate", first_noise),
+        mode_peak(args, Only::Nonprivate, first_noise),
     ));
     let measured = Measured {
         times,
@@ -290,7 +316,7 @@ fn to_json(
         .collect();
     let nonprivate = times.nonprivate_s;
     let mut out = serde_json::json!({
-        "shape": args.shape, "batch": args.batch, "seq": args.seq, "device": format!("{device:?}"),
+        "shape": arg_name(&args.shape), "batch": args.batch, "seq": args.seq, "device": format!("{device:?}"),
         "precision": args.precision,
         "dp_step_s": step_s, "nonprivate_step_s": nonprivate, "throughput_ratio": ratio,
         "noise_share_of_dp_step": noise_share,
@@ -346,7 +372,7 @@ fn print_text(args: &BenchArgs, config: &BenchConfig, measured: &Measured, first
             Some(mode) => format!("DP step ({mode} noise)"),
             None => "DP step without noise (clipping only)".to_string(),
         };
-        println!("{} encoder, batch {}, seq {}, {}, {} activations: {what} {:.3} s, non-private step {:.3} s, throughput ratio {:.3}", args.shape, args.batch, args.seq, dp_train::device_name(device), args.precision, t.step_s, nonprivate, t.throughput_ratio);
+        println!("{} encoder, batch {}, seq {}, {}, {} activations: {what} {:.3} s, non-private step {:.3} s, throughput ratio {:.3}", arg_name(&args.shape), args.batch, args.seq, dp_train::device_name(device), args.precision, t.step_s, nonprivate, t.throughput_ratio);
     }
     if let Some(r) = times.secure_over_fast {
         println!("secure / fast DP step time: {r:.3}");

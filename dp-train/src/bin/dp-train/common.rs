@@ -1,11 +1,11 @@
-//! What the subcommands share: devices, progress bars, files, trained models.
+//! What the subcommands share: progress bars, files, trained models.
 
 use dp_train::evaluation::Evaluation;
+use dp_train::plan::DeviceChoice;
 use dp_train::trained::{Labelled, TrainedModel};
 use dp_train::AtPath;
 use dp_train::TrainError;
 use indicatif::{ProgressBar, ProgressStyle};
-use tch::Device;
 
 /// A progress bar over `steps` training steps (hidden when the output is JSON).
 pub(crate) fn step_bar(steps: u64, hidden: bool) -> ProgressBar {
@@ -21,18 +21,11 @@ pub(crate) fn step_bar(steps: u64, hidden: bool) -> ProgressBar {
     bar
 }
 
-pub(crate) fn parse_device(name: &str) -> Result<Device, TrainError> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" if !tch::Cuda::is_available() => Err(TrainError::Config(
-            "device cuda: no CUDA device is available".into(),
-        )),
-        "cuda" => Ok(Device::Cuda(0)),
-        "auto" => Ok(Device::cuda_if_available()),
-        other => Err(TrainError::Config(format!(
-            "performance.device: unknown '{other}' (cpu, cuda or auto)"
-        ))),
-    }
+/// The name a command-line choice is given by (`bert-base`), to pass it on to a child process.
+pub(crate) fn arg_name(value: &impl clap::ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string())
 }
 
 /// Writes a file, naming it in the error.
@@ -43,9 +36,9 @@ pub(crate) fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), Tra
 /// The model of a run folder, and one line saying which weights they are and what they claim.
 pub(crate) fn load_trained(
     run_dir: &std::path::Path,
-    device: &str,
+    device: DeviceChoice,
 ) -> Result<(TrainedModel, String), TrainError> {
-    let model = TrainedModel::load(run_dir, parse_device(device)?)?;
+    let model = TrainedModel::load(run_dir, device.device()?)?;
     let statement = model.statement()?;
     let guarantee = if statement.noise_multiplier > 0.0 {
         format!("({:.3}, {:e})-DP", statement.epsilon, statement.delta)

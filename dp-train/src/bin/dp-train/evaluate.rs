@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use dp_accounting::{quiet_print as print, quiet_println as println};
+use dp_train::plan::DeviceChoice;
 use dp_train::TrainError;
 
 use crate::common::{evaluate, load_trained};
@@ -16,15 +17,15 @@ pub(crate) struct EvaluateArgs {
     #[arg(long)]
     data: Option<PathBuf>,
     /// cpu, cuda, or auto.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
-    device: String,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
     /// Print the scores as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub(crate) fn run(args: EvaluateArgs) -> Result<(), TrainError> {
-    let (model, line) = load_trained(&args.run_dir, &args.device)?;
+    let (model, line) = load_trained(&args.run_dir, args.device)?;
     let set = match &args.data {
         Some(path) => model.labelled_csv(path)?,
         None => model.test_set()?,

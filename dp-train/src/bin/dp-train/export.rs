@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use dp_accounting::quiet_println as println;
+use dp_train::plan::DeviceChoice;
 use dp_train::TrainError;
 
 use crate::common::{evaluate, load_trained};
@@ -15,15 +16,15 @@ pub(crate) struct ExportArgs {
     #[arg(long)]
     out: PathBuf,
     /// Where to evaluate the model for its card: cpu, cuda, or auto.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
-    device: String,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub(crate) fn run(args: ExportArgs) -> Result<(), TrainError> {
-    let (model, line) = load_trained(&args.run_dir, &args.device)?;
+    let (model, line) = load_trained(&args.run_dir, args.device)?;
     let test = model.test_set()?;
     let scores = evaluate(&model, &test)?;
     let files = dp_train::export::export(&model, &scores, &args.out)?;

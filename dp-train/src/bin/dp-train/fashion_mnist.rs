@@ -3,13 +3,15 @@
 use std::path::PathBuf;
 
 use dp_accounting::{quiet_print as print, quiet_println as println};
+use dp_core::NoiseMode;
 use dp_train::checkpoint::Checkpointing;
 use dp_train::data::assets_dir;
 use dp_train::fashion_mnist::{self, FashionMnist, RunConfig};
 use dp_train::optimizer::{Optimizer, Schedule};
+use dp_train::plan::DeviceChoice;
 use dp_train::TrainError;
 
-use crate::common::{parse_device, step_bar};
+use crate::common::step_bar;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct FashionMnistArgs {
@@ -34,9 +36,10 @@ pub(crate) struct FashionMnistArgs {
     /// Base learning rate.
     #[arg(long, allow_hyphen_values = true, default_value_t = 4.0)]
     learning_rate: f64,
-    /// Optimizer on the privatized gradient: sgd (with --momentum, --nesterov), adam, adamw.
-    #[arg(long, default_value = "sgd", value_parser = ["sgd", "adam", "adamw"])]
-    optimizer: String,
+    /// Optimizer on the privatized gradient (sgd with --momentum and --nesterov; adamw with
+    /// --weight-decay).
+    #[arg(long, value_enum, default_value_t = OptimizerChoice::Sgd)]
+    optimizer: OptimizerChoice,
     /// SGD momentum.
     #[arg(long, allow_hyphen_values = true, default_value_t = 0.0)]
     momentum: f64,
@@ -64,8 +67,8 @@ pub(crate) struct FashionMnistArgs {
     seed: Option<u64>,
     /// How the noise is drawn: secure (discrete noise on a grid, for real runs) or fast
     /// (libtorch's floating-point randn, research only).
-    #[arg(long, default_value = "secure", value_parser = ["secure", "fast"])]
-    noise_mode: String,
+    #[arg(long, value_enum, default_value_t = NoiseMode::Secure)]
+    noise_mode: NoiseMode,
     /// Folder with the Fashion-MNIST IDX files [default: $DP_ASSETS/fashion-mnist].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -81,11 +84,22 @@ pub(crate) struct FashionMnistArgs {
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     checkpoint_every: u64,
     /// Where to train: cpu, cuda (the first GPU), or auto (cuda when available).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
-    device: String,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
     /// Print the result as JSON on stdout (no progress bar).
     #[arg(long)]
     json: bool,
+}
+
+/// The optimizers `--optimizer` offers, with Adam's usual betas and epsilon.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum OptimizerChoice {
+    /// SGD, with --momentum and --nesterov.
+    Sgd,
+    /// Adam (beta1 0.9, beta2 0.999, eps 1e-8).
+    Adam,
+    /// AdamW, with --weight-decay.
+    Adamw,
 }
 
 pub(crate) fn run(args: FashionMnistArgs) -> Result<(), TrainError> {
@@ -97,19 +111,19 @@ pub(crate) fn run(args: FashionMnistArgs) -> Result<(), TrainError> {
         physical_batch_size: args.physical_batch_size,
         clip_norm: args.clip_norm,
         learning_rate: args.learning_rate,
-        optimizer: match args.optimizer.as_str() {
-            "adam" => Optimizer::Adam {
+        optimizer: match args.optimizer {
+            OptimizerChoice::Adam => Optimizer::Adam {
                 beta1: 0.9,
                 beta2: 0.999,
                 eps: 1e-8,
             },
-            "adamw" => Optimizer::AdamW {
+            OptimizerChoice::Adamw => Optimizer::AdamW {
                 beta1: 0.9,
                 beta2: 0.999,
                 eps: 1e-8,
                 weight_decay: args.weight_decay,
             },
-            _ => Optimizer::Sgd {
+            OptimizerChoice::Sgd => Optimizer::Sgd {
                 momentum: args.momentum,
                 nesterov: args.nesterov,
             },
@@ -122,7 +136,7 @@ pub(crate) fn run(args: FashionMnistArgs) -> Result<(), TrainError> {
         train_subset: args.train_subset,
         seed: args.seed,
         no_noise: args.no_noise,
-        noise_mode: args.noise_mode.parse().map_err(TrainError::Config)?,
+        noise_mode: args.noise_mode,
     };
     let dir = args
         .data_dir
@@ -131,7 +145,7 @@ pub(crate) fn run(args: FashionMnistArgs) -> Result<(), TrainError> {
     let n = config.train_subset.unwrap_or(60_000).min(60_000) as f64;
     let planned = (config.epochs * n / config.expected_batch_size).ceil() as u64;
     let bar = step_bar(planned, args.json);
-    let device = parse_device(&args.device)?;
+    let device = args.device.device()?;
     let checkpointing = args.run_dir.clone().map(|dir| Checkpointing {
         dir,
         every: args.checkpoint_every,

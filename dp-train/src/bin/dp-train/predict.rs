@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use dp_accounting::{quiet_print as print, quiet_println as println};
 use dp_train::evaluation::{predicted, probabilities};
+use dp_train::plan::DeviceChoice;
 use dp_train::trained::Examples;
 use dp_train::AtPath;
 use dp_train::TrainError;
@@ -19,15 +20,15 @@ pub(crate) struct PredictArgs {
     #[arg(long)]
     input: Option<PathBuf>,
     /// cpu, cuda, or auto.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
-    device: String,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
     /// Write JSON lines ({"text", "label", "probabilities"}) instead of CSV.
     #[arg(long)]
     json: bool,
 }
 
 pub(crate) fn run(args: PredictArgs) -> Result<(), TrainError> {
-    let (model, _) = load_trained(&args.run_dir, &args.device)?;
+    let (model, _) = load_trained(&args.run_dir, args.device)?;
     if model.pretrained_dir().is_none() {
         return Err(TrainError::Config(
             "predict labels texts; this run is a Fashion-MNIST MLP (score it with dp-train evaluate)".into(),

@@ -12,7 +12,7 @@ use dp_train::TrainError;
 use dp_train::{evaluate_accuracy, serve_as_worker, train_data_parallel, AtPath, PrivacyStatement};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::common::{parse_device, step_bar, write_file};
+use crate::common::{step_bar, write_file};
 use crate::launch;
 
 #[derive(clap::Args, Debug)]
@@ -76,7 +76,7 @@ pub(crate) fn run(args: TrainArgs) -> Result<(), TrainError> {
 
 /// The device this process trains on.
 fn place(config: &TrainConfig, launched: bool) -> Result<tch::Device, TrainError> {
-    Ok(match parse_device(&config.performance.device)? {
+    Ok(match config.performance.device.device()? {
         // Processes of one machine take its GPUs in turn, as torchrun's LOCAL_RANK says.
         tch::Device::Cuda(0) if launched => tch::Device::Cuda(
             std::env::var(launch::LOCAL_RANK_VAR)

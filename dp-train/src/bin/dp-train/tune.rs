@@ -8,7 +8,7 @@ use dp_train::tune::{self, Disclosure, TuneConfig};
 use dp_train::AtPath;
 use dp_train::TrainError;
 
-use crate::common::{parse_device, write_file};
+use crate::common::write_file;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct TuneArgs {
@@ -52,7 +52,7 @@ pub(crate) fn run(args: TuneArgs) -> Result<(), TrainError> {
     let plan_text = std::fs::read_to_string(&plan_path)
         .map_err(|e| TrainError::Config(format!("plan {}: {e}", plan_path.display())))?;
     let plan = TrainConfig::from_toml(&plan_text, &config.set)?;
-    let device = parse_device(&plan.performance.device)?;
+    let device = plan.performance.device.device()?;
     if plan.performance.threads > 0 {
         tch::set_num_threads(plan.performance.threads);
     }
