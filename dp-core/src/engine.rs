@@ -1,21 +1,12 @@
 //! The clipping engine: per-example norms from one backward pass, clip factors, and
 //! book-keeping clipped sums.
 //!
-//! For a linear layer `z = a W^T + b` with output gradient `g = dL/dz` (L the *sum* of the
-//! per-example losses, so `g_i` is example i's own gradient since no operation mixes examples):
-//! - per-example weight gradient `G_i = sum_t g_{i,t} a_{i,t}^T`;
-//! - 2-D inputs: `||G_i|| = ||a_i|| ||g_i||` (Goodfellow 2015);
-//! - sequences, ghost norm (Li et al. 2022, Eq. 3):
-//!   `||G_i||^2 = sum_{t,t'} (a_{i,t} . a_{i,t'}) (g_{i,t} . g_{i,t'})`, used when `2 T^2 < p d`,
-//!   else the explicit `G_i = g_i^T a_i` is formed (B x p x d);
-//! - bias: `||sum_t g_{i,t}||^2`;
-//! - embedding `z = E[ids]`: `||G_i||^2 = sum_{t,t'} [id_t = id_t' != pad] (g_t . g_t')`, and the
-//!   clipped sum is the embedding backward of `c . g` (the padding row gets nothing);
-//! - LayerNorm/RMSNorm `y = x_hat gamma + beta`: `grad gamma_i = sum_t x_hat_t g_t`,
-//!   `grad beta_i = sum_t g_t`, explicit (they are small); `x_hat` is recomputed from the input.
-//!
-//! - 2-D convolution: the unfolded input `U(a_i)` (im2col, one row per output position) makes it
-//!   a linear layer over its output positions (Bu, Mao and Xu 2022), with the same rules.
+//! With L the *sum* of the per-example losses, the output gradient `g = dL/dz` of a layer call
+//! holds each example's own gradient (no operation mixes examples), so one backward pass gives
+//! every layer what its clipping rule needs: the per-example norms `||G_i||` without forming
+//! `G_i` where a ghost norm exists (Li et al. 2022), and the clipped sum `sum_i c_i G_i` formed
+//! directly (Bu et al. 2023, book-keeping). Each layer's rule is written next to the layer
+//! ([`crate::layers`]: linear maps, convolutions, embeddings, LayerNorm/RMSNorm).
 //!
 //! Clipping styles ([`ClippingStyle`]), each bounding every example's contribution by `C` in
 //! L2 norm, so the sensitivity and the noise `N(0, sigma^2 C^2)` are the same for all three:
@@ -27,8 +18,6 @@
 //!   (gamma = 0.01 by default): every gradient is normalised, `||c_i G_i|| < C`, and no
 //!   threshold needs tuning (C only rescales the learning rate).
 //!
-//! The clipped sum is formed directly (Bu et al. 2023, book-keeping):
-//! `sum_i c_i G_i = (c . g)^T a` flattened over (B, T), one matmul per layer.
 //! Examples whose norm is not finite get `c_i = 0` and are counted, never propagated.
 //!
 //! Memory: the recorded outputs are dropped as soon as the backward pass has given their
@@ -49,7 +38,7 @@ use std::collections::{BTreeMap, HashMap};
 use tch::{nn, Kind, Tensor};
 
 use crate::error::CoreError;
-use crate::layers::Conv2dGeometry;
+use crate::layers::{add_into, GramCache, NormContext, SumContext};
 use crate::rounding;
 use crate::tape::Record;
 
@@ -184,9 +173,11 @@ impl ClippingEngine {
         let mut grams = GramCache::new();
         let mut trained = Vec::with_capacity(records.len());
         for (r, (record, g)) in records.iter().zip(&grads).enumerate() {
-            let is_trained = record.parameters().any(|p| self.is_trainable(p));
+            let is_trained = record.parameters().iter().any(|p| self.is_trainable(p));
             if g.defined() && is_trained {
-                self.norm_terms(r, record, g, acc_kind, &mut grams, &mut terms)?;
+                let mut norms =
+                    NormContext::new(r, acc_kind, &self.trainable, &mut grams, &mut terms);
+                record.rule().add_norms(g, &mut norms)?;
             }
             trained.push(is_trained);
         }
@@ -219,7 +210,7 @@ impl ClippingEngine {
             let unclipped = self
                 .unclipped
                 .as_deref()
-                .is_some_and(|p| record.parameters().any(|q| q == p));
+                .is_some_and(|p| record.parameters().contains(&p));
             let factors = match &layer_norm2 {
                 _ if unclipped => keep_finite(flat_factors.ones_like()),
                 Some(per_record) if trained[r] => {
@@ -227,7 +218,9 @@ impl ClippingEngine {
                 }
                 _ => flat_factors.shallow_clone(),
             };
-            self.accumulate(&record, &g, &factors, &finite, nonfinite > 0, &mut sums)?;
+            let mut context =
+                SumContext::new(&self.trainable, &factors, &finite, nonfinite > 0, &mut sums);
+            record.rule().add_sums(&g, &mut context)?;
         }
         for (name, t) in &self.trainable {
             sums.entry(name.clone())
@@ -248,7 +241,12 @@ impl ClippingEngine {
             }
             let got = record.output().size().first().copied().unwrap_or(0);
             if got != batch {
-                let name = record.parameters().next().unwrap_or("?").to_string();
+                let name = record
+                    .parameters()
+                    .first()
+                    .copied()
+                    .unwrap_or("?")
+                    .to_string();
                 return Err(CoreError::BatchMismatch {
                     name,
                     got,
@@ -271,361 +269,6 @@ impl ClippingEngine {
     fn is_trainable(&self, name: &str) -> bool {
         self.trainable.contains_key(name)
     }
-
-    /// Adds to `terms` the per-example squared gradient norms of record `r`'s trainable
-    /// parameters, with what their rounding allowances need.
-    fn norm_terms(
-        &self,
-        r: usize,
-        record: &Record,
-        g: &Tensor,
-        kind: Kind,
-        grams: &mut GramCache,
-        terms: &mut rounding::NormTerms,
-    ) -> Result<(), CoreError> {
-        let g = match record {
-            Record::Conv2d { .. } => g.to_kind(kind),
-            _ => per_example_rows(g, kind),
-        };
-        // A linear map over positions: weight (ghost or explicit), then bias `sum_t g_t`.
-        let mut linear = |input: Option<&Tensor>,
-                          a: &Tensor,
-                          g: &Tensor,
-                          weight: &str,
-                          bias: Option<&str>,
-                          terms: &mut rounding::NormTerms| {
-            let sqrt_diag_g = self
-                .is_trainable(weight)
-                .then(|| linear_weight_terms(r, input, a, g, kind, grams, terms))
-                .flatten();
-            if bias.is_some_and(|b| self.is_trainable(b)) {
-                let s = match &sqrt_diag_g {
-                    Some(sqrt) => rounding::diagonal_position_sum(sqrt, g.size()[2], kind),
-                    None => rounding::position_sum(g, None),
-                };
-                add_position_sum(r, g, s, kind, terms);
-            }
-        };
-        match record {
-            Record::Linear {
-                input,
-                weight,
-                bias,
-                ..
-            } => linear(
-                Some(input),
-                &per_example_rows(input, kind),
-                &g,
-                weight,
-                bias.as_deref(),
-                terms,
-            ),
-            Record::Conv2d {
-                input,
-                geometry,
-                weight,
-                bias,
-                ..
-            } => {
-                let (a, g) = conv_rows(input, geometry, &g, kind)?;
-                // No shared Gram: two convolutions of one input may unfold it differently.
-                linear(None, &a, &g, weight, bias.as_deref(), terms);
-            }
-            Record::Embedding {
-                ids,
-                table,
-                padding_idx,
-                ..
-            } => {
-                if self.is_trainable(table) {
-                    // ||G_i||^2 = sum_{t,t'} [id_t = id_t' != pad] (g_t . g_t'): a ghost norm
-                    // whose inputs are unit vectors (d = 1).
-                    let ids = ids.reshape([g.size()[0], -1]);
-                    let mut same = ids.unsqueeze(2).eq_tensor(&ids.unsqueeze(1));
-                    if let Some(pad) = padding_idx {
-                        let real = ids.ne(*pad);
-                        same = same
-                            .logical_and(&real.unsqueeze(2))
-                            .logical_and(&real.unsqueeze(1));
-                    }
-                    let gram = g.bmm(&g.transpose(1, 2));
-                    let (t, p) = (g.size()[1], g.size()[2]);
-                    let s =
-                        rounding::diagonal_position_sum(&rounding::sqrt_diagonal(&gram), p, kind);
-                    let n2 = (gram * same.to_kind(kind))
-                        .sum_dim_intlist(2, false, kind)
-                        .sum_dim_intlist(1, false, kind);
-                    terms.ghost(r, n2, s, (1, p, t));
-                }
-            }
-            Record::Norm {
-                input,
-                centred,
-                eps,
-                weight,
-                bias,
-                ..
-            } => {
-                if self.is_trainable(weight) {
-                    let products = normalised(input, *centred, *eps, kind) * &g;
-                    let s = rounding::position_sum(&products, None);
-                    add_position_sum(r, &products, s, kind, terms);
-                }
-                if bias.as_deref().is_some_and(|b| self.is_trainable(b)) {
-                    add_position_sum(r, &g, rounding::position_sum(&g, None), kind, terms);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Adds `sum_i c_i G_i` of one record's trainable parameters to `sums`.
-    fn accumulate(
-        &self,
-        record: &Record,
-        g: &Tensor,
-        factors: &Tensor,
-        finite: &Tensor,
-        mask_nonfinite: bool,
-        sums: &mut BTreeMap<String, Tensor>,
-    ) -> Result<(), CoreError> {
-        let first = record.parameters().next().unwrap_or_default();
-        let kind = self.trainable.get(first).map_or(g.kind(), Tensor::kind);
-        let batch = factors.size()[0];
-        let keep = finite.view([batch, 1, 1]);
-        // 0 * NaN is NaN: rows of bad examples are zeroed in every factor of a product.
-        let masked = |t: Tensor| {
-            if mask_nonfinite {
-                t.where_self(&keep, &t.zeros_like())
-            } else {
-                t
-            }
-        };
-        let factors = factors.to_kind(kind);
-        let scaled = match record {
-            Record::Conv2d { .. } => masked(g.to_kind(kind) * factors.view([batch, 1, 1, 1])),
-            _ => masked(per_example_rows(g, kind) * factors.view([batch, 1, 1])),
-        };
-        let over_examples_and_positions =
-            |t: &Tensor| t.sum_dim_intlist([0, 1].as_slice(), false, kind);
-        match record {
-            Record::Linear {
-                input,
-                weight,
-                bias,
-                ..
-            } => {
-                let a = per_example_rows(input, kind);
-                self.linear_sums(&masked(a), &scaled, weight, bias.as_deref(), sums);
-            }
-            Record::Conv2d {
-                input,
-                geometry,
-                weight,
-                bias,
-                ..
-            } => {
-                let (a, scaled) = conv_rows(input, geometry, &scaled, kind)?;
-                self.linear_sums(&masked(a), &scaled, weight, bias.as_deref(), sums);
-            }
-            Record::Embedding {
-                ids,
-                table,
-                padding_idx,
-                ..
-            } => {
-                if let Some(t) = self.trainable.get(table.as_str()) {
-                    let ids = ids.reshape([batch, -1]);
-                    let rows = t.size()[0];
-                    let sum = Tensor::f_embedding_dense_backward(
-                        &scaled,
-                        &ids,
-                        rows,
-                        padding_idx.unwrap_or(-1),
-                        false,
-                    )?;
-                    add_into(sums, table, sum);
-                }
-            }
-            Record::Norm {
-                input,
-                centred,
-                eps,
-                weight,
-                bias,
-                ..
-            } => {
-                if self.is_trainable(weight) {
-                    let x_hat = masked(normalised(input, *centred, *eps, kind));
-                    add_into(
-                        sums,
-                        weight,
-                        over_examples_and_positions(&(x_hat * &scaled)),
-                    );
-                }
-                if let Some(b) = bias.as_deref().filter(|b| self.is_trainable(b)) {
-                    add_into(sums, b, over_examples_and_positions(&scaled));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Adds `sum_i c_i G_i` of a linear map (rows `a` (B, T, d), scaled output gradients
-    /// (B, T, p)) to the weight's and bias's sums, in the parameters' shapes.
-    fn linear_sums(
-        &self,
-        a: &Tensor,
-        scaled: &Tensor,
-        weight: &str,
-        bias: Option<&str>,
-        sums: &mut BTreeMap<String, Tensor>,
-    ) {
-        let (p, d) = (scaled.size()[2], a.size()[2]);
-        if let Some(w) = self.trainable.get(weight) {
-            let sum = scaled
-                .reshape([-1, p])
-                .transpose(0, 1)
-                .mm(&a.reshape([-1, d]));
-            add_into(sums, weight, sum.reshape(w.size()));
-        }
-        if let Some(b) = bias.filter(|b| self.is_trainable(b)) {
-            let kind = scaled.kind();
-            add_into(
-                sums,
-                b,
-                scaled.sum_dim_intlist([0, 1].as_slice(), false, kind),
-            );
-        }
-    }
-}
-
-/// Gram matrices `a a^T` of layer inputs for one `clip` call, with the square roots of their
-/// diagonals, keyed by the input's address, shape, strides and kind and the accumulation kind.
-type GramCache = HashMap<(usize, Vec<i64>, Vec<i64>, Kind, Kind), (Tensor, Tensor)>;
-
-/// A convolution as a linear map over its output positions: the unfolded input (im2col,
-/// (B, T_out, d k_h k_w)) and the output gradient (B, p, H_out, W_out) as (B, T_out, p).
-fn conv_rows(
-    input: &Tensor,
-    geometry: &Conv2dGeometry,
-    g: &Tensor,
-    kind: Kind,
-) -> Result<(Tensor, Tensor), CoreError> {
-    let g = g.to_kind(kind);
-    let (b, p) = (g.size()[0], g.size()[1]);
-    let a = input.to_kind(kind).f_im2col(
-        geometry.kernel,
-        geometry.dilation,
-        geometry.padding,
-        geometry.stride,
-    )?;
-    Ok((a.transpose(1, 2), g.reshape([b, p, -1]).transpose(1, 2)))
-}
-
-/// Adds record `r`'s linear weight norm to `terms`: ghost norm (Li et al. 2022)
-/// `sum_{t,t'} (a_t . a_t')(g_t . g_t')` when `2 T^2 < p d`, else the explicit per-example
-/// gradient `g_i^T a_i`. Returns the square roots of `g g^T`'s diagonal (the per-position
-/// norms of `g`) when the ghost norm formed it.
-///
-/// `a` is the rows of the linear layer's `input`; layers reading the same input (the query, key
-/// and value projections; a LoRA adapter's down projection) share `a a^T` through `grams`.
-fn linear_weight_terms(
-    r: usize,
-    input: Option<&Tensor>,
-    a: &Tensor,
-    g: &Tensor,
-    kind: Kind,
-    grams: &mut GramCache,
-    terms: &mut rounding::NormTerms,
-) -> Option<Tensor> {
-    let (t, d, p) = (a.size()[1], a.size()[2], g.size()[2]);
-    if 2 * t * t < p * d {
-        let gram = || {
-            let gram = a.bmm(&a.transpose(1, 2));
-            let sqrt_diag = rounding::sqrt_diagonal(&gram);
-            (gram, sqrt_diag)
-        };
-        // Every recorded input is alive during one `clip` call, so its address, shape, strides
-        // and kind identify its values.
-        let (gram_a, sqrt_diag_a) = match input {
-            Some(input) => {
-                let key = (
-                    input.data_ptr() as usize,
-                    input.size(),
-                    input.stride(),
-                    input.kind(),
-                    kind,
-                );
-                let (gram, sqrt_diag) = grams.entry(key).or_insert_with(gram);
-                (gram.shallow_clone(), sqrt_diag.shallow_clone())
-            }
-            None => gram(),
-        };
-        let gram_g = g.bmm(&g.transpose(1, 2));
-        let sqrt_diag_g = rounding::sqrt_diagonal(&gram_g);
-        let s = rounding::gram_position_sum(&sqrt_diag_a, &sqrt_diag_g, d, p, kind);
-        let n2 = (gram_a * gram_g)
-            .sum_dim_intlist(2, false, kind)
-            .sum_dim_intlist(1, false, kind);
-        terms.ghost(r, n2, s, (d, p, t));
-        Some(sqrt_diag_g)
-    } else {
-        let n2 = g
-            .transpose(1, 2)
-            .bmm(a)
-            .square()
-            .sum_dim_intlist([1, 2].as_slice(), false, kind);
-        terms.vector(r, n2, rounding::position_sum(a, Some(g)), p * d, t);
-        None
-    }
-}
-
-/// Adds to `terms` the squared norm of `sum_t v_t` for (B, T, w) rows `v` (a bias, a
-/// normalisation weight's rounded products), formed in `kind`, with `s` the sum of the rows'
-/// norms (counted as `T + 1` terms: one rounding of each product and its effect on `s`).
-fn add_position_sum(
-    r: usize,
-    v: &Tensor,
-    s: rounding::PositionSum,
-    kind: Kind,
-    terms: &mut rounding::NormTerms,
-) {
-    let (t, w) = (v.size()[1], v.size()[2]);
-    let n2 = v
-        .sum_dim_intlist(1, false, kind)
-        .square()
-        .sum_dim_intlist(1, false, kind);
-    terms.vector(r, n2, s, w, t + 1);
-}
-
-/// The normalised input `x_hat` of a LayerNorm (`centred`) or RMSNorm, as (B, T, p) rows,
-/// computed in `kind` (as the layer does for reduced-precision inputs).
-fn normalised(x: &Tensor, centred: bool, eps: f64, kind: Kind) -> Tensor {
-    let p = x.size().last().copied().unwrap_or(1);
-    let x = x.to_kind(kind);
-    let x_hat = if centred {
-        x.layer_norm([p], None::<&Tensor>, None::<&Tensor>, eps, false)
-    } else {
-        x.rms_norm([p], None::<&Tensor>, eps)
-    };
-    per_example_rows(&x_hat, kind)
-}
-
-fn add_into(sums: &mut BTreeMap<String, Tensor>, name: &str, value: Tensor) {
-    match sums.get_mut(name) {
-        Some(sum) => *sum += value,
-        None => {
-            sums.insert(name.to_string(), value.detach());
-        }
-    }
-}
-
-/// (B, d) or (B, ..., d) as (B, T, d) in `kind`: the middle dimensions are positions of the same
-/// example (T = 1 for 2-D inputs, where the ghost norm is Goodfellow's `||a_i|| ||g_i||`).
-fn per_example_rows(x: &Tensor, kind: Kind) -> Tensor {
-    let size = x.size();
-    x.to_kind(kind).reshape([size[0], -1, size[size.len() - 1]])
 }
 
 /// The kind norms, sums and other sensitive reductions are computed in: f64 stays f64,

@@ -1175,6 +1175,35 @@ fn convolutions_match_batch_size_one_reference_in_f64() {
     check_cnn(ClippingStyle::Flat, true, 1e6);
 }
 
+/// A non-finite example of a convolutional network is counted and contributes nothing: its
+/// rows are zeroed in every factor of the (B, p, H, W) products too, not only in (B, T, d) ones.
+#[test]
+fn nonfinite_examples_of_a_convolution_are_counted_and_contribute_nothing() {
+    tch::manual_seed(22);
+    let vs = vs_f64();
+    let model = SmallCnn::new(&vs, true);
+    let x = Tensor::randn([5, 3, 7, 7], (Kind::Double, Device::Cpu));
+    let bad = x.copy();
+    let _ = bad.get(2).fill_(f64::NAN);
+    let clip = 0.5;
+    let engine = ClippingEngine::new(&vs, clip).unwrap();
+    let mut tape = Tape::recording();
+    let losses = model.losses(&bad, &mut tape);
+    let batch = engine.clip(tape.take(), &losses).unwrap();
+    assert_eq!(batch.nonfinite, 1);
+
+    let kept = x.index_select(0, &Tensor::from_slice(&[0i64, 1, 3, 4]));
+    let loss_of = |i: i64| {
+        model
+            .losses(&kept.narrow(0, i, 1), &mut Tape::off())
+            .sum(Kind::Double)
+    };
+    let (_, sums) = batch_size_one_reference_with_style(&vs, 4, loss_of, clip, ClippingStyle::Flat);
+    for (name, want) in &sums {
+        assert_close(&batch.sums[name], want, 1e-10, 1e-8, name);
+    }
+}
+
 #[test]
 fn per_layer_and_automatic_clipping_match_their_references() {
     for style in [

@@ -7,10 +7,12 @@
 //! sequence (Bu, Mao and Xu 2022, "Scalable and efficient training of large convolutional
 //! neural networks with differential privacy").
 
-use tch::nn;
-use tch::Tensor;
+use tch::{nn, Kind, Tensor};
 
+use super::linear::LinearMap;
+use super::rule::{ClippingRule, NormContext, SumContext};
 use super::weight_and_bias;
+use crate::error::CoreError;
 use crate::tape::{Record, Tape};
 
 /// Convolution geometry: kernel, stride, padding and dilation, each (height, width).
@@ -89,14 +91,85 @@ impl DpConv2d {
             1,
         );
         if tape.wants(&output) {
-            tape.push(Record::Conv2d {
+            tape.push(Record::new(Conv2dRecord {
                 input: input.shallow_clone(),
                 output: output.shallow_clone(),
                 geometry: g,
                 weight: self.weight_name.clone(),
                 bias: self.bias_name.clone(),
-            });
+            }));
         }
         output
+    }
+}
+
+/// A 2-D convolution `z = W * a + b`, `a` of shape (B, d, H, W), one group.
+#[derive(Debug)]
+pub(crate) struct Conv2dRecord {
+    /// Layer input `a`.
+    input: Tensor,
+    /// Layer output `z`, (B, p, H_out, W_out).
+    output: Tensor,
+    /// Kernel, stride, padding and dilation.
+    geometry: Conv2dGeometry,
+    /// Full variable name of the weight `W` (p x d x k_h x k_w).
+    weight: String,
+    /// Full variable name of the bias `b` (p), if any.
+    bias: Option<String>,
+}
+
+impl Conv2dRecord {
+    fn map(&self) -> LinearMap<'_> {
+        LinearMap {
+            weight: &self.weight,
+            bias: self.bias.as_deref(),
+        }
+    }
+
+    /// The convolution as a linear map over its output positions: the unfolded input (im2col,
+    /// (B, T_out, d k_h k_w)) and the output gradient `g` (B, p, H_out, W_out) as (B, T_out, p),
+    /// both in `kind`.
+    fn rows(&self, g: &Tensor, kind: Kind) -> Result<(Tensor, Tensor), CoreError> {
+        let geometry = &self.geometry;
+        let g = g.to_kind(kind);
+        let (b, p) = (g.size()[0], g.size()[1]);
+        let a = self.input.to_kind(kind).f_im2col(
+            geometry.kernel,
+            geometry.dilation,
+            geometry.padding,
+            geometry.stride,
+        )?;
+        Ok((a.transpose(1, 2), g.reshape([b, p, -1]).transpose(1, 2)))
+    }
+}
+
+impl ClippingRule for Conv2dRecord {
+    fn output(&self) -> &Tensor {
+        &self.output
+    }
+
+    fn output_mut(&mut self) -> &mut Tensor {
+        &mut self.output
+    }
+
+    fn parameters(&self) -> Vec<&str> {
+        std::iter::once(self.weight.as_str())
+            .chain(self.bias.as_deref())
+            .collect()
+    }
+
+    fn add_norms(&self, g: &Tensor, norms: &mut NormContext) -> Result<(), CoreError> {
+        let (a, g) = self.rows(g, norms.kind)?;
+        // No shared Gram: two convolutions of one input may unfold it differently.
+        self.map().add_norms(None, &a, &g, norms);
+        Ok(())
+    }
+
+    fn add_sums(&self, g: &Tensor, sums: &mut SumContext) -> Result<(), CoreError> {
+        let kind = sums.kind(&self.parameters(), g);
+        let scaled = sums.scaled(&g.to_kind(kind));
+        let (a, scaled) = self.rows(&scaled, kind)?;
+        self.map().add_sums(&sums.masked(a), &scaled, sums);
+        Ok(())
     }
 }

@@ -1,17 +1,21 @@
 //! Layers that behave like their plain libtorch counterparts and record, on a [`crate::Tape`]
-//! that is on, what the clipping engine needs.
+//! that is on, what the clipping engine needs. Each layer's file holds its clipping rule (how
+//! its per-example gradient norms and clipped sums are formed); a new layer is one file with
+//! one implementation of the rule's trait.
 
 mod conv;
 mod embedding;
 mod linear;
 mod lora;
 mod norm;
+mod rule;
 
 pub use conv::{Conv2dGeometry, DpConv2d};
 pub use embedding::DpEmbedding;
 pub use linear::DpLinear;
 pub use lora::LoraAdapter;
 pub use norm::DpNorm;
+pub(crate) use rule::{add_into, ClippingRule, GramCache, NormContext, SumContext};
 
 use tch::nn::{self, Init};
 use tch::Tensor;
