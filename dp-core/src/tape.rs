@@ -11,35 +11,41 @@ use crate::layers::ClippingRule;
 /// One DP layer call: its output, the parameters it used, and its layer's clipping rule
 /// (see [`crate::layers`]).
 #[derive(Debug)]
-pub struct Record(Box<dyn ClippingRule>);
+pub struct Record {
+    /// The layer's output `z`, a node of the autograd graph.
+    output: Tensor,
+    rule: Box<dyn ClippingRule>,
+}
 
 impl Record {
-    /// A record of one call of a DP layer.
-    pub(crate) fn new(rule: impl ClippingRule + 'static) -> Self {
-        Self(Box::new(rule))
+    /// A record of one call of a DP layer: its `output` and its clipping rule.
+    pub(crate) fn new(output: Tensor, rule: impl ClippingRule + 'static) -> Self {
+        Self {
+            output,
+            rule: Box::new(rule),
+        }
     }
 
     /// The recorded output, whose gradient the engine asks of autograd.
     pub fn output(&self) -> &Tensor {
-        self.0.output()
+        &self.output
     }
 
     /// Names of the parameters this call used.
     pub fn parameters(&self) -> Vec<&str> {
-        self.0.parameters()
+        self.rule.parameters()
     }
 
     /// The layer's clipping rule.
     pub(crate) fn rule(&self) -> &dyn ClippingRule {
-        self.0.as_ref()
+        self.rule.as_ref()
     }
 
     /// Drops the recorded output's values once its gradient is known (nothing reads them
     /// after the backward pass), keeping its shape, kind and device.
     pub(crate) fn release_output(&mut self) -> (Vec<i64>, tch::Kind, tch::Device) {
-        let output = self.0.output_mut();
-        let shape = (output.size(), output.kind(), output.device());
-        *output = Tensor::new();
+        let shape = (self.output.size(), self.output.kind(), self.output.device());
+        self.output = Tensor::new();
         shape
     }
 }

@@ -10,7 +10,7 @@
 use tch::{nn, Kind, Tensor};
 
 use super::linear::LinearMap;
-use super::rule::{ClippingRule, NormContext, SumContext};
+use super::rule::{weight_and_bias_names, ClippingRule, NormContext, SumContext};
 use super::weight_and_bias;
 use crate::error::CoreError;
 use crate::tape::{Record, Tape};
@@ -91,13 +91,15 @@ impl DpConv2d {
             1,
         );
         if tape.wants(&output) {
-            tape.push(Record::new(Conv2dRecord {
-                input: input.shallow_clone(),
-                output: output.shallow_clone(),
-                geometry: g,
-                weight: self.weight_name.clone(),
-                bias: self.bias_name.clone(),
-            }));
+            tape.push(Record::new(
+                output.shallow_clone(),
+                Conv2dRecord {
+                    input: input.shallow_clone(),
+                    geometry: g,
+                    weight: self.weight_name.clone(),
+                    bias: self.bias_name.clone(),
+                },
+            ));
         }
         output
     }
@@ -108,8 +110,6 @@ impl DpConv2d {
 pub(crate) struct Conv2dRecord {
     /// Layer input `a`.
     input: Tensor,
-    /// Layer output `z`, (B, p, H_out, W_out).
-    output: Tensor,
     /// Kernel, stride, padding and dilation.
     geometry: Conv2dGeometry,
     /// Full variable name of the weight `W` (p x d x k_h x k_w).
@@ -144,18 +144,8 @@ impl Conv2dRecord {
 }
 
 impl ClippingRule for Conv2dRecord {
-    fn output(&self) -> &Tensor {
-        &self.output
-    }
-
-    fn output_mut(&mut self) -> &mut Tensor {
-        &mut self.output
-    }
-
     fn parameters(&self) -> Vec<&str> {
-        std::iter::once(self.weight.as_str())
-            .chain(self.bias.as_deref())
-            .collect()
+        weight_and_bias_names(&self.weight, self.bias.as_deref())
     }
 
     fn add_norms(&self, g: &Tensor, norms: &mut NormContext) -> Result<(), CoreError> {

@@ -51,12 +51,14 @@ impl DpEmbedding {
             false,
         );
         if tape.wants(&output) {
-            tape.push(Record::new(EmbeddingRecord {
-                ids: ids.shallow_clone(),
-                output: output.shallow_clone(),
-                table: self.table_name.clone(),
-                padding_idx: self.padding_idx,
-            }));
+            tape.push(Record::new(
+                output.shallow_clone(),
+                EmbeddingRecord {
+                    ids: ids.shallow_clone(),
+                    table: self.table_name.clone(),
+                    padding_idx: self.padding_idx,
+                },
+            ));
         }
         output
     }
@@ -67,8 +69,6 @@ impl DpEmbedding {
 pub(crate) struct EmbeddingRecord {
     /// The ids, (B, T), int64.
     ids: Tensor,
-    /// The looked-up rows, (B, T, p).
-    output: Tensor,
     /// Full variable name of the table `E` (V x p).
     table: String,
     /// Rows of this id get no gradient.
@@ -76,14 +76,6 @@ pub(crate) struct EmbeddingRecord {
 }
 
 impl ClippingRule for EmbeddingRecord {
-    fn output(&self) -> &Tensor {
-        &self.output
-    }
-
-    fn output_mut(&mut self) -> &mut Tensor {
-        &mut self.output
-    }
-
     fn parameters(&self) -> Vec<&str> {
         vec![self.table.as_str()]
     }

@@ -17,7 +17,9 @@
 
 use tch::{nn, Kind, Tensor};
 
-use super::rule::{per_example_rows, ClippingRule, GramCache, NormContext, SumContext};
+use super::rule::{
+    per_example_rows, weight_and_bias_names, ClippingRule, GramCache, NormContext, SumContext,
+};
 use super::weight_and_bias;
 use crate::error::CoreError;
 use crate::rounding;
@@ -56,12 +58,14 @@ impl DpLinear {
             self.bias.as_ref().map(|b| b.to_kind(kind)).as_ref(),
         );
         if tape.wants(&output) {
-            tape.push(Record::new(LinearRecord {
-                input: input.shallow_clone(),
-                output: output.shallow_clone(),
-                weight: self.weight_name.clone(),
-                bias: self.bias_name.clone(),
-            }));
+            tape.push(Record::new(
+                output.shallow_clone(),
+                LinearRecord {
+                    input: input.shallow_clone(),
+                    weight: self.weight_name.clone(),
+                    bias: self.bias_name.clone(),
+                },
+            ));
         }
         output
     }
@@ -72,8 +76,6 @@ impl DpLinear {
 pub(crate) struct LinearRecord {
     /// Layer input `a`.
     input: Tensor,
-    /// Layer output `z`.
-    output: Tensor,
     /// Full variable name of the weight `W` (p x d).
     weight: String,
     /// Full variable name of the bias `b` (p), if any.
@@ -81,18 +83,8 @@ pub(crate) struct LinearRecord {
 }
 
 impl ClippingRule for LinearRecord {
-    fn output(&self) -> &Tensor {
-        &self.output
-    }
-
-    fn output_mut(&mut self) -> &mut Tensor {
-        &mut self.output
-    }
-
     fn parameters(&self) -> Vec<&str> {
-        std::iter::once(self.weight.as_str())
-            .chain(self.bias.as_deref())
-            .collect()
+        weight_and_bias_names(&self.weight, self.bias.as_deref())
     }
 
     fn add_norms(&self, g: &Tensor, norms: &mut NormContext) -> Result<(), CoreError> {

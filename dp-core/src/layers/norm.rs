@@ -11,7 +11,7 @@
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
-use super::rule::{per_example_rows, ClippingRule, NormContext, SumContext};
+use super::rule::{per_example_rows, weight_and_bias_names, ClippingRule, NormContext, SumContext};
 use crate::error::CoreError;
 use crate::rounding;
 use crate::tape::{Record, Tape};
@@ -72,14 +72,16 @@ impl DpNorm {
         }
         .to_kind(input.kind());
         if tape.wants(&output) {
-            tape.push(Record::new(NormRecord {
-                input: input.shallow_clone(),
-                output: output.shallow_clone(),
-                centred,
-                eps: self.eps,
-                weight: self.weight_name.clone(),
-                bias: self.bias_name.clone(),
-            }));
+            tape.push(Record::new(
+                output.shallow_clone(),
+                NormRecord {
+                    input: input.shallow_clone(),
+                    centred,
+                    eps: self.eps,
+                    weight: self.weight_name.clone(),
+                    bias: self.bias_name.clone(),
+                },
+            ));
         }
         output
     }
@@ -91,8 +93,6 @@ impl DpNorm {
 pub(crate) struct NormRecord {
     /// Layer input `x`, (B, ..., p).
     input: Tensor,
-    /// Layer output `y`.
-    output: Tensor,
     /// LayerNorm (centred) or RMSNorm.
     centred: bool,
     /// The epsilon inside the square root.
@@ -120,18 +120,8 @@ impl NormRecord {
 }
 
 impl ClippingRule for NormRecord {
-    fn output(&self) -> &Tensor {
-        &self.output
-    }
-
-    fn output_mut(&mut self) -> &mut Tensor {
-        &mut self.output
-    }
-
     fn parameters(&self) -> Vec<&str> {
-        std::iter::once(self.weight.as_str())
-            .chain(self.bias.as_deref())
-            .collect()
+        weight_and_bias_names(&self.weight, self.bias.as_deref())
     }
 
     fn add_norms(&self, g: &Tensor, norms: &mut NormContext) -> Result<(), CoreError> {

@@ -1,7 +1,7 @@
 //! What a DP layer gives the clipping engine: one [`ClippingRule`] per recorded call, written
-//! next to its layer, so adding a layer is one file. A rule knows its output (whose gradient
-//! `g = dL/dz` autograd returns), the parameters it used, how to add the per-example squared
-//! norms of their gradients (with the allowances of the `rounding` module, so every norm the
+//! next to its layer, so adding a layer is one file. Given the output gradient `g = dL/dz` of
+//! its call (the [`crate::Record`] holds the output), a rule knows the parameters it used, how to
+//! add the per-example squared norms of their gradients (with the allowances of the `rounding` module, so every norm the
 //! engine clips with is an upper bound), and how to add `sum_i c_i G_i` to the clipped sums.
 //! The engine does the rest: one backward pass, the clip factors of every style, masking of
 //! non-finite examples.
@@ -15,12 +15,6 @@ use crate::rounding::{self, NormTerms};
 
 /// One recorded layer call's clipping rule.
 pub(crate) trait ClippingRule: std::fmt::Debug + Send {
-    /// The recorded output `z`, a node of the autograd graph.
-    fn output(&self) -> &Tensor;
-
-    /// The recorded output, to be dropped once its gradient is known.
-    fn output_mut(&mut self) -> &mut Tensor;
-
     /// Full names of the parameters this call used.
     fn parameters(&self) -> Vec<&str>;
 
@@ -152,6 +146,12 @@ impl<'a> SumContext<'a> {
     pub(crate) fn add(&mut self, name: &str, value: Tensor) {
         add_into(self.sums, name, value);
     }
+}
+
+/// The names of a weight and its bias, if any: the parameters of a linear map, a convolution or
+/// a normalisation.
+pub(crate) fn weight_and_bias_names<'a>(weight: &'a str, bias: Option<&'a str>) -> Vec<&'a str> {
+    std::iter::once(weight).chain(bias).collect()
 }
 
 /// Adds `value` to `sums[name]`, detached.
