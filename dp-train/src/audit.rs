@@ -24,17 +24,19 @@
 use dp_accounting::audit::{
     estimate_epsilon, one_run_epsilon_lower_bound, AuditCounts, AuditEstimate,
 };
-use dp_accounting::{calibrate_noise_multiplier, AccountantKind};
-use dp_core::noise::noise_multiplier_for;
 use dp_core::{ClippingEngine, ClippingStyle, NoiseMode, PrivacyRng, Tape};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
-use crate::dpsgd::{train_with_hooks, Batches, DpSgdConfig, Mechanism, StepHooks};
+use crate::dpsgd::{train_with_hooks, Batches, DpSgdConfig, StepHooks};
 use crate::error::TrainError;
 use crate::fashion_mnist::FashionMnist;
 use crate::models::Mlp;
+use crate::plan::{
+    DataSection, Dataset, ModelSection, NoiseKind, PerformanceSection, PlanAccountant,
+    PrivacySection, Sampling, TrainConfig, TrainingSection,
+};
 
 /// The clip norm of the no-clipping sabotage, in units of C.
 const CANARY_NORM_OVER_CLIP: f64 = 1000.0;
@@ -289,54 +291,62 @@ fn canary_inputs(first_column: i64, m: i64) -> Tensor {
     )
 }
 
+/// The audited claim: the sampling rate and the noise multiplier the run accounts.
 struct Plan {
     q: f64,
     sigma: f64,
 }
 
-fn plan(config: &AuditConfig) -> Result<Plan, TrainError> {
-    if config.dataset_size == 0
-        || config.expected_batch_size <= 0.0
-        || config.expected_batch_size > config.dataset_size as f64
-    {
-        return Err(TrainError::Config(
-            "audit: need 0 < batch size <= dataset size".into(),
-        ));
-    }
-    let q = config.expected_batch_size / config.dataset_size as f64;
-    let sigma = calibrate_noise_multiplier(
-        AccountantKind::Rdp,
-        q,
-        config.steps,
-        config.epsilon,
-        config.delta,
-    )?
-    .noise_multiplier;
-    Ok(Plan { q, sigma })
-}
-
-/// The DP-SGD settings actually run, with the sabotage (if any) applied: its own ledger then
+/// The audited run as a plan like any other (Fashion-MNIST, an MLP, DP-SGD with Poisson
+/// sampling and secure noise, accounted with RDP), resolved once: the claim, and the DP-SGD
+/// settings that run it with the sabotage (if any) applied. A sabotaged run's own ledger then
 /// accounts what really happens (an infinite budget lets a broken run finish).
-fn run_config(config: &AuditConfig, plan: &Plan) -> DpSgdConfig {
-    let mut run = DpSgdConfig {
-        expected_batch_size: config.expected_batch_size,
-        physical_batch_size: 256,
-        steps: config.steps,
-        clip_norm: config.clip_norm,
-        // Enough more that the secure noise accounts at least the calibrated sigma (so the
-        // last step stays within the claim).
-        noise_multiplier: noise_multiplier_for(NoiseMode::Secure, plan.sigma),
-        noise: NoiseMode::Secure,
-        learning_rate: config.learning_rate,
-        prefix_rates: Vec::new(),
-        optimizer: Default::default(),
-        schedule: Default::default(),
-        delta: config.delta,
-        epsilon_budget: config.epsilon,
-        mechanism: Mechanism::PoissonGaussian,
-        clipping: ClippingStyle::Flat,
-        accountant: AccountantKind::Rdp,
+fn plan(config: &AuditConfig) -> Result<(Plan, DpSgdConfig), TrainError> {
+    let train = TrainConfig {
+        data: DataSection {
+            dataset: Dataset::FashionMnist,
+            dataset_size: config.dataset_size,
+            max_length: 64,
+            train_file: None,
+            test_file: None,
+        },
+        privacy: PrivacySection {
+            epsilon: config.epsilon,
+            delta: config.delta,
+            noise_multiplier: None,
+            expected_batch_size: config.expected_batch_size,
+            epochs: None,
+            steps: Some(config.steps),
+            clip_norm: config.clip_norm,
+            noise: NoiseKind::Gaussian,
+            mf: None,
+            noise_mode: NoiseMode::Secure,
+            accountant: PlanAccountant::Rdp,
+            sampling: Sampling::Poisson,
+            seed: None,
+        },
+        model: ModelSection {
+            hidden: config.hidden.clone(),
+            ..ModelSection::default()
+        },
+        training: TrainingSection {
+            learning_rate: config.learning_rate,
+            head_learning_rate: None,
+            optimizer: Default::default(),
+            schedule: Default::default(),
+            clipping: ClippingStyle::Flat,
+        },
+        performance: PerformanceSection {
+            physical_batch_size: 256,
+            ..PerformanceSection::default()
+        },
     };
+    let resolved = train.resolve()?;
+    let claim = Plan {
+        q: resolved.sampling_rate,
+        sigma: resolved.ledger(config.delta)?.noise_multiplier(),
+    };
+    let mut run = train.dp_sgd_config(&resolved);
     match config.sabotage {
         Sabotage::None => {}
         Sabotage::UnclippedLayer => run.epsilon_budget = f64::INFINITY,
@@ -346,11 +356,11 @@ fn run_config(config: &AuditConfig, plan: &Plan) -> DpSgdConfig {
         }
         Sabotage::NoClipping => {
             run.clip_norm = config.clip_norm * CANARY_NORM_OVER_CLIP;
-            run.noise_multiplier = plan.sigma / CANARY_NORM_OVER_CLIP;
+            run.noise_multiplier = claim.sigma / CANARY_NORM_OVER_CLIP;
             run.epsilon_budget = f64::INFINITY;
         }
     }
-    run
+    Ok((claim, run))
 }
 
 /// A fresh MLP for inputs of `width` features, initialised from `seed`.
@@ -483,8 +493,7 @@ pub fn audit_trials(
     mut on_trial: impl FnMut(usize),
 ) -> Result<TrialAudit, TrainError> {
     check_trials(trials)?;
-    let plan = plan(config)?;
-    let run = run_config(config, &plan);
+    let (plan, run) = plan(config)?;
     let n = config.dataset_size as i64;
     let mut bits = PrivacyRng::from_seed(config.seed);
     let mut scores = Vec::with_capacity(trials);
@@ -623,8 +632,7 @@ pub fn audit_one_run(
             "audit: need 0 < guesses <= canaries".into(),
         ));
     }
-    let plan = plan(config)?;
-    let run = run_config(config, &plan);
+    let (plan, run) = plan(config)?;
     let mut bits = PrivacyRng::from_seed(config.seed);
     let included: Vec<bool> = (0..canaries).map(|_| bits.bernoulli(0.5)).collect();
     let scores = gradient_canary_scores(
