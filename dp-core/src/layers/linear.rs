@@ -82,6 +82,15 @@ pub(crate) struct LinearRecord {
     bias: Option<String>,
 }
 
+impl LinearRecord {
+    fn map(&self) -> LinearMap<'_> {
+        LinearMap {
+            weight: &self.weight,
+            bias: self.bias.as_deref(),
+        }
+    }
+}
+
 impl ClippingRule for LinearRecord {
     fn parameters(&self) -> Vec<&str> {
         weight_and_bias_names(&self.weight, self.bias.as_deref())
@@ -90,23 +99,15 @@ impl ClippingRule for LinearRecord {
     fn add_norms(&self, g: &Tensor, norms: &mut NormContext) -> Result<(), CoreError> {
         let g = per_example_rows(g, norms.kind);
         let a = per_example_rows(&self.input, norms.kind);
-        let map = LinearMap {
-            weight: &self.weight,
-            bias: self.bias.as_deref(),
-        };
-        map.add_norms(Some(&self.input), &a, &g, norms);
+        self.map().add_norms(Some(&self.input), &a, &g, norms);
         Ok(())
     }
 
     fn add_sums(&self, g: &Tensor, sums: &mut SumContext) -> Result<(), CoreError> {
-        let map = LinearMap {
-            weight: &self.weight,
-            bias: self.bias.as_deref(),
-        };
         let kind = sums.kind(&self.parameters(), g);
         let scaled = sums.scaled(&per_example_rows(g, kind));
         let a = sums.masked(per_example_rows(&self.input, kind));
-        map.add_sums(&a, &scaled, sums);
+        self.map().add_sums(&a, &scaled, sums);
         Ok(())
     }
 }
