@@ -67,6 +67,7 @@ STUDY = [
      [TOP1, "training.learning_rate=0.25", "training.head_learning_rate=2.0"]),
     ("top 1, SGD 0.5, C 1, 5 epochs", PROBE, [TOP1, "training.learning_rate=0.5", "privacy.epochs=5"]),
     ("top 1, SGD 0.5, C 1, 10 epochs", FINETUNE, []),
+    ("top 1, SGD 0.5, C 1, 15 epochs", FINETUNE, ["privacy.epochs=15"]),
     ("top 2, SGD 0.5, C 1, 3 epochs", PROBE, [TOP2, "training.learning_rate=0.5"]),
     ("top 1, SGD 0.5, C 1, 3 epochs, NOT PRIVATE", PROBE,
      [TOP1, "training.learning_rate=0.5", "privacy.noise=none", "privacy.epsilon=inf"]),
