@@ -34,8 +34,8 @@ use crate::error::TrainError;
 use crate::fashion_mnist::FashionMnist;
 use crate::models::Mlp;
 use crate::plan::{
-    DataSection, Dataset, ModelSection, NoiseKind, PerformanceSection, PlanAccountant,
-    PrivacySection, Sampling, TrainConfig, TrainingSection,
+    default_max_length, DataSection, Dataset, ModelSection, NoiseKind, PerformanceSection,
+    PlanAccountant, PrivacySection, Sampling, TrainConfig, TrainingSection,
 };
 
 /// The clip norm of the no-clipping sabotage, in units of C.
@@ -306,7 +306,7 @@ fn plan(config: &AuditConfig) -> Result<(Plan, DpSgdConfig), TrainError> {
         data: DataSection {
             dataset: Dataset::FashionMnist,
             dataset_size: config.dataset_size,
-            max_length: 64,
+            max_length: default_max_length(),
             train_file: None,
             test_file: None,
         },

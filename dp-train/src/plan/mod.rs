@@ -13,6 +13,7 @@ mod resolve;
 mod sections;
 
 pub use resolve::ResolvedPlan;
+pub(crate) use sections::default_max_length;
 pub use sections::{
     DataSection, Dataset, DeviceChoice, MfSection, ModelKind, ModelSection, NoiseKind,
     PerformanceSection, PlanAccountant, PrivacySection, Sampling, TrainingSection,

@@ -136,7 +136,8 @@ pub struct DataSection {
     pub test_file: Option<std::path::PathBuf>,
 }
 
-fn default_max_length() -> usize {
+/// `data.max_length` when a plan leaves it out.
+pub(crate) fn default_max_length() -> usize {
     64
 }
 
