@@ -334,6 +334,7 @@ fn plan(config: &AuditConfig) -> Result<(Plan, DpSgdConfig), TrainError> {
             head_learning_rate: None,
             optimizer: Default::default(),
             schedule: Default::default(),
+            average_decay: None,
             clipping: ClippingStyle::Flat,
         },
         performance: PerformanceSection {

@@ -1,4 +1,5 @@
 //! Checkpoints that survive a crash at any moment: weights (safetensors), optimizer moments,
+//! the average of the weights if the run releases one,
 //! the privacy generator's exact state, the correlated-noise state if any, the ledger and the
 //! resolved configuration, written to a fresh folder, flushed to disk, renamed into place, and
 //! only then pointed to by `LATEST` (itself replaced by rename). A kill leaves either the
@@ -30,6 +31,7 @@ use dp_core::{CorrelatedNoise, PrivacyRng, RngSnapshot};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
+use crate::averaging::{WeightAverage, AVERAGE_FILE};
 use crate::error::{AtPath, TrainError};
 use crate::ledger::{LedgerRecord, PrivacyLedger};
 use crate::optimizer::{Optimizer, OptimizerState};
@@ -110,6 +112,8 @@ fn manifest_of(dir: &Path) -> Result<Manifest, TrainError> {
 pub(crate) struct Resumed {
     pub ledger: PrivacyLedger,
     pub optimizer: OptimizerState,
+    /// The average of the weights, if the run averages them.
+    pub average: Option<WeightAverage>,
     pub rng: PrivacyRng,
     /// The correlated-noise state (past draws, outputs or buffers), if the run has one.
     pub correlated_noise: Option<Vec<(String, Tensor)>>,
@@ -298,11 +302,12 @@ impl Checkpointing {
         &self,
         vs: &nn::VarStore,
         optimizer: &OptimizerState,
+        average: Option<&WeightAverage>,
         rng: &PrivacyRng,
         ledger: &PrivacyLedger,
         correlated: Option<&CorrelatedNoise>,
     ) -> Result<(), TrainError> {
-        self.write_checkpoint(vs, optimizer, rng, ledger, correlated)
+        self.write_checkpoint(vs, optimizer, average, rng, ledger, correlated)
             .at("write a checkpoint in", &self.folder())
     }
 
@@ -310,6 +315,7 @@ impl Checkpointing {
         &self,
         vs: &nn::VarStore,
         optimizer: &OptimizerState,
+        average: Option<&WeightAverage>,
         rng: &PrivacyRng,
         ledger: &PrivacyLedger,
         correlated: Option<&CorrelatedNoise>,
@@ -324,6 +330,10 @@ impl Checkpointing {
         fs::create_dir_all(&tmp)?;
         vs.save(tmp.join("weights.safetensors"))?;
         optimizer.save(&tmp.join("optimizer.safetensors"))?;
+        if let Some(average) = average {
+            average.save(&tmp.join(AVERAGE_FILE))?;
+            sync(&tmp.join(AVERAGE_FILE))?;
+        }
         if let Some(noise) = correlated {
             let (tensors, _) = noise.state()?;
             let named: Vec<(String, &Tensor)> =
@@ -410,11 +420,12 @@ impl Checkpointing {
         }
     }
 
-    /// Loads the latest checkpoint into `vs`, if there is one.
+    /// Loads the latest checkpoint into `vs` (the iterate, not its average), if there is one.
     pub(crate) fn resume(
         &self,
         vs: &nn::VarStore,
         optimizer: Optimizer,
+        average_decay: Option<f64>,
     ) -> Result<Option<Resumed>, TrainError> {
         let Some(Verified { dir, state }) = self.latest()? else {
             return Ok(None);
@@ -428,6 +439,18 @@ impl Checkpointing {
             .into_iter()
             .collect();
         copy_weights(vs, &saved, &weights_path)?;
+        let average = average_decay
+            .map(|decay| {
+                let path = dir.join(AVERAGE_FILE);
+                if path.exists() {
+                    WeightAverage::load(decay, &path)
+                } else {
+                    Err(corrupt(
+                        "the run averages its weights, but the checkpoint holds no average",
+                    ))
+                }
+            })
+            .transpose()?;
         Ok(Some(Resumed {
             ledger: PrivacyLedger::from_record(&state.ledger)?,
             optimizer: OptimizerState::load(
@@ -435,6 +458,7 @@ impl Checkpointing {
                 &dir.join("optimizer.safetensors"),
                 state.optimizer_steps,
             )?,
+            average,
             rng: PrivacyRng::resume(&generator).ok_or_else(|| corrupt("bad generator state"))?,
             correlated_noise: state
                 .ledger

@@ -8,7 +8,8 @@
 //! report, and each release is checked against it); divide by the *expected* batch size
 //! `B` (never the realised one, which would leak it); take an SGD step. Empty batches still add
 //! noise and count as a step. The optimizer (SGD with momentum, Adam, AdamW) steps on the
-//! privatized mean gradient.
+//! privatized mean gradient. The run releases the last iterate, or an exponential moving
+//! average of the iterates ([`DpSgdConfig::average_decay`]).
 //!
 //! With [`Mechanism::CyclicCorrelated`] (matrix-factorization DP-SGD, Choquette-Choo et al.
 //! 2023) the data is cut into `b` fixed batches (example `i` in batch `i mod b`) visited in
@@ -32,6 +33,7 @@ use dp_core::{
 };
 use tch::{nn, Kind, Tensor};
 
+use crate::averaging::WeightAverage;
 use crate::checkpoint::Checkpointing;
 use crate::data_parallel::Protocol;
 use crate::error::TrainError;
@@ -66,6 +68,10 @@ pub struct DpSgdConfig {
     pub optimizer: Optimizer,
     /// Learning-rate schedule over the run.
     pub schedule: Schedule,
+    /// Release an exponential moving average of the weights with this decay in (0, 1)
+    /// (`a = d a + (1 - d) theta` after each step) instead of the last iterate; `None` releases
+    /// the last iterate. Post-processing of the accounted iterates: no effect on privacy.
+    pub average_decay: Option<f64>,
     /// The delta at which epsilon is tracked.
     pub delta: f64,
     /// Training stops before any step that would take epsilon above this.
@@ -164,6 +170,7 @@ impl DpSgdConfig {
             prefix_rates: Vec::new(),
             optimizer: Optimizer::default(),
             schedule: Schedule::default(),
+            average_decay: None,
             delta: target.delta,
             epsilon_budget: f64::INFINITY,
             mechanism: Mechanism::PoissonGaussian,
@@ -493,8 +500,9 @@ fn lead(
     let mut ledger = ledger.with_randomness(config.noise, rng.seed());
     let variables = vs.variables();
     let mut optimizer = OptimizerState::new(config.optimizer);
+    let mut average = config.average_decay.map(WeightAverage::new);
     if let Some(resumed) = checkpointing
-        .map(|c| c.resume(vs, config.optimizer))
+        .map(|c| c.resume(vs, config.optimizer, config.average_decay))
         .transpose()?
         .flatten()
     {
@@ -519,7 +527,12 @@ fn lead(
             })?;
             correlated.restore(state, resumed.ledger.steps())?;
         }
-        (ledger, optimizer, *rng) = (resumed.ledger, resumed.optimizer, resumed.rng);
+        (ledger, optimizer, average, *rng) = (
+            resumed.ledger,
+            resumed.optimizer,
+            resumed.average,
+            resumed.rng,
+        );
     }
     let protocol = Protocol::new(collectives);
     protocol.share_model(vs)?;
@@ -556,7 +569,14 @@ fn lead(
                 stopped_by_budget = true;
                 protocol.conclude(vs, false)?;
                 if let Some(c) = checkpointing.filter(|_| ledger.steps() > 0) {
-                    c.save(vs, &optimizer, rng, &ledger, steps.correlated())?;
+                    c.save(
+                        vs,
+                        &optimizer,
+                        average.as_ref(),
+                        rng,
+                        &ledger,
+                        steps.correlated(),
+                    )?;
                 }
                 break;
             }
@@ -588,9 +608,19 @@ fn lead(
             scale * base_rate(config, name)
         })?;
         protocol.conclude(vs, true)?;
+        if let Some(average) = &mut average {
+            average.update(&variables, mean_gradient.keys())?;
+        }
         if let Some(c) = checkpointing {
             if ledger.steps() % c.every.max(1) == 0 || ledger.steps() == config.steps {
-                c.save(vs, &optimizer, rng, &ledger, steps.correlated())?;
+                c.save(
+                    vs,
+                    &optimizer,
+                    average.as_ref(),
+                    rng,
+                    &ledger,
+                    steps.correlated(),
+                )?;
             }
         }
         on_step(&StepReport {
@@ -603,6 +633,9 @@ fn lead(
     }
     if !stopped_by_budget {
         protocol.announce(None)?;
+    }
+    if let Some(average) = &average {
+        average.release_into(&variables)?;
     }
     Ok(TrainSummary {
         ledger,
@@ -710,6 +743,9 @@ pub(crate) fn validate(config: &DpSgdConfig, n: i64) -> Result<(), TrainError> {
             "delta {} must be in (0, 1/N) with N = {n}: a mechanism that publishes a random example whole meets a delta of 1/N",
             config.delta
         ));
+    }
+    if let Some(decay) = config.average_decay {
+        WeightAverage::check(decay)?;
     }
     config.optimizer.check()
 }

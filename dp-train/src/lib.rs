@@ -22,6 +22,7 @@ macro_rules! display_as_value_name {
 
 pub mod audit;
 pub mod audit_plan;
+mod averaging;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;

@@ -14,6 +14,7 @@ use dp_core::Tape;
 use tch::{nn, Device, Kind, Tensor};
 use tokenizers::Tokenizer;
 
+use crate::averaging::{released_from, AVERAGE_FILE};
 use crate::checkpoint::{copy_weights, Checkpointing};
 use crate::data::assets_dir;
 use crate::error::{AtPath, TrainError};
@@ -123,10 +124,22 @@ impl TrainedModel {
         let config = TrainConfig::from_resolved(&text)?;
         let planned_steps = config.resolve()?.steps;
         let weights_path = checkpoint.join("weights.safetensors");
-        let weights: BTreeMap<String, Tensor> = Tensor::read_safetensors(&weights_path)
+        let mut weights: BTreeMap<String, Tensor> = Tensor::read_safetensors(&weights_path)
             .at("read", &weights_path)?
             .into_iter()
             .collect();
+        // A run that averages its weights releases the average (docs/training.md).
+        if let Some(average) = released_from(&checkpoint).at("read the average in", &checkpoint)? {
+            for (name, a) in average {
+                if !weights.contains_key(&name) {
+                    return Err(TrainError::Damaged {
+                        path: checkpoint.join(AVERAGE_FILE).display().to_string(),
+                        reason: format!("averages {name}, which the weights do not hold"),
+                    });
+                }
+                weights.insert(name, a);
+            }
+        }
         let vs = nn::VarStore::new(device);
         let (net, class_names) = if config.model.kind == ModelKind::Mlp {
             let mut dims = vec![784];

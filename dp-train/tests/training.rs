@@ -101,6 +101,7 @@ fn empty_batches_still_add_noise_and_count_as_steps() {
         prefix_rates: Vec::new(),
         optimizer: Default::default(),
         schedule: Default::default(),
+        average_decay: None,
         delta: 1e-5,
         epsilon_budget: 100.0,
         mechanism: Mechanism::PoissonGaussian,
@@ -127,6 +128,99 @@ fn empty_batches_still_add_noise_and_count_as_steps() {
         moved > 0.0,
         "noise must move the weights even when every batch is empty"
     );
+}
+
+/// Weight averaging: the released weights are `a_t = d a_(t-1) + (1 - d) theta_t` over the
+/// iterates `theta_t` of the same run (each read from a run of `t` steps with the same seed,
+/// which takes the same first steps), and a run stopped at a checkpoint and resumed releases
+/// the same average as an uninterrupted one.
+#[test]
+fn an_averaging_run_releases_the_average_of_its_iterates_and_resumes_it() {
+    let (decay, steps) = (0.7, 6);
+    let run = |steps: u64, average_decay: Option<f64>, folder: Option<&std::path::Path>| {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        vs.set_kind(Kind::Double);
+        let layer = DpLinear::new(&(vs.root() / "layer"), 3, 2, true);
+        tch::no_grad(|| {
+            let fixed = Tensor::arange(6, (Kind::Double, Device::Cpu)).view([2, 3]);
+            layer.weight.shallow_clone().copy_(&fixed.cos());
+            let _ = layer.bias.as_ref().unwrap().shallow_clone().zero_();
+        });
+        let inputs = Tensor::arange(120, (Kind::Double, Device::Cpu))
+            .view([40, 3])
+            .sin();
+        let labels = Tensor::from_slice(&[0i64, 1]).repeat([20]);
+        let config = DpSgdConfig {
+            expected_batch_size: 20.0,
+            physical_batch_size: 8,
+            steps,
+            clip_norm: 1.0,
+            noise_multiplier: 1.0,
+            noise: NoiseMode::Secure,
+            learning_rate: 0.5,
+            prefix_rates: Vec::new(),
+            optimizer: dp_train::optimizer::Optimizer::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            },
+            schedule: Default::default(),
+            average_decay,
+            delta: 1e-5,
+            epsilon_budget: 100.0,
+            mechanism: Mechanism::PoissonGaussian,
+            clipping: ClippingStyle::Flat,
+            accountant: dp_accounting::AccountantKind::Rdp,
+        };
+        let checkpointing = folder.map(|dir| dp_train::checkpoint::Checkpointing {
+            dir: dir.to_path_buf(),
+            every: 1,
+            resolved_config: None,
+        });
+        dp_train::train_with_hooks(
+            &vs,
+            |x: &Tensor, tape: &mut Tape| layer.forward(x, tape),
+            Batches {
+                inputs: &inputs,
+                labels: &labels,
+            },
+            &config,
+            &mut PrivacyRng::from_seed(5),
+            &mut dp_train::NoHooks,
+            checkpointing.as_ref(),
+            |_| {},
+        )
+        .unwrap();
+        Tensor::cat(
+            &[
+                layer.weight.flatten(0, -1),
+                layer.bias.as_ref().unwrap().copy(),
+            ],
+            0,
+        )
+    };
+    let mut expected = run(1, None, None);
+    for t in 2..=steps {
+        expected = &expected * decay + run(t, None, None) * (1.0 - decay);
+    }
+    let last = run(steps, None, None);
+    let averaged = run(steps, Some(decay), None);
+    assert!(
+        averaged.allclose(&expected, 1e-12, 1e-14, false),
+        "{averaged} vs {expected}"
+    );
+    let apart = (&averaged - &last).abs().max().double_value(&[]);
+    assert!(apart > 1e-3, "the average is the last iterate: {apart}");
+
+    let folder = std::env::temp_dir().join(format!("dp-train-average-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&folder);
+    let _ = run(3, Some(decay), Some(&folder));
+    let resumed = run(steps, Some(decay), Some(&folder));
+    assert!(resumed.equal(&averaged), "{resumed} vs {averaged}");
+    // The checkpoint keeps the average beside the iterate (which `weights.safetensors` holds).
+    let latest = std::fs::read_to_string(folder.join("checkpoints/LATEST")).unwrap();
+    let checkpoint = folder.join("checkpoints").join(latest.trim());
+    assert!(checkpoint.join("average.safetensors").is_file());
+    std::fs::remove_dir_all(&folder).unwrap();
 }
 
 /// Plain SGD without noise: one step moves each weight by `rate * mean gradient`, so a variable
@@ -164,6 +258,7 @@ fn a_prefix_rate_steps_its_variables_at_their_own_rate() {
             prefix_rates,
             optimizer: Default::default(),
             schedule: Default::default(),
+            average_decay: None,
             delta: 1e-5,
             epsilon_budget: f64::INFINITY,
             mechanism: Mechanism::PoissonGaussian,
@@ -1893,6 +1988,9 @@ mod plans {
                 ),
                 ("training.learning_rate=-1", "training.learning_rate"),
                 ("training.learning_rate=nan", "training.learning_rate"),
+                ("training.average_decay=1.0", "training.average_decay"),
+                ("training.average_decay=0", "training.average_decay"),
+                ("training.average_decay=nan", "training.average_decay"),
                 // The MLP has no pretrained part to set apart from its head.
                 (
                     "training.head_learning_rate=1.0",
@@ -2158,6 +2256,7 @@ mod plans {
         config.data.test_file = Some("test.csv".into());
         config.model.pretrained = Some("minilm".into());
         config.training.head_learning_rate = Some(1.0);
+        config.training.average_decay = Some(0.9);
         let table = toml::Table::try_from(&config).unwrap();
         let parsed: BTreeSet<String> = table
             .iter()
@@ -2574,6 +2673,7 @@ device = "cpu"
             prefix_rates: Vec::new(),
             optimizer: Default::default(),
             schedule: Default::default(),
+            average_decay: None,
             delta: 1e-5,
             epsilon_budget: 10.0,
             mechanism: Mechanism::CyclicCorrelated {
@@ -3097,6 +3197,65 @@ training.learning_rate = [0.5, 2.0]
         // Flags of the built-in run do not mix with a plan.
         let out = bin(&["audit", "--config", "x.toml", "--epsilon", "3"]);
         assert_eq!(out.status.code(), Some(2));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A run with `training.average_decay` releases the average: the test accuracy it
+    /// records, `dp-train evaluate` and the run folder's model are the average's, not the last
+    /// iterate's (which the checkpoint keeps for resuming).
+    #[test]
+    fn an_averaging_run_folder_holds_the_average_as_its_model() {
+        let dir = scratch("average");
+        let run = dir.join("run");
+        let run_s = run.display().to_string();
+        stdout(&bin(&[
+            "train",
+            "--config",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/fashion_mnist.toml"
+            ),
+            "--run-dir",
+            &run_s,
+            "--set",
+            "data.dataset_size=1000",
+            "--set",
+            "privacy.epochs=1",
+            "--set",
+            "privacy.expected_batch_size=100",
+            "--set",
+            "model.hidden=[16]",
+            "--set",
+            "training.average_decay=0.8",
+        ]));
+        let latest = std::fs::read_to_string(run.join("checkpoints/LATEST")).unwrap();
+        let checkpoint = run.join("checkpoints").join(latest.trim());
+        let read = |file: &str| -> std::collections::BTreeMap<String, Tensor> {
+            Tensor::read_safetensors(checkpoint.join(file))
+                .unwrap()
+                .into_iter()
+                .collect()
+        };
+        let (average, iterate) = (read("average.safetensors"), read("weights.safetensors"));
+        let model = TrainedModel::load(&run, Device::Cpu).unwrap().variables();
+        assert_eq!(
+            average.keys().collect::<Vec<_>>(),
+            model.keys().collect::<Vec<_>>()
+        );
+        for (name, a) in &average {
+            assert!(model[name].equal(a), "{name}: the model is not the average");
+            let apart = (a - &iterate[name]).abs().max().double_value(&[]);
+            assert!(apart > 1e-6, "{name}: the average is the last iterate");
+        }
+        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        let recorded: serde_json::Value =
+            serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+        let out = stdout(&bin(&["evaluate", &run_s, "--json", "--device", "cpu"]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v["evaluation"]["accuracy"], recorded["test_accuracy"],
+            "{out}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

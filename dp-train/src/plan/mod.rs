@@ -113,6 +113,7 @@ impl TrainConfig {
                 .unwrap_or_default(),
             optimizer: self.training.optimizer,
             schedule: self.training.schedule,
+            average_decay: self.training.average_decay,
             delta: self.privacy.delta,
             epsilon_budget: plan.epsilon_budget,
             mechanism: plan.mechanism.clone(),

@@ -98,6 +98,9 @@ impl TrainConfig {
                 )));
             }
         }
+        if let Some(decay) = t.average_decay {
+            crate::averaging::WeightAverage::check(decay)?;
+        }
         t.optimizer.check()?;
         let perf = &self.performance;
         if perf.physical_batch_size == 0 {

@@ -260,6 +260,11 @@ pub struct TrainingSection {
     /// Learning-rate schedule.
     #[serde(default)]
     pub schedule: Schedule,
+    /// Release an exponential moving average of the weights with this decay in (0, 1)
+    /// (`a = d a + (1 - d) theta` after each step) instead of the last iterate. Absent: the
+    /// last iterate. Post-processing: no effect on privacy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average_decay: Option<f64>,
     /// How each example's gradient is bounded by C: `{ kind = "flat" }` (default),
     /// `{ kind = "per_layer" }` (each of K layers to C / sqrt(K)) or
     /// `{ kind = "automatic", stability = 0.01 }` (C / (norm + stability)). Every style keeps
