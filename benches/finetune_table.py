@@ -36,7 +36,11 @@ FINETUNE = "examples/minilm_finetune.toml"
 # name -> (what is trained, plan, overrides of the plan)
 METHODS = {
     "head": ("the head on the frozen encoder (linear probe), SGD 2, C 1, 3 epochs", PROBE, []),
-    "top1": ("the top block and the head, SGD 0.5, C 1, 10 epochs (make demo)", FINETUNE, []),
+    "head_avg": ("the same probe, weights averaged (decay 0.9)", PROBE, ["training.average_decay=0.9"]),
+    "top1": ("the top block and the head, SGD 0.5, C 1, 10 epochs, weights averaged (decay 0.9): make demo",
+             FINETUNE, []),
+    "top1_last": ("the same, releasing the last iterate", PROBE,
+                  ['model.finetune={ kind = "top", blocks = 1 }', "training.learning_rate=0.5", "privacy.epochs=10"]),
     "lora": ("LoRA rank 8 on every linear map, and the head, Adam 3e-3, C 0.1, 3 epochs", PROBE,
              ['model.finetune={ kind = "lora", rank = 8, alpha = 16 }', ADAM,
               "training.learning_rate=0.003", "privacy.clip_norm=0.1"]),
