@@ -3200,6 +3200,32 @@ training.learning_rate = [0.5, 2.0]
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Trains the Fashion-MNIST plan cut to 1000 examples, batches of 100 and a 16-wide MLP
+    /// for `epochs` into `run`, with `extra` arguments.
+    fn train_small_mlp(run: &str, epochs: &str, extra: &[&str]) {
+        let epochs = format!("privacy.epochs={epochs}");
+        let mut args = vec![
+            "train",
+            "--config",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/fashion_mnist.toml"
+            ),
+            "--run-dir",
+            run,
+            "--set",
+            "data.dataset_size=1000",
+            "--set",
+            &epochs,
+            "--set",
+            "privacy.expected_batch_size=100",
+            "--set",
+            "model.hidden=[16]",
+        ];
+        args.extend(extra);
+        stdout(&bin(&args));
+    }
+
     /// A run with `training.average_decay` releases the average: the test accuracy it
     /// records, `dp-train evaluate` and the run folder's model are the average's, not the last
     /// iterate's (which the checkpoint keeps for resuming).
@@ -3208,26 +3234,7 @@ training.learning_rate = [0.5, 2.0]
         let dir = scratch("average");
         let run = dir.join("run");
         let run_s = run.display().to_string();
-        stdout(&bin(&[
-            "train",
-            "--config",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../examples/fashion_mnist.toml"
-            ),
-            "--run-dir",
-            &run_s,
-            "--set",
-            "data.dataset_size=1000",
-            "--set",
-            "privacy.epochs=1",
-            "--set",
-            "privacy.expected_batch_size=100",
-            "--set",
-            "model.hidden=[16]",
-            "--set",
-            "training.average_decay=0.8",
-        ]));
+        train_small_mlp(&run_s, "1", &["--set", "training.average_decay=0.8"]);
         let latest = std::fs::read_to_string(run.join("checkpoints/LATEST")).unwrap();
         let checkpoint = run.join("checkpoints").join(latest.trim());
         let read = |file: &str| -> std::collections::BTreeMap<String, Tensor> {
@@ -3264,25 +3271,7 @@ training.learning_rate = [0.5, 2.0]
         let dir = scratch("export-mlp");
         let run = dir.join("run");
         let run_s = run.display().to_string();
-        let out = bin(&[
-            "train",
-            "--config",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../examples/fashion_mnist.toml"
-            ),
-            "--run-dir",
-            &run_s,
-            "--set",
-            "data.dataset_size=1000",
-            "--set",
-            "privacy.epochs=0.3",
-            "--set",
-            "privacy.expected_batch_size=100",
-            "--set",
-            "model.hidden=[16]",
-        ]);
-        stdout(&out);
+        train_small_mlp(&run_s, "0.3", &[]);
         let out_dir = dir.join("exported");
         stdout(&bin(&[
             "export",
